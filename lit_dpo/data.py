@@ -1,0 +1,136 @@
+"""The preference LightningDataModule: read, validate, tokenize once, batch with dynamic padding."""
+
+from __future__ import annotations
+
+import random
+from importlib import resources
+from typing import Any, Optional
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
+
+from lit_dpo.models import BUNDLED, load_tokenizer
+from lit_dpo.rows import DataError, read_rows
+from lit_dpo.tokenization import PreferenceCollator, Truncation, fit_length, tokenize_pair
+
+DEMO = "demo"
+
+
+def demo_path(split: str) -> str:
+    """Path of the demo data set shipped in the package (``train`` or ``val``)."""
+    return str(resources.files("lit_dpo") / "demo" / f"{split}.jsonl")
+
+
+class PreferenceDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        path: str = DEMO,
+        val_path: Optional[str] = None,
+        val_split: float = 0.05,
+        split: str = "train",
+        val_split_name: str = "test",
+        batch_size: int = 4,
+        val_batch_size: Optional[int] = None,
+        max_length: Optional[int] = 1024,
+        max_prompt_length: Optional[int] = None,
+        truncation: Truncation = "error",
+        shuffle: bool = True,
+        num_workers: int = 0,
+        tokenizer_name_or_path: str = BUNDLED,
+    ) -> None:
+        """Preference pairs for DPO.
+
+        Args:
+            path: Training rows: a .jsonl/.json/.parquet/.csv file, a dataset folder, a Hub dataset name,
+                or ``demo`` for the concise-vs-rambling demo set shipped with lit_dpo.
+            val_path: Validation rows, in any form ``path`` takes. Without it, ``val_split`` of ``path`` is held out.
+            val_split: Fraction of ``path`` held out for validation when ``val_path`` is not given (0: none).
+            split: Split read from ``path`` when it is a dataset folder or Hub name.
+            val_split_name: Split read from ``val_path`` when it is a dataset folder or Hub name.
+            batch_size: Pairs per device per step (each pair is two sequences).
+            val_batch_size: Pairs per device per validation step; defaults to ``2 * batch_size``.
+            max_length: Longest prompt + completion in tokens.
+            max_prompt_length: Longest prompt in tokens (None: only ``max_length`` applies).
+            truncation: For pairs over a limit: ``error`` (stop, naming the row), ``keep_start`` (keep the
+                prompt's end and the completions' start, as TRL does), or ``drop``; both count in a warning.
+            shuffle: Shuffle training pairs each epoch.
+            num_workers: DataLoader worker processes (tokenization happens once, up front).
+            tokenizer_name_or_path: Tokenizer, linked by the CLI to ``--model.model_name_or_path``.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer: Any = None
+        self.train_pairs: list[dict[str, Any]] = []
+        self.val_pairs: list[dict[str, Any]] = []
+
+    def setup(self, stage: str) -> None:
+        if self.tokenizer is not None:
+            return
+        hp = self.hparams
+        self.tokenizer = load_tokenizer(hp.tokenizer_name_or_path)
+        train_path = demo_path("train") if hp.path == DEMO else hp.path
+        val_path = demo_path("val") if hp.path == DEMO and hp.val_path is None else hp.val_path
+        train_rows = read_rows(train_path, hp.split)
+        val_rows = read_rows(val_path, hp.val_split_name) if val_path else []
+        if not val_path and hp.val_split > 0:
+            train_rows, val_rows = _hold_out(train_rows, hp.val_split)
+        self.train_pairs = self._tokenize(train_rows)
+        self.val_pairs = self._tokenize(val_rows)
+
+    def _tokenize(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        hp = self.hparams
+        pairs, cut = [], {"truncated": 0, "dropped": 0}
+        for row in rows:
+            pair, problem = fit_length(
+                tokenize_pair(self.tokenizer, row), hp.max_length, hp.max_prompt_length, hp.truncation
+            )
+            if problem is not None:
+                field, what = problem
+                if hp.truncation == "error":
+                    raise DataError(
+                        f"{row['source']}, row {row['row']}, field '{field}': {what} "
+                        "(raise --data.max_length or pass --data.truncation=keep_start or drop)"
+                    )
+                cut["dropped" if pair is None else "truncated"] += 1
+            if pair is not None:
+                pairs.append(pair)
+        if any(cut.values()):
+            rank_zero_warn(
+                f"{rows[0]['source']}: {cut['truncated']} of {len(rows)} pairs truncated and {cut['dropped']} dropped "
+                f"to fit max_length={hp.max_length}, max_prompt_length={hp.max_prompt_length}"
+            )
+        if rows and not pairs:
+            raise DataError(f"{rows[0]['source']}: every row was dropped by the length limits")
+        return pairs
+
+    def _collator(self) -> PreferenceCollator:
+        return PreferenceCollator(pad_token_id=self.tokenizer.pad_token_id)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_pairs,
+            batch_size=self.hparams.batch_size,
+            shuffle=self.hparams.shuffle,
+            collate_fn=self._collator(),
+            num_workers=self.hparams.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.val_pairs,
+            batch_size=self.hparams.val_batch_size or 2 * self.hparams.batch_size,
+            collate_fn=self._collator(),
+            num_workers=self.hparams.num_workers,
+        )
+
+
+def _hold_out(rows: list[dict[str, Any]], fraction: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split off a fixed, seeded random ``fraction`` of rows (the same on every rank and every run)."""
+    order = list(range(len(rows)))
+    random.Random(0).shuffle(order)
+    n_val = max(1, round(len(rows) * fraction))
+    if n_val >= len(rows):
+        raise DataError(f"{rows[0]['source']}: {len(rows)} rows are too few to hold out val_split={fraction}")
+    val = set(order[:n_val])
+    return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]

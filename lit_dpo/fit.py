@@ -1,0 +1,45 @@
+"""``python -m lit_dpo.fit``: train with DPO, validate at the end, export the policy in Hugging Face format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from lightning.pytorch.utilities import rank_zero_only
+
+from lit_dpo.cli import DPOCLI, run_dir, user_errors
+from lit_dpo.models import export_hf
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    with user_errors():
+        cli = DPOCLI(args)
+        trainer, model, data = cli.trainer, cli.model, cli.datamodule
+        trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path)
+        if trainer.interrupted:
+            return
+        if model.last_val_step != trainer.global_step and data.val_pairs:
+            # max_steps can stop mid-epoch after the last scheduled validation; every run ends with final metrics
+            trainer.validate(model, datamodule=data, verbose=False)
+        export_dir = Path(cli.config.export_dir or run_dir(cli) / "hf_model")
+        if trainer.is_global_zero:
+            export_hf(model.policy, data.tokenizer, export_dir)
+        trainer.strategy.barrier()
+        _report(cli, export_dir)
+
+
+@rank_zero_only
+def _report(cli: DPOCLI, export_dir: Path) -> None:
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
+    summary = ", ".join(
+        f"{k}={metrics[k]:.4f}" for k in ("val/loss", "val/rewards/accuracies", "val/rewards/margins") if k in metrics
+    )
+    directory = run_dir(cli)
+    print(f"\nlit_dpo: {cli.trainer.global_step} steps; {summary}")
+    print(f"lit_dpo: run directory  {directory}")
+    print(f"lit_dpo: metrics        {directory / 'metrics.csv'}")
+    print(f"lit_dpo: trained policy {export_dir}  (AutoModelForCausalLM.from_pretrained)")
+
+
+if __name__ == "__main__":
+    main()

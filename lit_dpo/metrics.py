@@ -1,0 +1,78 @@
+"""Implicit-reward metrics, named as TRL and torchtune log them.
+
+``pair_metrics`` is pure: per-pair values from one batch. ``PreferenceMetrics`` accumulates them with
+torchmetrics so that ``compute()`` is the exact mean over every pair seen, across batches and, through
+torchmetrics' sync, across DDP ranks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import ModuleDict
+from torchmetrics import MeanMetric, Metric
+
+from lit_dpo.loss import PairLogps
+
+# Per-pair metrics, in the order they are logged.
+PAIR_METRICS = (
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+)
+# Per-token metrics: mean over the vocabulary of the logits, averaged over every completion token as TRL does.
+TOKEN_METRICS = ("logits/chosen", "logits/rejected")
+
+
+def pair_metrics(losses: Tensor, chosen_rewards: Tensor, rejected_rewards: Tensor, lp: PairLogps) -> dict[str, Tensor]:
+    """Per-pair metric values, each ``(B,)`` and detached."""
+    return {
+        "loss": losses.detach(),
+        "rewards/chosen": chosen_rewards,
+        "rewards/rejected": rejected_rewards,
+        "rewards/margins": chosen_rewards - rejected_rewards,
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+        "logps/chosen": lp.policy_chosen.detach(),
+        "logps/rejected": lp.policy_rejected.detach(),
+    }
+
+
+class PreferenceMetrics(torch.nn.Module):
+    """Running means of the reward metrics; one instance per stage (train, val)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # ModuleDict keys may not contain "/", so the metric names are mapped
+        self.means: ModuleDict = ModuleDict({_key(n): MeanMetric() for n in PAIR_METRICS + TOKEN_METRICS})
+
+    def update(self, values: dict[str, Tensor], logit_sums: Tensor, token_counts: Tensor) -> None:
+        """Add one batch.
+
+        ``values`` comes from ``pair_metrics``; ``logit_sums`` ``(2B,)`` is, per sequence (chosen rows first),
+        the sum over its completion tokens of the vocabulary-mean logit, ``token_counts`` ``(2B,)`` their number.
+        """
+        for name, value in values.items():
+            self.means[_key(name)].update(value)
+        for name, sums, counts in zip(TOKEN_METRICS, logit_sums.chunk(2), token_counts.chunk(2)):
+            # weighted mean: sum(value * weight) / sum(weight) == total logits / total tokens
+            self.means[_key(name)].update(sums / counts.clamp(min=1), weight=counts)
+
+    def compute(self) -> dict[str, Tensor]:
+        return {name: self.means[_key(name)].compute() for name in PAIR_METRICS + TOKEN_METRICS}
+
+    def reset(self) -> None:
+        metric: Metric
+        for metric in self.means.values():
+            metric.reset()
+
+    @property
+    def has_updates(self) -> bool:
+        return bool(self.means[_key("loss")].update_count)
+
+
+def _key(name: str) -> str:
+    return name.replace("/", "__")

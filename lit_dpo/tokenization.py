@@ -1,0 +1,123 @@
+"""Boundary-safe tokenization of preference pairs, length limits, and the padding collator.
+
+The prompt is tokenized once and both completions continue it, so chosen and rejected share exactly the
+same prompt tokens. As in TRL, each completion's tokens are read off the tokenization of prompt + completion
+(what the model sees at inference), starting where that diverges from the prompt alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+Truncation = Literal["error", "keep_start", "drop"]
+
+
+def _ids(tokenizer: PreTrainedTokenizerBase, value: str | list, generation_prompt: bool = False) -> list[int]:
+    if isinstance(value, list):
+        out = tokenizer.apply_chat_template(value, tokenize=True, add_generation_prompt=generation_prompt)
+        # transformers 5 returns a BatchEncoding, 4.x a plain list
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+    return tokenizer(value)["input_ids"]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def tokenize_pair(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any]) -> dict[str, list[int]]:
+    """Token ids ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` of one validated row.
+
+    Standard rows get the EOS token appended to each completion; conversational rows get the chat
+    template, whose end-of-turn token closes each completion.
+    """
+    prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+    if isinstance(prompt, list):
+        prompt_ids = _ids(tokenizer, prompt, generation_prompt=True)
+        chosen_full, rejected_full = _ids(tokenizer, prompt + chosen), _ids(tokenizer, prompt + rejected)
+    else:
+        eos = tokenizer.eos_token
+        chosen = chosen if chosen.endswith(eos) else chosen + eos
+        rejected = rejected if rejected.endswith(eos) else rejected + eos
+        prompt_ids = _ids(tokenizer, prompt)
+        chosen_full, rejected_full = _ids(tokenizer, prompt + chosen), _ids(tokenizer, prompt + rejected)
+    # tokens can merge across the prompt/completion boundary; cut both where they first diverge
+    shared = min(_common_prefix(prompt_ids, chosen_full), _common_prefix(prompt_ids, rejected_full))
+    return {
+        "prompt_ids": prompt_ids[:shared],
+        "chosen_ids": chosen_full[shared:],
+        "rejected_ids": rejected_full[shared:],
+    }
+
+
+def fit_length(
+    example: dict[str, list[int]],
+    max_length: int | None,
+    max_prompt_length: int | None,
+    truncation: Truncation,
+) -> tuple[dict[str, list[int]] | None, tuple[str, str] | None]:
+    """Apply the length limits to one tokenized pair.
+
+    Returns ``(example, problem)``: ``problem`` is ``(field, what)`` for a pair over a limit, else ``None``.
+    The caller raises it when ``truncation="error"``; ``"drop"`` returns ``None``; ``"keep_start"``
+    keeps the end of the prompt (up to ``max_prompt_length``) and the start of each completion, and
+    returns ``None`` when the prompt alone fills ``max_length``.
+    """
+    prompt, chosen, rejected = example["prompt_ids"], example["chosen_ids"], example["rejected_ids"]
+    problem = None
+    if max_prompt_length is not None and len(prompt) > max_prompt_length:
+        problem = ("prompt", f"{len(prompt)} tokens > max_prompt_length {max_prompt_length}")
+    elif max_length is not None and len(prompt) + max(len(chosen), len(rejected)) > max_length:
+        field = "chosen" if len(chosen) >= len(rejected) else "rejected"
+        total = len(prompt) + max(len(chosen), len(rejected))
+        problem = (field, f"prompt + {field} is {total} tokens > max_length {max_length}")
+    if problem is None or truncation == "error":
+        return example, problem
+    if truncation == "drop":
+        return None, problem
+    if max_prompt_length is not None:
+        prompt = prompt[-max_prompt_length:] if max_prompt_length > 0 else []
+    if max_length is not None:
+        if len(prompt) >= max_length:
+            return None, problem  # no room left for any completion token: nothing to learn from
+        room = max_length - len(prompt)
+        chosen, rejected = chosen[:room], rejected[:room]
+    return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}, problem
+
+
+@dataclass
+class PreferenceCollator:
+    """Pad a list of tokenized pairs into one batch of 2B right-padded sequences, chosen rows first.
+
+    Returns ``input_ids`` ``(2B, T)``, ``attention_mask`` ``(2B, T)`` and ``labels`` ``(2B, T)`` equal to
+    ``input_ids`` on completion tokens and -100 on prompt and padding.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Tensor]:
+        sequences, completion_lengths = [], []
+        for key in ("chosen_ids", "rejected_ids"):
+            for ex in examples:
+                sequences.append(ex["prompt_ids"] + ex[key])
+                completion_lengths.append(len(ex[key]))
+        width = max(len(s) for s in sequences)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        labels = torch.full((len(sequences), width), -100, dtype=torch.long)
+        for i, (seq, n_completion) in enumerate(zip(sequences, completion_lengths)):
+            input_ids[i, : len(seq)] = torch.tensor(seq)
+            attention_mask[i, : len(seq)] = 1
+            start = len(seq) - n_completion
+            labels[i, start : len(seq)] = input_ids[i, start : len(seq)]
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
