@@ -4,27 +4,32 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from jsonargparse import Namespace
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_dpo.data import PreferenceDataModule
 from lit_dpo.errors import InputError
 from lit_dpo.module import DPOModule
 
+# the frozen reference is in eval mode on purpose; Lightning would warn about it at every fit
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+
 TRAINER_DEFAULTS = {
     "default_root_dir": "runs",
     "max_epochs": 1,
     "log_every_n_steps": 1,
     "num_sanity_val_steps": 0,  # every fit ends with a full validation; a partial one first only costs time
-    "callbacks": [{"class_path": "lightning.pytorch.callbacks.RichProgressBar"}],
 }
 
 
 class DPOCLI(LightningCLI):
-    """``python -m lit_dpo.fit`` / ``python -m lit_dpo.validate``: no subcommand; adds ``--ckpt_path``, ``--export_dir``."""
+    """The CLI of ``python -m lit_dpo.fit`` and ``python -m lit_dpo.validate``: no subcommand, plus ``--ckpt_path``."""
 
     def __init__(self, args: Optional[list[str]] = None) -> None:
         super().__init__(
@@ -53,13 +58,23 @@ class DPOCLI(LightningCLI):
             help="Where fit writes the trained policy in HF format (default: <run dir>/hf_model).",
         )
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        # the Rich progress bar by default, unless turned off or replaced by the user's own
+        user_callbacks = config.get("callbacks") or []
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in user_callbacks
+        ):
+            callbacks = [*callbacks, RichProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
+
     def before_instantiate_classes(self) -> None:
+        trainer = self.config.trainer
         # CSV is the default logger, under --trainer.default_root_dir (Lightning's own default would be
         # TensorBoard whenever it happens to be installed)
-        if self.config.trainer.logger in (None, True):
-            self.config.trainer.logger = Namespace(
+        if trainer.logger in (None, True):
+            trainer.logger = Namespace(
                 class_path="lightning.pytorch.loggers.CSVLogger",
-                init_args=Namespace(save_dir=self.config.trainer.default_root_dir, name="lightning_logs"),
+                init_args=Namespace(save_dir=trainer.default_root_dir, name="lightning_logs"),
             )
 
 

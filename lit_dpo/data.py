@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import random
-from importlib import resources
+from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from lit_dpo.collate import PaddedCollator, SharedPrefixCollator
 from lit_dpo.models import BUNDLED, load_tokenizer
 from lit_dpo.rows import DataError, read_rows
-from lit_dpo.tokenization import PreferenceCollator, Truncation, fit_length, tokenize_pair
+from lit_dpo.tokenization import Truncation, fit_length, tokenize_pair
 
 DEMO = "demo"
 
 
 def demo_path(split: str) -> str:
     """Path of the demo data set shipped in the package (``train`` or ``val``)."""
-    return str(resources.files("lit_dpo") / "demo" / f"{split}.jsonl")
+    return str(Path(__file__).parent / "demo" / f"{split}.jsonl")
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -36,6 +37,7 @@ class PreferenceDataModule(L.LightningDataModule):
         max_prompt_length: Optional[int] = None,
         truncation: Truncation = "error",
         shuffle: bool = True,
+        prefix_sharing: bool = True,
         num_workers: int = 0,
         tokenizer_name_or_path: str = BUNDLED,
     ) -> None:
@@ -55,6 +57,9 @@ class PreferenceDataModule(L.LightningDataModule):
             truncation: For pairs over a limit: ``error`` (stop, naming the row), ``keep_start`` (keep the
                 prompt's end and the completions' start, as TRL does), or ``drop``; both count in a warning.
             shuffle: Shuffle training pairs each epoch.
+            prefix_sharing: Pack each pair as one row ``[prompt, chosen, rejected]`` with a block attention mask,
+                so the prompt is computed once and nothing is padded to its partner's length. Off: TRL's layout of
+                2B padded rows. Needs an attention that takes a 4D mask (sdpa, eager), as transformers' models do.
             num_workers: DataLoader worker processes (tokenization happens once, up front).
             tokenizer_name_or_path: Tokenizer, linked by the CLI to ``--model.model_name_or_path``.
         """
@@ -104,8 +109,9 @@ class PreferenceDataModule(L.LightningDataModule):
             raise DataError(f"{rows[0]['source']}: every row was dropped by the length limits")
         return pairs
 
-    def _collator(self) -> PreferenceCollator:
-        return PreferenceCollator(pad_token_id=self.tokenizer.pad_token_id)
+    def _collator(self) -> PaddedCollator | SharedPrefixCollator:
+        collator = SharedPrefixCollator if self.hparams.prefix_sharing else PaddedCollator
+        return collator(pad_token_id=self.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(

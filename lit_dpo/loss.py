@@ -50,9 +50,10 @@ def completion_logps(logits: Tensor, targets: Tensor, seq_index: Tensor, num_seq
     ``targets[m]``), ``seq_index`` ``(M,)`` says which of the ``num_seqs`` sequences each row belongs to.
     Returns ``(sum_logps, num_tokens)``, both ``(num_seqs,)``.
     """
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half-precision logsumexp loses digits
     # gather - logsumexp avoids materialising a second (M, V) tensor as log_softmax would
-    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits.float(), dim=-1)
-    sums = token_logps.new_zeros(num_seqs).index_add(0, seq_index, token_logps.to(torch.float32))
+    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    sums = token_logps.new_zeros(num_seqs).index_add(0, seq_index, token_logps)
     counts = torch.bincount(seq_index, minlength=num_seqs).to(sums.dtype)
     return sums, counts
 

@@ -27,7 +27,7 @@ def resolve(name_or_path: str) -> str:
     """A path ``from_pretrained`` accepts: the converted bundled model, a local directory, or a Hub id."""
     if name_or_path != BUNDLED:
         return name_or_path
-    target = cache_dir() / "SmolLM2-135M-Instruct"
+    target = cache_dir() / "SmolLM2-135M-Instruct-fp32"
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):  # DDP ranks on one node must not convert concurrently
         if not (target / "model.safetensors").exists():
@@ -43,7 +43,10 @@ def _convert_bundled(target: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE)
     quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE, dtype=torch.float32)
     # save_pretrained refuses a GGUF-loaded model; a fresh model of the same config takes its weights
-    model = AutoModelForCausalLM.from_config(quantized.config, dtype=torch.float32)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are plain fp32 now; a GGUF marker would block saving
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
     model.generation_config = quantized.generation_config
     partial = target.with_name(target.name + ".partial")

@@ -62,7 +62,7 @@ class DPOModule(L.LightningModule):
         if self.policy is not None:  # Lightning calls this for fit, validate and again on resume
             return
         hp = self.hparams
-        self.policy = load_model(hp.model_name_or_path, hp.dtype, hp.trust_remote_code)
+        self.policy = load_model(hp.model_name_or_path, hp.dtype, hp.trust_remote_code).train()
         if hp.disable_dropout:
             for module in self.policy.modules():
                 if isinstance(module, torch.nn.Dropout):
@@ -77,27 +77,30 @@ class DPOModule(L.LightningModule):
             self.reference.eval()  # Lightning switches every submodule to train mode; the reference stays frozen
         return self
 
-    def _completion_logps(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    def _completion_logps(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         """Per-sequence summed completion log-probs ``(2B,)``, token counts ``(2B,)`` and summed mean logits ``(2B,)``.
 
-        Only the completion positions go through the LM head, so the ``(2B, T, V)`` logits never exist.
+        Only the scored positions (see ``lit_dpo.collate``) go through the LM head: the ``(rows, T, V)``
+        logits never exist.
         """
-        targets = batch["labels"][:, 1:]  # (2B, T-1): position t predicts token t+1
-        mask = targets != -100
-        seq_index = mask.nonzero()[:, 0]  # (M,) sequence of each scored position
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if "position_ids" in batch:  # shared-prefix layout: a (B, 1, T, T) boolean mask
+            inputs["position_ids"] = batch["position_ids"]
+            if model.config._attn_implementation != "sdpa":  # eager attention adds the mask to the scores
+                inputs["attention_mask"] = torch.zeros_like(batch["attention_mask"], dtype=model.dtype).masked_fill(
+                    ~batch["attention_mask"], torch.finfo(model.dtype).min
+                )
         if any(getattr(model.config, name, None) for name in _LOGIT_POSTPROCESSING):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            logits = logits[:, :-1][mask]  # (M, V)
+            logits = model(**inputs).logits.flatten(0, 1)[batch["score_index"]]  # (M, V)
         else:
-            hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            hidden = hidden.last_hidden_state[:, :-1][mask]  # (M, H)
-            logits = model.get_output_embeddings()(hidden)  # (M, V)
-        num_seqs = targets.shape[0]
-        sums, counts = completion_logps(logits, targets[mask], seq_index, num_seqs)
+            hidden = model.base_model(**inputs).last_hidden_state  # (rows, T, H)
+            logits = model.get_output_embeddings()(hidden.flatten(0, 1)[batch["score_index"]])  # (M, V)
+        num_seqs, seq_index = 2 * batch["num_pairs"], batch["score_seq"]
+        sums, counts = completion_logps(logits, batch["score_target"], seq_index, num_seqs)
         logit_sums = sums.new_zeros(num_seqs).index_add(0, seq_index, logits.detach().float().mean(-1))
         return sums, counts, logit_sums
 
-    def _shared_step(self, batch: dict[str, Tensor], metrics: PreferenceMetrics) -> Tensor:
+    def _shared_step(self, batch: dict[str, Any], metrics: PreferenceMetrics) -> Tensor:
         policy_logps, counts, logit_sums = self._completion_logps(self.policy, batch)  # chosen rows first
         with torch.no_grad():  # not inference_mode: FSDP and autograd-saved tensors dislike inference tensors
             ref_logps, _, _ = self._completion_logps(self.reference, batch)
@@ -106,7 +109,7 @@ class DPOModule(L.LightningModule):
         metrics.update(pair_metrics(losses, chosen_rewards, rejected_rewards, lp), logit_sums, counts)
         return losses.mean()
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         return self._shared_step(batch, self.train_metrics)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -118,7 +121,7 @@ class DPOModule(L.LightningModule):
         self.log("loss", values["train/loss"], prog_bar=True, logger=False)
         self.train_metrics.reset()
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._shared_step(batch, self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:

@@ -90,7 +90,9 @@ def _hf_dataset(path: str, split: str) -> Any:
         return datasets.load_dataset(path, split=split)
     except Exception as err:  # the Hub and datasets raise many types; the user needs the one line
         reason = f"{type(err).__name__}: {err}".splitlines()[0]
-        raise _fail(path, None, None, f"not a local file or folder, and split '{split}' failed to load ({reason})") from None
+        raise _fail(
+            path, None, None, f"not a local file or folder, and split '{split}' failed to load ({reason})"
+        ) from None
 
 
 def _validate(record: Any, source: str, row: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Boundary-safe tokenization of preference pairs, length limits, and the padding collator.
+"""Boundary-safe tokenization of preference pairs and the length limits.
 
 The prompt is tokenized once and both completions continue it, so chosen and rejected share exactly the
 same prompt tokens. As in TRL, each completion's tokens are read off the tokenization of prompt + completion
@@ -7,11 +7,8 @@ same prompt tokens. As in TRL, each completion's tokens are read off the tokeniz
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
-from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 Truncation = Literal["error", "keep_start", "drop"]
@@ -90,34 +87,3 @@ def fit_length(
         room = max_length - len(prompt)
         chosen, rejected = chosen[:room], rejected[:room]
     return {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}, problem
-
-
-@dataclass
-class PreferenceCollator:
-    """Pad a list of tokenized pairs into one batch of 2B right-padded sequences, chosen rows first.
-
-    Returns ``input_ids`` ``(2B, T)``, ``attention_mask`` ``(2B, T)`` and ``labels`` ``(2B, T)`` equal to
-    ``input_ids`` on completion tokens and -100 on prompt and padding.
-    """
-
-    pad_token_id: int
-    pad_to_multiple_of: int | None = None
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Tensor]:
-        sequences, completion_lengths = [], []
-        for key in ("chosen_ids", "rejected_ids"):
-            for ex in examples:
-                sequences.append(ex["prompt_ids"] + ex[key])
-                completion_lengths.append(len(ex[key]))
-        width = max(len(s) for s in sequences)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        labels = torch.full((len(sequences), width), -100, dtype=torch.long)
-        for i, (seq, n_completion) in enumerate(zip(sequences, completion_lengths)):
-            input_ids[i, : len(seq)] = torch.tensor(seq)
-            attention_mask[i, : len(seq)] = 1
-            start = len(seq) - n_completion
-            labels[i, start : len(seq)] = input_ids[i, start : len(seq)]
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -4,7 +4,7 @@ Deterministic (fixed seed); writes conversational rows to ``lit_dpo/demo/{train,
 val use disjoint questions, so val accuracy measures the learned style, not memorised pairs. After DPO on
 it, the model's answers get shorter and lose the filler: the preference is visible in generations.
 
-    python scripts/make_demo_data.py [--train 240] [--val 64]
+    python scripts/make_demo_data.py [--train 160] [--val 64]
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def _facts(rng: random.Random) -> list[tuple[str, str]]:
 
 
 def _row(question: str, answer: str, rng: random.Random) -> dict:
-    rambling = f"{rng.choice(OPENERS)} {rng.choice(BRIDGES)} the answer is {answer} {rng.choice(CLOSERS)}"
+    rambling = f"{rng.choice(OPENERS)} Anyway, the answer is {answer} {rng.choice(CLOSERS)}"
     return {
         "prompt": [{"role": "user", "content": question}],
         "chosen": [{"role": "assistant", "content": answer}],
@@ -153,7 +153,7 @@ def _row(question: str, answer: str, rng: random.Random) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=240)
+    parser.add_argument("--train", type=int, default=160)
     parser.add_argument("--val", type=int, default=64)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "lit_dpo" / "demo"))
     args = parser.parse_args()

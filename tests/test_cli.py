@@ -1,0 +1,155 @@
+"""End to end through the command line, on a tiny model: fit, validate, export, and bad input."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import chat_rows, standard_rows, write_jsonl
+
+from lit_dpo import fit, validate
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return write_jsonl(root / "train.jsonl", standard_rows(64)), write_jsonl(root / "val.jsonl", standard_rows(16, 9))
+
+
+def _args(model_dir, train, val, root, *extra):
+    return [
+        f"--model.model_name_or_path={model_dir}",
+        f"--data.path={train}",
+        f"--data.val_path={val}",
+        f"--trainer.default_root_dir={root}",
+        "--trainer.enable_progress_bar=false",
+        *extra,
+    ]
+
+
+def _rows(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_fit_then_validate_from_the_command_line(tiny_model_dir, data, tmp_path):
+    args = _args(
+        tiny_model_dir,
+        *data,
+        tmp_path,
+        "--trainer.max_steps=24",
+        "--trainer.max_epochs=2",
+        "--model.learning_rate=2e-3",
+    )
+    env = os.environ | {"PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, "-m", "lit_dpo.fit", *args], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert f"run directory  {run}" in done.stdout
+    rows = _rows(run / "metrics.csv")
+    train = [r for r in rows if r["train/loss"]]
+    assert len(train) == 24 and float(train[0]["train/loss"]) == pytest.approx(0.6931, abs=1e-4)
+    final = [r for r in rows if r["val/loss"]][-1]  # max_steps stopped mid-epoch: a final validation still ran
+    assert int(final["step"]) == 24
+    assert float(final["val/rewards/accuracies"]) >= 0.9, final  # the tiny model learns "yes" over "no"
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    exported = AutoModelForCausalLM.from_pretrained(run / "hf_model")
+    assert AutoTokenizer.from_pretrained(run / "hf_model").eos_token == "<|im_end|>"
+    assert exported.num_parameters() > 0
+
+    # validate the exported policy against the same reference: the same val/ numbers
+    val_args = _args(run / "hf_model", *data, tmp_path / "v", f"--model.ref_model_name_or_path={tiny_model_dir}")
+    done = subprocess.run(
+        [sys.executable, "-m", "lit_dpo.validate", *val_args], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    validated = [r for r in _rows(tmp_path / "v" / "lightning_logs" / "version_0" / "metrics.csv") if r["val/loss"]][-1]
+    for key in ("val/loss", "val/rewards/margins", "val/rewards/accuracies", "val/logps/chosen"):
+        assert float(validated[key]) == pytest.approx(float(final[key]), rel=1e-4)
+
+
+def test_validate_a_checkpoint(tiny_model_dir, data, tmp_path):
+    fit.main(_args(tiny_model_dir, *data, tmp_path, "--trainer.max_steps=2"))
+    ckpt = next((tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt"))
+    validate.main(_args(tiny_model_dir, *data, tmp_path / "v", f"--ckpt_path={ckpt}"))
+    first = [r for r in _rows(tmp_path / "lightning_logs" / "version_0" / "metrics.csv") if r["val/loss"]][-1]
+    again = [r for r in _rows(tmp_path / "v" / "lightning_logs" / "version_0" / "metrics.csv") if r["val/loss"]][-1]
+    assert float(again["val/loss"]) == pytest.approx(float(first["val/loss"]), rel=1e-5)
+
+
+def test_chat_rows_and_val_split(tiny_model_dir, tmp_path):
+    train = write_jsonl(tmp_path / "chat.jsonl", chat_rows(40))
+    fit.main(_args(tiny_model_dir, train, "null", tmp_path, "--data.val_split=0.1", "--trainer.max_steps=2"))
+    rows = _rows(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
+    assert any(r["val/loss"] for r in rows)
+
+
+def test_print_config_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(["--print_config"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("model_name_or_path:", "ref_model_name_or_path:", "beta:", "loss_type:", "label_smoothing:"):
+        assert option in out
+    for option in ("batch_size:", "max_length:", "val_path:", "seed_everything: 42", "ckpt_path:"):
+        assert option in out
+
+
+BAD = {"prompt": "what is it", "chosen": None, "rejected": " no"}
+
+
+@pytest.mark.parametrize(
+    "content, extra, message",
+    [
+        ("{not json}\n", [], r"bad\.jsonl, row 1: invalid JSON"),
+        (json.dumps(BAD) + "\n", [], r"bad\.jsonl, row 1, field 'chosen': is null"),
+        (json.dumps(BAD | {"chosen": 7}) + "\n", [], r"bad\.jsonl, row 1, field 'chosen': expected a string"),
+        (json.dumps({"prompt": "p", "chosen": "c"}) + "\n", [], r"bad\.jsonl, row 1, field 'rejected': missing"),
+        ("", [], r"bad\.jsonl: no rows found"),
+        (
+            json.dumps(BAD | {"chosen": " yes " * 40}) + "\n",
+            ["--data.max_length=32"],
+            r"bad\.jsonl, row 1, field 'chosen': prompt \+ chosen is \d+ tokens > max_length 32",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tiny_model_dir, data, tmp_path, capsys, content, extra, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(_args(tiny_model_dir, bad, data[1], tmp_path, *extra))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lit_dpo: error: ") and "Traceback" not in "\n".join(err)
+    assert __import__("re").search(message, err[-1]), err[-1]
+
+
+def test_missing_file_and_bad_option(tiny_model_dir, data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(_args(tiny_model_dir, tmp_path / "nope.jsonl", data[1], tmp_path))
+    assert exit_info.value.code == 2
+    assert "nope.jsonl: file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(_args(tiny_model_dir, *data, tmp_path, "--model.loss_type=sigmoid", "--model.label_smoothing=0.1"))
+    assert exit_info.value.code == 2
+    assert "label_smoothing=0.1 has no effect" in capsys.readouterr().err
+
+
+def test_truncation_is_counted_in_a_warning(tiny_model_dir, data, tmp_path):
+    long = write_jsonl(tmp_path / "long.jsonl", [BAD | {"chosen": " yes " * 40}] + standard_rows(8))
+    with pytest.warns(UserWarning, match=r"long\.jsonl: [1-9] of 9 pairs truncated and 0 dropped to fit max_length=40"):
+        fit.main(
+            _args(
+                tiny_model_dir,
+                long,
+                data[1],
+                tmp_path,
+                "--data.max_length=40",
+                "--data.truncation=keep_start",
+                "--trainer.max_steps=1",
+            )
+        )

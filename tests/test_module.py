@@ -1,0 +1,67 @@
+import lightning as L
+import torch
+from conftest import standard_rows, write_jsonl
+
+from lit_dpo.data import PreferenceDataModule
+from lit_dpo.module import DPOModule
+
+
+class FrozenReferenceProbe(L.Callback):
+    """Records, at every training batch, whether the reference was in eval mode and out of the optimizer."""
+
+    def __init__(self):
+        self.checks = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+        in_optimizer = any(id(p) in optimized for p in module.reference.parameters())
+        self.checks.append((module.reference.training, in_optimizer, module.policy.training))
+
+
+def _fit(tmp_path, model_dir, **trainer_kwargs):
+    data = PreferenceDataModule(
+        path=write_jsonl(tmp_path / "train.jsonl", standard_rows(16)),
+        val_path=write_jsonl(tmp_path / "val.jsonl", standard_rows(4, seed=1)),
+        batch_size=2,
+        tokenizer_name_or_path=model_dir,
+    )
+    module = DPOModule(model_name_or_path=model_dir, learning_rate=1e-3, warmup_steps=1)
+    probe = FrozenReferenceProbe()
+    kwargs = dict(max_steps=3, logger=False, enable_progress_bar=False, default_root_dir=tmp_path, callbacks=[probe])
+    trainer = L.Trainer(**(kwargs | trainer_kwargs))
+    module.configure_model()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    trainer.fit(module, datamodule=data)
+    return module, trainer, before, probe
+
+
+def test_reference_is_frozen_and_policy_trains(tmp_path, tiny_model_dir):
+    module, trainer, before, probe = _fit(tmp_path, tiny_model_dir)
+    assert probe.checks == [(False, False, True)] * 3  # reference eval + not optimized; policy training
+    for name, value in module.state_dict().items():
+        if name.startswith("reference."):
+            assert torch.equal(value, before[name]), name
+    changed = [n for n, v in module.state_dict().items() if n.startswith("policy.") and not torch.equal(v, before[n])]
+    assert changed, "the policy did not train"
+    assert all(not p.requires_grad for p in module.reference.parameters())
+
+
+def test_checkpoint_leaves_out_the_reference_and_loads_back(tmp_path, tiny_model_dir):
+    module, trainer, _, _ = _fit(tmp_path, tiny_model_dir)
+    path = tmp_path / "x.ckpt"
+    trainer.save_checkpoint(path)
+    state = torch.load(path, weights_only=True)["state_dict"]  # hparams are primitive: weights_only works
+    assert not any(k.startswith("reference.") for k in state)
+    assert any(k.startswith("policy.") for k in state)
+    fresh = DPOModule(model_name_or_path=tiny_model_dir)
+    fresh.configure_model()
+    checkpoint = torch.load(path, weights_only=True)
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"])  # strict: every policy weight is there
+    for name, value in module.policy.state_dict().items():
+        assert torch.equal(fresh.policy.state_dict()[name], value)
+
+
+def test_lr_warmup_then_schedules():
+    module = DPOModule(model_name_or_path="unused", warmup_steps=4, lr_schedule="constant")
+    assert [module._lr_factor(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]

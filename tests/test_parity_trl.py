@@ -1,0 +1,73 @@
+"""lit_dpo's loss and metrics equal TRL's DPOTrainer on the same tiny policy, a different reference, and data."""
+
+import pytest
+import torch
+from conftest import chat_rows, standard_rows
+
+from lit_dpo.collate import PaddedCollator, SharedPrefixCollator
+from lit_dpo.metrics import PreferenceMetrics
+from lit_dpo.models import load_tokenizer
+from lit_dpo.module import DPOModule
+from lit_dpo.tokenization import tokenize_pair
+
+trl = pytest.importorskip("trl")
+KEYS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"]
+KEYS += ["logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected"]
+
+
+def trl_metrics(policy_dir, ref_dir, rows, tmp_path, **config):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    # TRL defaults to bf16 autocast; lit_dpo to 32-true: compare both in fp32
+    args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), report_to="none", use_cpu=True, bf16=False, **config)
+    trainer = trl.DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(policy_dir),
+        ref_model=AutoModelForCausalLM.from_pretrained(ref_dir),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=load_tokenizer(policy_dir),
+    )
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
+    trainer.model.train()
+    loss = trainer._compute_loss(trainer.model, batch, return_outputs=False)
+    logged = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+    return {"loss": loss.item()} | {k: logged[k] for k in KEYS[1:]}
+
+
+def lit_metrics(policy_dir, ref_dir, rows, collator, **hparams):
+    module = DPOModule(model_name_or_path=policy_dir, ref_model_name_or_path=ref_dir, **hparams)
+    module.configure_model()
+    tokenizer = load_tokenizer(policy_dir)
+    batch = collator(tokenizer.pad_token_id)([tokenize_pair(tokenizer, r) for r in rows])
+    metrics = PreferenceMetrics()
+    module._shared_step(batch, metrics)
+    return {k: v.item() for k, v in metrics.compute().items()}
+
+
+CASES = [
+    ("sigmoid", {}),
+    ("ipo", {}),
+    ("hinge", {}),
+    ("robust", {"label_smoothing": 0.2}),
+]
+
+
+@pytest.mark.parametrize("loss_type, extra", CASES)
+@pytest.mark.parametrize("conversational", [False, True], ids=["standard", "chat"])
+def test_matches_trl(tiny_dirs, tmp_path, loss_type, extra, conversational):
+    policy_dir, ref_dir = tiny_dirs
+    rows = (chat_rows if conversational else standard_rows)(6, seed=3)
+    beta = 0.3
+    expected = trl_metrics(policy_dir, ref_dir, rows, tmp_path, beta=beta, loss_type=[loss_type], **extra)
+    assert expected["rewards/margins"] != 0  # a different reference: the comparison is not trivially 0 == 0
+    for collator in (PaddedCollator, SharedPrefixCollator):
+        got = lit_metrics(policy_dir, ref_dir, rows, collator, beta=beta, loss_type=loss_type, **extra)
+        for key in KEYS:
+            assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), (collator.__name__, key)
+
+
+def test_initial_loss_is_log2_with_policy_as_reference(tiny_model_dir):
+    got = lit_metrics(tiny_model_dir, None, standard_rows(4), SharedPrefixCollator)
+    assert got["loss"] == pytest.approx(torch.log(torch.tensor(2.0)).item(), rel=1e-6)
+    assert got["rewards/chosen"] == got["rewards/rejected"] == 0.0
