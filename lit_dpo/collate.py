@@ -61,38 +61,59 @@ class PaddedCollator:
 
 @dataclass
 class SharedPrefixCollator:
-    """B rows ``[prompt, chosen, rejected, pad]`` with a ``(B, 1, T, T)`` boolean mask and ``position_ids``."""
+    """Rows of ``[prompt, chosen, rejected]`` segments with a ``(rows, 1, T, T)`` boolean mask and ``position_ids``.
+
+    With ``pack_length`` > 0, pairs are packed several to a row, rows of about ``pack_length`` tokens balanced
+    longest-first, and the mask is block-diagonal: no padding between pairs, at the price of attention over
+    the whole row (dense masks: keep rows short). With 0, one pair per row.
+    """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
+    pack_length: int = 0
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         num_pairs = len(examples)
         lengths = [len(ex["prompt_ids"]) + len(ex["chosen_ids"]) + len(ex["rejected_ids"]) for ex in examples]
-        width = _width(lengths, self.pad_to_multiple_of)
-        input_ids = torch.full((num_pairs, width), self.pad_token_id, dtype=torch.long)
-        position_ids = torch.zeros((num_pairs, width), dtype=torch.long)
-        segment = torch.full((num_pairs, width), PAD, dtype=torch.long)
+        rows = _balanced_rows(lengths, self.pack_length)
+        width = _width([sum(lengths[i] for i in row) for row in rows], self.pad_to_multiple_of)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        segment = torch.full((len(rows), width), PAD, dtype=torch.long)
+        pair = torch.full((len(rows), width), -1, dtype=torch.long)
         index, target, seq = [], [], []
-        for i, ex in enumerate(examples):
-            prompt, chosen, rejected = ex["prompt_ids"], ex["chosen_ids"], ex["rejected_ids"]
-            p, c, r = len(prompt), len(chosen), len(rejected)
-            input_ids[i, : p + c + r] = torch.tensor(prompt + chosen + rejected)
-            position_ids[i, : p + c + r] = torch.cat([torch.arange(p + c), torch.arange(p, p + r)])
-            segment[i, :p], segment[i, p : p + c], segment[i, p + c : p + c + r] = PROMPT, CHOSEN, REJECTED
-            # each completion token is predicted by the token before it in its own sequence:
-            # for the first rejected token that is the last prompt token, not the last chosen one
-            for start, tokens, seq_id in ((p, chosen, i), (p + c, rejected, num_pairs + i)):
-                for j, token in enumerate(tokens):
-                    predictor = p - 1 if j == 0 else start + j - 1
-                    if predictor >= 0:  # an empty prompt leaves the first token unpredicted, as when padded
-                        index.append(i * width + predictor)
+        for r, row in enumerate(rows):
+            col = 0  # where the next pair starts in this row
+            for i in row:
+                prompt, chosen, rejected = (
+                    examples[i]["prompt_ids"],
+                    examples[i]["chosen_ids"],
+                    examples[i]["rejected_ids"],
+                )
+                p, c, n = len(prompt), len(chosen), lengths[i]
+                span = slice(col, col + n)
+                input_ids[r, span] = torch.tensor(prompt + chosen + rejected)
+                position_ids[r, span] = torch.cat([torch.arange(p + c), torch.arange(p, n - c)])
+                segment[r, span] = torch.tensor([PROMPT] * p + [CHOSEN] * c + [REJECTED] * (n - p - c))
+                pair[r, span] = i
+                # flat index of each scored token's predictor: the token before it in its own sequence, which
+                # for the first rejected token is the last prompt token, not the last chosen one
+                last_prompt = r * width + col + p - 1
+                for first, tokens, seq_id in (
+                    (last_prompt + 1, chosen, i),
+                    (last_prompt + 1 + c, rejected, num_pairs + i),
+                ):
+                    for j, token in enumerate(tokens):
+                        if p == 0 and j == 0:
+                            continue  # an empty prompt leaves the first token unpredicted, as when padded
+                        index.append(last_prompt if j == 0 else first + j - 1)
                         target.append(token)
                         seq.append(seq_id)
+                col += n
         return {
-            "input_ids": input_ids,  # (B, T)
-            "attention_mask": shared_prefix_mask(segment),  # (B, 1, T, T)
-            "position_ids": position_ids,  # (B, T)
+            "input_ids": input_ids,  # (rows, T)
+            "attention_mask": shared_prefix_mask(segment, pair),  # (rows, 1, T, T)
+            "position_ids": position_ids,  # (rows, T)
             "score_index": torch.tensor(index, dtype=torch.long),
             "score_target": torch.tensor(target, dtype=torch.long),
             "score_seq": torch.tensor(seq, dtype=torch.long),
@@ -100,15 +121,30 @@ class SharedPrefixCollator:
         }
 
 
-def shared_prefix_mask(segment: Tensor) -> Tensor:
-    """Boolean attention mask ``(B, 1, T, T)`` (True = may attend) from segment ids ``(B, T)``.
+def _balanced_rows(lengths: list[int], pack_length: int) -> list[list[int]]:
+    """Pair indices per row: one pair a row, or ~``pack_length``-token rows filled longest pair first."""
+    if pack_length <= 0:
+        return [[i] for i in range(len(lengths))]
+    num_rows = max(1, -(-sum(lengths) // pack_length))
+    rows: list[list[int]] = [[] for _ in range(num_rows)]
+    sizes = [0] * num_rows
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        shortest = sizes.index(min(sizes))
+        rows[shortest].append(i)
+        sizes[shortest] += lengths[i]
+    return [sorted(row) for row in rows if row]
 
-    Causal, except that rejected queries never see chosen keys, and padding sees only itself (a fully
-    masked row would make the softmax NaN).
+
+def shared_prefix_mask(segment: Tensor, pair: Tensor) -> Tensor:
+    """Boolean attention mask ``(rows, 1, T, T)`` (True = may attend) from segment and pair ids ``(rows, T)``.
+
+    Causal within each pair, except that rejected queries never see chosen keys; padding sees only itself
+    (a fully masked row would make the softmax NaN).
     """
     width = segment.shape[1]
     causal = torch.ones(width, width, dtype=torch.bool).tril()  # (T, T)
-    query, key = segment[:, :, None], segment[:, None, :]  # (B, T, 1), (B, 1, T)
-    mask = causal & (key != PAD) & (query != PAD) & ~((query == REJECTED) & (key == CHOSEN))
+    query, key = segment[:, :, None], segment[:, None, :]  # (rows, T, 1), (rows, 1, T)
+    same_pair = pair[:, :, None] == pair[:, None, :]
+    mask = causal & same_pair & (key != PAD) & (query != PAD) & ~((query == REJECTED) & (key == CHOSEN))
     mask |= torch.eye(width, dtype=torch.bool) & (query == PAD)
     return mask[:, None]

@@ -38,6 +38,7 @@ class PreferenceDataModule(L.LightningDataModule):
         truncation: Truncation = "error",
         shuffle: bool = True,
         prefix_sharing: bool = True,
+        pack_length: int = 512,
         num_workers: int = 0,
         tokenizer_name_or_path: str = BUNDLED,
     ) -> None:
@@ -60,6 +61,9 @@ class PreferenceDataModule(L.LightningDataModule):
             prefix_sharing: Pack each pair as one row ``[prompt, chosen, rejected]`` with a block attention mask,
                 so the prompt is computed once and nothing is padded to its partner's length. Off: TRL's layout of
                 2B padded rows. Needs an attention that takes a 4D mask (sdpa, eager), as transformers' models do.
+            pack_length: With prefix sharing, pack pairs into rows of about this many tokens (balanced, block-
+                diagonal mask), so no compute is spent on padding; 0 keeps one pair per row. Attention is dense
+                over a row, so long rows cost quadratically: ~512 suits short pairs, 0 suits long ones.
             num_workers: DataLoader worker processes (tokenization happens once, up front).
             tokenizer_name_or_path: Tokenizer, linked by the CLI to ``--model.model_name_or_path``.
         """
@@ -110,8 +114,9 @@ class PreferenceDataModule(L.LightningDataModule):
         return pairs
 
     def _collator(self) -> PaddedCollator | SharedPrefixCollator:
-        collator = SharedPrefixCollator if self.hparams.prefix_sharing else PaddedCollator
-        return collator(pad_token_id=self.tokenizer.pad_token_id)
+        if self.hparams.prefix_sharing:
+            return SharedPrefixCollator(self.tokenizer.pad_token_id, pack_length=self.hparams.pack_length)
+        return PaddedCollator(self.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(

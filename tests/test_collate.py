@@ -65,7 +65,19 @@ def test_both_layouts_give_the_logps_of_the_plain_forward():
         reference = sequence_logps(
             model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits, padded["labels"]
         )
-        for collator in (PaddedCollator(0), SharedPrefixCollator(0), SharedPrefixCollator(0, pad_to_multiple_of=8)):
+        collators = [PaddedCollator(0), SharedPrefixCollator(0), SharedPrefixCollator(0, pad_to_multiple_of=8)]
+        collators += [SharedPrefixCollator(0, pack_length=n) for n in (1, 12, 30, 1000)]
+        for collator in collators:
             sums, counts = _logps(model, collator(examples))
             torch.testing.assert_close(sums, reference, rtol=1e-5, atol=1e-5)
             assert counts.tolist() == [2, 1, 5, 1, 2, 1]
+
+
+def test_packing_balances_rows_and_keeps_pairs_apart():
+    batch = SharedPrefixCollator(pad_token_id=0, pack_length=100)(EXAMPLES)  # 6 + 5 tokens: one row
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 3, 0, 1, 2, 2, 3]]
+    mask = batch["attention_mask"][0, 0]
+    assert not mask[6:, :6].any() and not mask[:6, 6:].any()  # block-diagonal: pairs never see each other
+    assert batch["score_index"].tolist() == [2, 3, 2, 7, 7, 9]
+    assert SharedPrefixCollator(0, pack_length=6)(EXAMPLES)["input_ids"].shape == (2, 6)  # 11 tokens: 2 rows

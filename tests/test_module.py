@@ -65,3 +65,22 @@ def test_checkpoint_leaves_out_the_reference_and_loads_back(tmp_path, tiny_model
 def test_lr_warmup_then_schedules():
     module = DPOModule(model_name_or_path="unused", warmup_steps=4, lr_schedule="constant")
     assert [module._lr_factor(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+def test_shared_prefix_masks_work_with_sdpa_and_eager(tiny_model_dir):
+    from conftest import make_tokenizer, standard_rows
+
+    from lit_dpo.collate import PaddedCollator, SharedPrefixCollator
+    from lit_dpo.tokenization import tokenize_pair
+
+    module = DPOModule(model_name_or_path=tiny_model_dir)
+    module.configure_model()
+    tokenizer = make_tokenizer()
+    pairs = [tokenize_pair(tokenizer, r) for r in standard_rows(5)]
+    shared, padded = SharedPrefixCollator(tokenizer.pad_token_id)(pairs), PaddedCollator(tokenizer.pad_token_id)(pairs)
+    with torch.no_grad():
+        expected = module._completion_logps(module.policy, padded)
+        for attention in ("sdpa", "eager"):
+            module.policy.set_attn_implementation(attention)
+            for got, want in zip(module._completion_logps(module.policy, shared), expected):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -1,5 +1,7 @@
 """lit_dpo's loss and metrics equal TRL's DPOTrainer on the same tiny policy, a different reference, and data."""
 
+from functools import partial
+
 import pytest
 import torch
 from conftest import chat_rows, standard_rows
@@ -61,10 +63,15 @@ def test_matches_trl(tiny_dirs, tmp_path, loss_type, extra, conversational):
     beta = 0.3
     expected = trl_metrics(policy_dir, ref_dir, rows, tmp_path, beta=beta, loss_type=[loss_type], **extra)
     assert expected["rewards/margins"] != 0  # a different reference: the comparison is not trivially 0 == 0
-    for collator in (PaddedCollator, SharedPrefixCollator):
+    layouts = {
+        "padded": PaddedCollator,
+        "shared": SharedPrefixCollator,
+        "packed": partial(SharedPrefixCollator, pack_length=64),
+    }
+    for layout, collator in layouts.items():
         got = lit_metrics(policy_dir, ref_dir, rows, collator, beta=beta, loss_type=loss_type, **extra)
         for key in KEYS:
-            assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), (collator.__name__, key)
+            assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), (layout, key)
 
 
 def test_initial_loss_is_log2_with_policy_as_reference(tiny_model_dir):
