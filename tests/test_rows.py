@@ -20,6 +20,15 @@ def test_reads_every_format(tmp_path):
         assert [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in got] == rows, path
 
 
+def test_reads_a_folder_of_data_files_by_split(tmp_path):
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", standard_rows(3))
+    write_jsonl(folder / "test.jsonl", standard_rows(2, seed=1))
+    assert len(read_rows(str(folder))) == 3
+    assert [r["prompt"] for r in read_rows(str(folder), split="test")] == [r["prompt"] for r in standard_rows(2, seed=1)]
+
+
 def test_row_numbers_are_line_numbers(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps(standard_rows(1)[0]) + "\n\n" + json.dumps(standard_rows(1)[0]) + "\n")
