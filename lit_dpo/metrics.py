@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.nn import ModuleDict
 from torchmetrics import MeanMetric, Metric
 
-from lit_dpo.loss import PairLogps
+from lit_dpo.logps import PairLogps
 
 # Per-pair metrics, in the order they are logged.
 PAIR_METRICS = (

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import lightning as L
 import torch
 from torch import Tensor
 
 from lit_dpo.errors import InputError
-from lit_dpo.loss import PairLogps, completion_logps, get_loss
+from lit_dpo.logps import PairLogps, completion_logps
+from lit_dpo.loss import get_loss
 from lit_dpo.metrics import PreferenceMetrics, pair_metrics
 from lit_dpo.models import BUNDLED, load_model
 
@@ -23,9 +24,11 @@ class DPOModule(L.LightningModule):
         self,
         model_name_or_path: str = BUNDLED,
         ref_model_name_or_path: Optional[str] = None,
-        loss_type: str = "sigmoid",
+        loss_type: Union[str, list[str]] = "sigmoid",
         beta: float = 0.1,
         label_smoothing: float = 0.0,
+        loss_weights: Optional[list[float]] = None,
+        discopop_tau: float = 0.05,
         learning_rate: float = 5e-5,
         weight_decay: float = 0.0,
         warmup_steps: int = 5,
@@ -39,9 +42,13 @@ class DPOModule(L.LightningModule):
         Args:
             model_name_or_path: Policy to train: a Hub id, a local HF folder, or ``bundled:SmolLM2-135M-Instruct``.
             ref_model_name_or_path: Frozen reference; defaults to a copy of the policy's starting weights.
-            loss_type: Preference loss, by name in ``lit_dpo.loss.LOSSES``: sigmoid (DPO), robust, hinge, ipo.
+            loss_type: Preference loss by name (``lit_dpo.loss.LOSSES``): sigmoid (DPO), robust, hinge, ipo,
+                sigmoid_norm, exo_pair, nca_pair, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down,
+                discopop, sft; or a list of them, summed with ``loss_weights`` (e.g. ``[sigmoid, sft]``).
             beta: Strength of the implicit KL penalty; for ipo, the regulariser tau.
-            label_smoothing: Probability that a label is flipped (``robust`` only).
+            label_smoothing: Label noise for robust (flip probability), exo_pair (epsilon), aot, aot_unpaired.
+            loss_weights: One weight per ``loss_type`` when several are given (default: all 1).
+            discopop_tau: Temperature of the discopop loss.
             learning_rate: AdamW peak learning rate.
             weight_decay: AdamW weight decay.
             warmup_steps: Optimizer steps of linear warmup from ``learning_rate / warmup_steps``.
@@ -52,7 +59,8 @@ class DPOModule(L.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        self.loss_fn = get_loss(loss_type, label_smoothing)  # refuse bad options before loading anything
+        # refuse bad options before loading anything
+        self.loss_fn = get_loss(loss_type, label_smoothing, loss_weights, discopop_tau)
         self.train_metrics = PreferenceMetrics()
         self.val_metrics = PreferenceMetrics()
         self.policy: Optional[torch.nn.Module] = None

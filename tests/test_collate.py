@@ -2,7 +2,7 @@ import torch
 from conftest import make_model
 
 from lit_dpo.collate import PaddedCollator, SharedPrefixCollator
-from lit_dpo.loss import completion_logps, sequence_logps
+from lit_dpo.logps import completion_logps, sequence_logps
 
 EXAMPLES = [
     {"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]},

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lit_dpo.errors import InputError
-from lit_dpo.loss import LOSSES, PairLogps, get_loss, sequence_logps
+from lit_dpo.logps import PairLogps
+from lit_dpo.loss import LOSSES, get_loss
 
 
 def pairs(pc, pr, rc, rr, nc=(1.0,), nr=(1.0,)) -> PairLogps:
@@ -59,15 +60,53 @@ def test_robust_without_smoothing_is_sigmoid():
     torch.testing.assert_close(get_loss("robust")(LP, 0.1)[0], get_loss("sigmoid")(LP, 0.1)[0])
 
 
+LOG2 = math.log(2)
+# loss at policy == reference (every log-ratio 0), beta = 0.5, with the label_smoothing each loss is given below
+AT_REFERENCE = {
+    "sigmoid": LOG2,
+    "robust": LOG2,  # (0.9 log 2 - 0.1 log 2) / 0.8
+    "hinge": 1.0,
+    "ipo": 1.0,  # (0 - 1/(2 * 0.5))^2
+    "sigmoid_norm": LOG2,
+    "exo_pair": 0.5 * (-LOG2 - math.log1p(-0.1)) + 0.5 * (-LOG2 - math.log(0.1)),
+    "nca_pair": 2 * LOG2,  # (1 + 0.5 + 0.5) * -logsigmoid(0)
+    "bco_pair": 2 * LOG2,
+    "sppo_hard": 2.0,  # 2 * (0.5 / 0.5)^2
+    "aot": LOG2,
+    "aot_unpaired": LOG2,
+    "apo_zero": 1.0,  # 1 - 1/2 + 1/2
+    "apo_down": 1.0,  # 1/2 + 1 - 1/2
+    "discopop": 0.5 * LOG2 + 0.5,  # blend sigmoid(0) = 1/2 of log 2 and exp(0)
+    "sft": 10.5 / 8,  # -(-3 - 7.5) / (3 + 5): the chosen NLL per token, which the reference does not enter
+}
+SMOOTHING = {"robust": 0.1, "exo_pair": 0.1, "aot": 0.1, "aot_unpaired": 0.1}
+
+
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_policy_equal_reference(name):
-    """policy == reference: zero rewards; DPO-family losses equal log 2 (hinge 1, ipo (1/(2 beta))^2)."""
+    """policy == reference: zero rewards, and the hand-worked loss value above (log 2 for DPO)."""
+    assert set(AT_REFERENCE) == set(LOSSES)
     logps = torch.tensor([-3.0, -7.5])
     lp = PairLogps(logps, logps - 1, logps, logps - 1, torch.tensor([3.0, 5.0]), torch.tensor([2.0, 2.0]))
-    losses, chosen, rejected = get_loss(name, 0.1 if name == "robust" else 0.0)(lp, 0.5, 0.1)
-    expected = {"sigmoid": math.log(2), "robust": math.log(2), "hinge": 1.0, "ipo": 1.0}[name]
-    torch.testing.assert_close(losses, torch.full((2,), expected))
+    smoothing = SMOOTHING.get(name, 0.0)
+    losses, chosen, rejected = get_loss(name, smoothing)(lp, 0.5, smoothing)
+    torch.testing.assert_close(losses, torch.full((2,), AT_REFERENCE[name]))
     assert torch.all(chosen == 0) and torch.all(rejected == 0)
+
+
+def test_weighted_sum_of_losses():
+    weighted = get_loss(["sigmoid", "sft"], weights=[0.8, 0.2])(LP, 0.1)
+    sigmoid, sft = get_loss("sigmoid")(LP, 0.1)[0], get_loss("sft")(LP, 0.1)[0]
+    torch.testing.assert_close(weighted[0], 0.8 * sigmoid + 0.2 * sft)
+    # sft: -(-1 - 5 - 3) / (2 + 1 + 4) = 9 / 7 for every pair
+    torch.testing.assert_close(sft, torch.full((3,), 9 / 7, dtype=torch.float64))
+
+
+def test_aot_sorts_across_the_batch():
+    # policy margins [1, -3, 2] sorted [-3, 1, 2]; reference margins [0, 4, -1] sorted [-1, 0, 4]: delta [-2, 1, -2]
+    lp = pairs([0.0, -3.0, 2.0], [-1.0, 0.0, 0.0], [0.0, 4.0, -1.0], [0.0, 0.0, 0.0])
+    expected = -torch.nn.functional.logsigmoid(torch.tensor([-2.0, 1.0, -2.0], dtype=torch.float64))
+    torch.testing.assert_close(get_loss("aot")(lp, 1.0)[0], expected)
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -75,7 +114,7 @@ def test_rewards_carry_no_gradient(name):
     pc = torch.tensor([-1.0, -2.0], requires_grad=True)
     pr = torch.tensor([-3.0, -1.0], requires_grad=True)
     lp = PairLogps(pc, pr, torch.tensor([-1.5, -1.5]), torch.tensor([-2.0, -2.0]), torch.ones(2), torch.ones(2))
-    losses, chosen, rejected = LOSSES[name](lp, 0.1, 0.0)
+    losses, chosen, rejected = LOSSES[name](lp, 0.1, SMOOTHING.get(name, 0.0))
     assert not chosen.requires_grad and not rejected.requires_grad
     losses.sum().backward()
     assert pc.grad is not None and torch.all(torch.isfinite(pc.grad))
@@ -89,20 +128,6 @@ def test_sigmoid_is_stable_for_huge_margins():
     assert get_loss("sigmoid")(lp, 1.0)[0].item() == pytest.approx(1e6)
 
 
-def test_sequence_logps_matches_log_softmax():
-    torch.manual_seed(0)
-    logits = torch.randn(3, 5, 11, dtype=torch.float64)
-    labels = torch.randint(0, 11, (3, 5))
-    labels[:, :2] = -100  # prompt
-    labels[2, 4] = -100  # padding
-    logprobs = logits.log_softmax(-1)
-    expected = torch.stack(
-        [sum(logprobs[b, t - 1, labels[b, t]] for t in range(1, 5) if labels[b, t] != -100) for b in range(3)]
-    )
-    torch.testing.assert_close(sequence_logps(logits, labels), expected)
-    torch.testing.assert_close(sequence_logps(logits, labels, average=True), expected / torch.tensor([3, 3, 2]))
-
-
 def test_get_loss_refuses_bad_options():
     with pytest.raises(InputError, match="unknown loss_type"):
         get_loss("dpo")
@@ -110,3 +135,7 @@ def test_get_loss_refuses_bad_options():
         get_loss("sigmoid", 0.1)
     with pytest.raises(InputError, match="0 <= label_smoothing < 0.5"):
         get_loss("robust", 0.5)
+    with pytest.raises(InputError, match="exo_pair' needs 0 < label_smoothing < 1"):
+        get_loss("exo_pair")
+    with pytest.raises(InputError, match="one weight per loss_type"):
+        get_loss(["sigmoid", "sft"], weights=[1.0])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lit_dpo.loss import PairLogps
+from lit_dpo.logps import PairLogps
 from lit_dpo.metrics import PreferenceMetrics, pair_metrics
 
 

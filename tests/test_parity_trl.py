@@ -7,6 +7,7 @@ import torch
 from conftest import chat_rows, standard_rows
 
 from lit_dpo.collate import PaddedCollator, SharedPrefixCollator
+from lit_dpo.loss import LOSSES
 from lit_dpo.metrics import PreferenceMetrics
 from lit_dpo.models import load_tokenizer
 from lit_dpo.module import DPOModule
@@ -47,12 +48,9 @@ def lit_metrics(policy_dir, ref_dir, rows, collator, **hparams):
     return {k: v.item() for k, v in metrics.compute().items()}
 
 
-CASES = [
-    ("sigmoid", {}),
-    ("ipo", {}),
-    ("hinge", {}),
-    ("robust", {"label_smoothing": 0.2}),
-]
+SMOOTHING = {"robust": 0.2, "exo_pair": 1e-3, "aot": 0.1, "aot_unpaired": 0.1}
+CASES = [(name, {"label_smoothing": SMOOTHING[name]} if name in SMOOTHING else {}) for name in sorted(LOSSES)]
+CASES += [(["sigmoid", "sft"], {"loss_weights": [0.8, 0.2]}), ("discopop", {"discopop_tau": 0.2})]
 
 
 @pytest.mark.parametrize("loss_type, extra", CASES)
@@ -61,7 +59,8 @@ def test_matches_trl(tiny_dirs, tmp_path, loss_type, extra, conversational):
     policy_dir, ref_dir = tiny_dirs
     rows = (chat_rows if conversational else standard_rows)(6, seed=3)
     beta = 0.3
-    expected = trl_metrics(policy_dir, ref_dir, rows, tmp_path, beta=beta, loss_type=[loss_type], **extra)
+    trl_loss = loss_type if isinstance(loss_type, list) else [loss_type]
+    expected = trl_metrics(policy_dir, ref_dir, rows, tmp_path, beta=beta, loss_type=trl_loss, **extra)
     assert expected["rewards/margins"] != 0  # a different reference: the comparison is not trivially 0 == 0
     layouts = {
         "padded": PaddedCollator,

@@ -26,7 +26,9 @@ def test_reads_a_folder_of_data_files_by_split(tmp_path):
     write_jsonl(folder / "train.jsonl", standard_rows(3))
     write_jsonl(folder / "test.jsonl", standard_rows(2, seed=1))
     assert len(read_rows(str(folder))) == 3
-    assert [r["prompt"] for r in read_rows(str(folder), split="test")] == [r["prompt"] for r in standard_rows(2, seed=1)]
+    assert [r["prompt"] for r in read_rows(str(folder), split="test")] == [
+        r["prompt"] for r in standard_rows(2, seed=1)
+    ]
 
 
 def test_row_numbers_are_line_numbers(tmp_path):

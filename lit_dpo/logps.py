@@ -1,0 +1,63 @@
+"""Completion log-probs: per-token scores summed per sequence, and the four per-pair tensors losses read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+LossOutput = tuple[Tensor, Tensor, Tensor]  # per-pair losses, chosen rewards, rejected rewards: each (B,)
+
+
+@dataclass
+class PairLogps:
+    """Summed completion log-probs of B pairs under policy and reference, each ``(B,)``."""
+
+    policy_chosen: Tensor
+    policy_rejected: Tensor
+    ref_chosen: Tensor
+    ref_rejected: Tensor
+    chosen_tokens: Tensor  # (B,) number of completion tokens, used by length-normalised losses
+    rejected_tokens: Tensor
+
+    @property
+    def chosen_logratios(self) -> Tensor:
+        return self.policy_chosen - self.ref_chosen
+
+    @property
+    def rejected_logratios(self) -> Tensor:
+        return self.policy_rejected - self.ref_rejected
+
+
+def completion_logps(logits: Tensor, targets: Tensor, seq_index: Tensor, num_seqs: int) -> tuple[Tensor, Tensor]:
+    """Sum per-token log-probs into per-sequence log-probs.
+
+    ``logits`` is ``(M, V)`` for the M scored completion positions (already shifted: row m predicts
+    ``targets[m]``), ``seq_index`` ``(M,)`` says which of the ``num_seqs`` sequences each row belongs to.
+    Returns ``(sum_logps, num_tokens)``, both ``(num_seqs,)``.
+    """
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half-precision logsumexp loses digits
+    # gather - logsumexp avoids materialising a second (M, V) tensor as log_softmax would
+    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    sums = token_logps.new_zeros(num_seqs).index_add(0, seq_index, token_logps)
+    counts = torch.bincount(seq_index, minlength=num_seqs).to(sums.dtype)
+    return sums, counts
+
+
+def sequence_logps(logits: Tensor, labels: Tensor, average: bool = False) -> Tensor:
+    """Log-prob of each sequence's labelled tokens from full logits ``(N, T, V)`` and labels ``(N, T)``.
+
+    Labels are unshifted (``labels[:, t]`` is the token at position t, -100 where not scored). Returns
+    ``(N,)``: the sum over scored tokens, or their mean when ``average``.
+    """
+    targets, logits = labels[:, 1:], logits[:, :-1]  # position t predicts token t+1
+    mask = targets != -100
+    seq_index = mask.nonzero()[:, 0]
+    sums, counts = completion_logps(logits[mask], targets[mask], seq_index, labels.shape[0])
+    return sums / counts.clamp(min=1) if average else sums
+
+
+def rewards(lp: PairLogps, beta: float) -> tuple[Tensor, Tensor]:
+    """Implicit rewards ``beta * (pi - ref)`` of chosen and rejected, detached, each ``(B,)``."""
+    return beta * lp.chosen_logratios.detach(), beta * lp.rejected_logratios.detach()
