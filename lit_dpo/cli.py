@@ -23,6 +23,7 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 TRAINER_DEFAULTS = {
     "default_root_dir": "runs",
     "max_epochs": 1,
+    "precision": "32-true",
     "log_every_n_steps": 1,
     "num_sanity_val_steps": 0,  # every fit ends with a full validation; a partial one first only costs time
 }

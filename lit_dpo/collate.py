@@ -1,6 +1,7 @@
 """Collators: tokenized pairs -> one batch for a single forward over chosen and rejected.
 
-Both layouts tell the module which hidden states to score with the same three tensors, so the loss code is
+Both layouts also carry ``weights`` ``(B,)``, each pair's weight in the metrics, and tell the module which
+hidden states to score with the same three tensors, so the loss code is
 layout-agnostic: ``score_index`` ``(M,)`` indexes the flattened ``(rows * T)`` hidden states, each of which
 predicts ``score_target`` ``(M,)``, a completion token of sequence ``score_seq`` ``(M,)``: ``i`` for the
 chosen completion of pair ``i``, ``B + i`` for its rejected one.
@@ -21,6 +22,11 @@ import torch
 from torch import Tensor
 
 PROMPT, CHOSEN, REJECTED, PAD = 0, 1, 2, 3
+
+
+def pair_weights(examples: list[dict[str, Any]]) -> Tensor:
+    """``(B,)`` metric weight of each pair: 0 for the copies that only even out ranks (see ``data.pad_for_ranks``)."""
+    return torch.tensor([float(ex.get("weight", 1.0)) for ex in examples])
 
 
 def _width(lengths: list[int], multiple: int | None) -> int:
@@ -56,6 +62,7 @@ class PaddedCollator:
             "score_target": targets[row, pos],
             "score_seq": row,
             "num_pairs": len(examples),
+            "weights": pair_weights(examples),
         }
 
 
@@ -118,6 +125,7 @@ class SharedPrefixCollator:
             "score_target": torch.tensor(target, dtype=torch.long),
             "score_seq": torch.tensor(seq, dtype=torch.long),
             "num_pairs": num_pairs,
+            "weights": pair_weights(examples),
         }
 
 

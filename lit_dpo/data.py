@@ -128,8 +128,9 @@ class PreferenceDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
+        world_size = self.trainer.world_size if self.trainer is not None else 1
         return DataLoader(
-            self.val_pairs,
+            pad_for_ranks(self.val_pairs, world_size),
             batch_size=self.hparams.val_batch_size or 2 * self.hparams.batch_size,
             collate_fn=self._collator(),
             num_workers=self.hparams.num_workers,
@@ -145,3 +146,10 @@ def _hold_out(rows: list[dict[str, Any]], fraction: float) -> tuple[list[dict[st
         raise DataError(f"{rows[0]['source']}: {len(rows)} rows are too few to hold out val_split={fraction}")
     val = set(order[:n_val])
     return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
+
+
+def pad_for_ranks(pairs: list[dict[str, Any]], world_size: int) -> list[dict[str, Any]]:
+    """Pad to a multiple of ``world_size`` with weight-0 copies, so every rank runs as many batches (collectives
+    in the forward, as under FSDP, must match) and the sampler repeats nothing: metrics count each pair once."""
+    missing = -len(pairs) % world_size
+    return pairs + [pairs[i % len(pairs)] | {"weight": 0.0} for i in range(missing)] if pairs else pairs

@@ -49,17 +49,21 @@ class PreferenceMetrics(torch.nn.Module):
         # ModuleDict keys may not contain "/", so the metric names are mapped
         self.means: ModuleDict = ModuleDict({_key(n): MeanMetric() for n in PAIR_METRICS + TOKEN_METRICS})
 
-    def update(self, values: dict[str, Tensor], logit_sums: Tensor, token_counts: Tensor) -> None:
+    def update(
+        self, values: dict[str, Tensor], logit_sums: Tensor, token_counts: Tensor, weights: Tensor | None = None
+    ) -> None:
         """Add one batch.
 
         ``values`` comes from ``pair_metrics``; ``logit_sums`` ``(2B,)`` is, per sequence (chosen rows first),
-        the sum over its completion tokens of the vocabulary-mean logit, ``token_counts`` ``(2B,)`` their number.
+        the sum over its completion tokens of the vocabulary-mean logit, ``token_counts`` ``(2B,)`` their number;
+        ``weights`` ``(B,)`` (default 1) lets padding pairs count for nothing.
         """
+        weights = torch.ones_like(values["loss"]) if weights is None else weights.to(values["loss"])
         for name, value in values.items():
-            self.means[_key(name)].update(value)
+            self.means[_key(name)].update(value, weight=weights)
         for name, sums, counts in zip(TOKEN_METRICS, logit_sums.chunk(2), token_counts.chunk(2)):
             # weighted mean: sum(value * weight) / sum(weight) == total logits / total tokens
-            self.means[_key(name)].update(sums / counts.clamp(min=1), weight=counts)
+            self.means[_key(name)].update(sums / counts.clamp(min=1), weight=counts * weights)
 
     def compute(self) -> dict[str, Tensor]:
         return {name: self.means[_key(name)].compute() for name in PAIR_METRICS + TOKEN_METRICS}

@@ -109,7 +109,8 @@ class DPOModule(L.LightningModule):
             ref_logps, _, _ = self._completion_logps(self.reference, batch)
         lp = PairLogps(*policy_logps.chunk(2), *ref_logps.chunk(2), *counts.chunk(2))
         losses, chosen_rewards, rejected_rewards = self.loss_fn(lp, self.hparams.beta, self.hparams.label_smoothing)
-        metrics.update(pair_metrics(losses, chosen_rewards, rejected_rewards, lp), logit_sums, counts)
+        values = pair_metrics(losses, chosen_rewards, rejected_rewards, lp)
+        metrics.update(values, logit_sums, counts, batch.get("weights"))
         return losses.mean()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
