@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_dpo.data import PreferenceDataModule
-from lit_dpo.errors import InputError
+from lit_dpo.errors import InputError, TrainingDiverged
 from lit_dpo.module import DPOModule
 
 # the frozen reference is in eval mode on purpose; Lightning would warn about it at every fit
@@ -87,9 +87,12 @@ def run_dir(cli: DPOCLI) -> Path:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Show bad input as one line on stderr and exit with status 2, never as a traceback."""
+    """Show bad input as one line on stderr and exit with status 2 (a diverged run: 1), never as a traceback."""
     try:
         yield
     except InputError as err:
         print(f"lit_dpo: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except TrainingDiverged as err:
+        print(f"lit_dpo: training stopped: {err}", file=sys.stderr)
+        raise SystemExit(1) from None

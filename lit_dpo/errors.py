@@ -3,3 +3,7 @@
 
 class InputError(ValueError):
     """Bad input (data, path or option). The CLI prints the message and exits with status 2."""
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss term became NaN or infinite; raised before the weights are updated with it."""

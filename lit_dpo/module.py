@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lit_dpo.errors import InputError
+from lit_dpo.errors import InputError, TrainingDiverged
 from lit_dpo.logps import PairLogps, completion_logps
 from lit_dpo.loss import get_loss
 from lit_dpo.metrics import PreferenceMetrics, pair_metrics
@@ -109,9 +109,34 @@ class DPOModule(L.LightningModule):
             ref_logps, _, _ = self._completion_logps(self.reference, batch)
         lp = PairLogps(*policy_logps.chunk(2), *ref_logps.chunk(2), *counts.chunk(2))
         losses, chosen_rewards, rejected_rewards = self.loss_fn(lp, self.hparams.beta, self.hparams.label_smoothing)
+        if self.training:
+            self._stop_if_not_finite(lp, losses)
         values = pair_metrics(losses, chosen_rewards, rejected_rewards, lp)
         metrics.update(values, logit_sums, counts, batch.get("weights"))
         return losses.mean()
+
+    def _stop_if_not_finite(self, lp: PairLogps, losses: Tensor) -> None:
+        """Raise, on every rank at once, before a NaN/inf loss reaches the weights, naming the step and the term."""
+        terms = {
+            "policy logps/chosen": lp.policy_chosen,
+            "policy logps/rejected": lp.policy_rejected,
+            "reference logps/chosen": lp.ref_chosen,
+            "reference logps/rejected": lp.ref_rejected,
+            "loss": losses,
+        }
+        finite = all(bool(torch.isfinite(t).all()) for t in terms.values())
+        if self._trainer is not None:  # agree across ranks, so that no rank waits on one that stopped
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return
+        bad = [
+            f"{name} = {t[~torch.isfinite(t)][0].item()}" for name, t in terms.items() if not torch.isfinite(t).all()
+        ]
+        where = ", ".join(bad) or "a term on another rank"
+        raise TrainingDiverged(
+            f"step {self.global_step}: {where} is not finite; no update was made with it "
+            "(lower --model.learning_rate, or set --trainer.gradient_clip_val)"
+        )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         return self._shared_step(batch, self.train_metrics)

@@ -157,3 +157,21 @@ def test_truncation_is_counted_in_a_warning(tiny_model_dir, data, tmp_path):
                 "--trainer.max_steps=1",
             )
         )
+
+
+def test_a_diverging_run_stops_naming_step_and_term(tiny_model_dir, data, tmp_path, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    broken = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        broken.lm_head.weight[5] = float("nan")  # one vocabulary row: every log-softmax turns NaN
+    broken.save_pretrained(tmp_path / "broken")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "broken")
+    args = _args(tmp_path / "broken", *data, tmp_path, f"--model.ref_model_name_or_path={tiny_model_dir}")
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(args)
+    assert exit_info.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("lit_dpo: training stopped: step 0: policy logps/chosen = nan"), line
+    assert "reference" not in line and not (tmp_path / "lightning_logs" / "version_0" / "hf_model").exists()

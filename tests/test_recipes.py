@@ -68,7 +68,9 @@ def test_ddp_validation_counts_every_pair_once(tiny_dirs, files, tmp_path):
     assert float(one["val/rewards/margins"]) != 0
     for key in one:
         if key.startswith("val/"):
-            assert float(two[key]) == pytest.approx(float(one[key]), rel=1e-4, abs=1e-6), key  # float sums differ in order
+            assert float(two[key]) == pytest.approx(float(one[key]), rel=1e-4, abs=1e-6), (
+                key
+            )  # float sums differ in order
 
 
 def test_ddp_fit_on_two_cpu_processes(tiny_model_dir, files, tmp_path):
