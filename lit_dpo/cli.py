@@ -19,6 +19,8 @@ from lit_dpo.module import DPOModule
 
 # the frozen reference is in eval mode on purpose; Lightning would warn about it at every fit
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+# val/ and train/ values come from torchmetrics, already reduced over ranks; Lightning cannot know that
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|train)/")
 
 TRAINER_DEFAULTS = {
     "default_root_dir": "runs",

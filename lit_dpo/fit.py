@@ -9,6 +9,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lit_dpo.cli import DPOCLI, run_dir, user_errors
 from lit_dpo.models import export_hf
+from lit_dpo.parallel import full_state_dict
 
 
 def main(args: Optional[list[str]] = None) -> None:
@@ -22,8 +23,9 @@ def main(args: Optional[list[str]] = None) -> None:
             # max_steps can stop mid-epoch after the last scheduled validation; every run ends with final metrics
             trainer.validate(model, datamodule=data, verbose=False)
         export_dir = Path(cli.config.export_dir or run_dir(cli) / "hf_model")
+        state_dict = full_state_dict(model.policy)  # gathered on every rank when sharded, written by rank 0
         if trainer.is_global_zero:
-            export_hf(model.policy, data.tokenizer, export_dir)
+            export_hf(model.policy, data.tokenizer, export_dir, state_dict)
         trainer.strategy.barrier()
         _report(cli, export_dir)
 

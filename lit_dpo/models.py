@@ -88,9 +88,17 @@ def load_model(name_or_path: str, dtype: str = "float32", trust_remote_code: boo
         )
 
 
-def export_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> Path:
-    """Write ``model`` and ``tokenizer`` as a Hugging Face folder (``config.json``, ``*.safetensors``, tokenizer)."""
+def export_hf(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    directory: str | Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``model`` and ``tokenizer`` as a Hugging Face folder (``config.json``, ``*.safetensors``, tokenizer).
+
+    ``state_dict`` replaces the model's own weights (the gathered full weights of an FSDP-sharded model).
+    """
     directory = Path(directory)
-    model.save_pretrained(directory, safe_serialization=True)
+    model.save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory

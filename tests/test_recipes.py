@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import standard_rows, write_jsonl
 
 from lit_dpo import fit
@@ -73,9 +74,11 @@ def test_ddp_validation_counts_every_pair_once(tiny_dirs, files, tmp_path):
             )  # float sums differ in order
 
 
-def test_ddp_fit_on_two_cpu_processes(tiny_model_dir, files, tmp_path):
-    args = ["--config", str(RECIPES / "base.yaml"), "--config", str(RECIPES / "strategy" / "ddp.yaml")]
-    args += ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.max_steps=3"]
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_strategy_fit_on_two_cpu_processes(strategy, tiny_model_dir, files, tmp_path):
+    """Both strategies train, validate over both ranks and export a loadable policy; FSDP matches DDP."""
+    args = ["--config", str(RECIPES / "base.yaml"), "--config", str(RECIPES / "strategy" / f"{strategy}.yaml")]
+    args += ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.max_steps=3", "--model.learning_rate=1e-3"]
     args += [f"--model.model_name_or_path={tiny_model_dir}", f"--data.path={files[0]}", f"--data.val_path={files[1]}"]
     rows = _run("lit_dpo.fit", args, tmp_path)
     final = [r for r in rows if r["val/loss"]][-1]
@@ -83,4 +86,16 @@ def test_ddp_fit_on_two_cpu_processes(tiny_model_dir, files, tmp_path):
     assert all(math.isfinite(float(final[k])) for k in final if k.startswith("val/"))
     from transformers import AutoModelForCausalLM
 
-    assert AutoModelForCausalLM.from_pretrained(tmp_path / "lightning_logs" / "version_0" / "hf_model")
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "lightning_logs" / "version_0" / "hf_model")
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not torch.equal(exported.lm_head.weight, start.lm_head.weight)  # the trained, gathered weights
+    FINAL[strategy] = (final, exported.state_dict())
+    if len(FINAL) == 2:  # the same global batches and gradients: the same model and metrics, to float noise
+        (ddp_final, ddp_state), (fsdp_final, fsdp_state) = FINAL["ddp"], FINAL["fsdp"]
+        for key in (k for k in ddp_final if k.startswith("val/")):
+            assert float(fsdp_final[key]) == pytest.approx(float(ddp_final[key]), rel=1e-4, abs=1e-6), key
+        for name, value in ddp_state.items():
+            torch.testing.assert_close(fsdp_state[name], value, rtol=1e-4, atol=1e-6)
+
+
+FINAL: dict = {}

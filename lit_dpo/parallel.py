@@ -1,0 +1,60 @@
+"""FSDP2 for lit_dpo: sharding the policy and reference per decoder layer, and gathering a full state dict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def shard(model: torch.nn.Module, mesh: DeviceMesh) -> None:
+    """``fully_shard`` each decoder layer (the classes HF lists in ``_no_split_modules``), then the whole model.
+
+    Each layer is gathered only for its own forward and backward, so a rank holds 1/N of the weights plus one
+    layer; the root unit covers what is left (embeddings, final norm, LM head).
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    layer_types = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in layer_types]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} names no decoder layer class in _no_split_modules to shard by")
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The whole model's weights on the CPU when sharded (a collective: call it on every rank); else ``None``."""
+    if not is_sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+class FSDPStrategy(ModelParallelStrategy):
+    """Lightning's ``ModelParallelStrategy`` with every process data-parallel: FSDP2 over the whole world.
+
+    (Its own ``"auto"`` sizes mean one data-parallel group per node and tensor parallelism inside it.)
+    ``DPOModule.configure_model`` shards policy and reference over the ``data_parallel`` mesh dimension.
+    """
+
+    def __init__(self, save_distributed_checkpoint: bool = True, **kwargs: Any) -> None:
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            **kwargs,
+        )
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.world_size
+        super().setup_environment()
