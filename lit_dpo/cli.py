@@ -8,10 +8,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+import lightning as L
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lit_dpo.data import PreferenceDataModule
 from lit_dpo.errors import InputError, TrainingDiverged
@@ -31,6 +33,15 @@ TRAINER_DEFAULTS = {
 }
 
 
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """Write ``config.yaml`` to the run directory and send the resolved config to the logger (e.g. W&B)."""
+
+    def save_config(self, trainer: Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": config})
+
+
 class DPOCLI(LightningCLI):
     """The CLI of ``python -m lit_dpo.fit`` and ``python -m lit_dpo.validate``: no subcommand, plus ``--ckpt_path``."""
 
@@ -42,6 +53,7 @@ class DPOCLI(LightningCLI):
             args=args,
             seed_everything_default=42,
             trainer_defaults=TRAINER_DEFAULTS,
+            save_config_callback=LoggerSaveConfigCallback,
             save_config_kwargs={"overwrite": True},  # a resumed run rewrites its config (Lightning #17115)
             auto_configure_optimizers=False,
         )
@@ -82,9 +94,13 @@ class DPOCLI(LightningCLI):
 
 
 def run_dir(cli: DPOCLI) -> Path:
-    """The run's directory: the logger's version folder, holding metrics, config and checkpoints."""
+    """The run's directory, holding config, checkpoints and export: the logger's version folder."""
     logger = cli.trainer.logger
-    return Path(logger.log_dir if logger is not None and logger.log_dir else cli.trainer.default_root_dir)
+    if logger is None:
+        return Path(cli.trainer.default_root_dir)
+    if getattr(logger, "log_dir", None):  # CSV, TensorBoard
+        return Path(logger.log_dir)
+    return Path(logger.save_dir or cli.trainer.default_root_dir) / str(logger.name) / str(logger.version)  # W&B
 
 
 @contextlib.contextmanager

@@ -39,7 +39,8 @@ def _report(cli: DPOCLI, export_dir: Path) -> None:
     directory = run_dir(cli)
     print(f"\nlit_dpo: {cli.trainer.global_step} steps; {summary}")
     print(f"lit_dpo: run directory  {directory}")
-    print(f"lit_dpo: metrics        {directory / 'metrics.csv'}")
+    metrics = directory / "metrics.csv"
+    print(f"lit_dpo: metrics        {metrics if metrics.exists() else type(cli.trainer.logger).__name__}")
     print(f"lit_dpo: trained policy {export_dir}  (AutoModelForCausalLM.from_pretrained)")
 
 

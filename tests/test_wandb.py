@@ -1,0 +1,64 @@
+"""The W&B recipe logs the reward metrics with no network (WANDB_MODE=offline)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import standard_rows, write_jsonl
+
+wandb = pytest.importorskip("wandb")
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def wandb_records(path: Path):
+    """Protobuf records of a .wandb file: a 7-byte header, then 32 KiB blocks of 7-byte-headed (LevelDB-log) chunks."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, block, payload = path.read_bytes(), 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # the block's tail is zero padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        payload = chunk if kind in (1, 2) else payload + chunk  # full or first; middle or last
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(payload)
+            yield record
+
+
+def test_wandb_offline_run_holds_the_margin_history(tiny_model_dir, tmp_path):
+    train, val = (
+        write_jsonl(tmp_path / "t.jsonl", standard_rows(16)),
+        write_jsonl(tmp_path / "v.jsonl", standard_rows(4)),
+    )
+    args = ["--config", str(RECIPES / "base.yaml"), "--config", str(RECIPES / "logging" / "wandb.yaml")]
+    args += [f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.name=tiny-run"]
+    args += ["--trainer.logger.init_args.project=lit-dpo-test", "--trainer.max_steps=3"]
+    args += [f"--model.model_name_or_path={tiny_model_dir}", f"--data.path={train}", f"--data.val_path={val}"]
+    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [sys.executable, "-m", "lit_dpo.fit", *args], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    history, config = [], {}
+    for record in wandb_records(run_file):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
+        elif kind == "config":
+            config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+        elif kind == "run":
+            assert record.run.project == "lit-dpo-test" and record.run.display_name == "tiny-run"
+    margins = [row["train/rewards/margins"] for row in history if "train/rewards/margins" in row]
+    assert len(margins) == 3 and margins[0] == 0.0  # step 0: policy == reference
+    assert any("val/rewards/accuracies" in row for row in history)
+    assert config["config"]["model"]["model_name_or_path"] == tiny_model_dir  # the resolved config
+    assert "trained policy" in done.stdout
