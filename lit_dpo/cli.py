@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import lightning as L
+import torch
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import Callback, Trainer
@@ -87,10 +88,28 @@ class DPOCLI(LightningCLI):
         # CSV is the default logger, under --trainer.default_root_dir (Lightning's own default would be
         # TensorBoard whenever it happens to be installed)
         if trainer.logger in (None, True):
+            logs = Path(trainer.default_root_dir) / "lightning_logs"
+            resume = self.config.get("ckpt_path") == "last" and _latest_version(logs) is not None
             trainer.logger = Namespace(
-                class_path="lightning.pytorch.loggers.CSVLogger",
-                init_args=Namespace(save_dir=trainer.default_root_dir, name="lightning_logs"),
+                class_path="lit_dpo.loggers.ResumableCSVLogger",
+                init_args=Namespace(save_dir=trainer.default_root_dir, name="lightning_logs", version=None),
             )
+            if resume:  # continue in the newest run directory, where `last` lives, keeping its metrics
+                version = _latest_version(logs)
+                trainer.logger.init_args.version = version
+                trainer.logger.init_args.resume_step = _checkpoint_step(logs / f"version_{version}" / "checkpoints")
+
+
+def _latest_version(logs: Path) -> int | None:
+    versions = [int(p.name.split("_")[1]) for p in logs.glob("version_*") if p.name.split("_")[1].isdigit()]
+    return max(versions, default=None)
+
+
+def _checkpoint_step(directory: Path) -> int | None:
+    last = directory / "last.ckpt"
+    if not last.is_file():
+        return None
+    return int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"])
 
 
 def run_dir(cli: DPOCLI) -> Path:

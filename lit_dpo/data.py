@@ -9,6 +9,7 @@ from typing import Any, Optional
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lit_dpo.collate import PaddedCollator, SharedPrefixCollator
 from lit_dpo.models import BUNDLED, load_tokenizer
@@ -119,7 +120,9 @@ class PreferenceDataModule(L.LightningDataModule):
         return PaddedCollator(self.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        # stateful: a checkpoint records the position in the epoch, so a resumed run sees the batches the
+        # interrupted one would have seen next
+        return StatefulDataLoader(
             self.train_pairs,
             batch_size=self.hparams.batch_size,
             shuffle=self.hparams.shuffle,
