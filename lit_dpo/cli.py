@@ -107,6 +107,8 @@ def _latest_version(logs: Path) -> int | None:
 
 def _checkpoint_step(directory: Path) -> int | None:
     last = directory / "last.ckpt"
+    if last.is_dir():  # a distributed checkpoint (FSDP): its loop state is in meta.pt
+        last = last / "meta.pt"
     if not last.is_file():
         return None
     return int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"])

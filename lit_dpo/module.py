@@ -75,6 +75,9 @@ class DPOModule(L.LightningModule):
         if self.device_mesh is not None and not is_sharded(self.policy):  # ModelParallelStrategy: FSDP2
             shard(self.policy, self.device_mesh["data_parallel"])
             shard(self.reference, self.device_mesh["data_parallel"])
+            # out of the module tree: distributed checkpoints save and load every registered submodule,
+            # bypassing on_save/on_load_checkpoint, and the frozen reference has no place in them
+            object.__setattr__(self, "reference", self._modules.pop("reference"))
 
     def _load_models(self) -> None:
         hp = self.hparams
@@ -195,7 +198,9 @@ class DPOModule(L.LightningModule):
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.reference is not None:  # keep strict loading for the policy by filling in the reference
+        # keep strict loading for the policy by filling in the reference (a sharded one is out of the module
+        # tree, and distributed checkpoints load without a "state_dict" entry)
+        if "reference" in self._modules and "state_dict" in checkpoint:
             reference_state = {f"reference.{k}": v for k, v in self.reference.state_dict().items()}
             checkpoint["state_dict"].update(reference_state)
 
