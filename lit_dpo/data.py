@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any, Optional
@@ -10,6 +11,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from lit_dpo.collate import PaddedCollator, SharedPrefixCollator
 from lit_dpo.models import BUNDLED, load_tokenizer
@@ -121,11 +123,18 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # stateful: a checkpoint records the position in the epoch, so a resumed run sees the batches the
-        # interrupted one would have seen next
+        # interrupted one would have seen next; across ranks that takes a stateful distributed sampler too
+        strategy = self.trainer.strategy if self.trainer is not None else None
+        sampler = None
+        if strategy is not None and self.trainer.world_size > 1:
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+            kwargs = strategy.distributed_sampler_kwargs
+            sampler = StatefulDistributedSampler(self.train_pairs, shuffle=self.hparams.shuffle, seed=seed, **kwargs)
         return StatefulDataLoader(
             self.train_pairs,
             batch_size=self.hparams.batch_size,
-            shuffle=self.hparams.shuffle,
+            shuffle=self.hparams.shuffle if sampler is None else None,
+            sampler=sampler,
             collate_fn=self._collator(),
             num_workers=self.hparams.num_workers,
         )

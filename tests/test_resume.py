@@ -53,3 +53,29 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_pa
     assert val_b["step"] == val_a["step"]
     for key in (k for k in val_a if k.startswith("val/")):
         assert float(val_b[key]) == pytest.approx(float(val_a[key]), rel=1e-4), key
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_resume_on_two_ranks_continues_exactly(strategy, tiny_model_dir, tmp_path):
+    """Stopped after 4 steps (mid-epoch 2 of 3-step epochs) and resumed with --ckpt_path=last: as if never stopped."""
+    train, val = (
+        write_jsonl(tmp_path / "t.jsonl", standard_rows(24)),
+        write_jsonl(tmp_path / "v.jsonl", standard_rows(7, 5)),
+    )
+    recipes = TESTS.parent / "recipes"
+    common = ["--config", str(recipes / "base.yaml"), "--config", str(recipes / "strategy" / f"{strategy}.yaml")]
+    common += ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.max_epochs=3"]
+    common += [f"--model.model_name_or_path={tiny_model_dir}", f"--data.path={train}", f"--data.val_path={val}"]
+    common += ["--trainer.enable_progress_bar=false", "--model.learning_rate=1e-3"]
+    common += ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint"]
+    common += ["--trainer.callbacks.every_n_train_steps=2", "--trainer.callbacks.save_last=true"]
+    assert _fit(tmp_path / "straight", *common, "--trainer.max_steps=6").returncode == 0
+    assert _fit(tmp_path / "stopped", *common, "--trainer.max_steps=4").returncode == 0
+    resumed = _fit(tmp_path / "stopped", *common, "--trainer.max_steps=6", "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (train_a, val_a), (train_b, val_b) = _metrics(tmp_path / "straight"), _metrics(tmp_path / "stopped")
+    assert sorted(train_b) == list(range(6))
+    for step in range(6):
+        assert train_b[step] == pytest.approx(train_a[step], rel=1e-4), step
+    for key in (k for k in val_a if k.startswith("val/")):
+        assert float(val_b[key]) == pytest.approx(float(val_a[key]), rel=1e-4), key
