@@ -84,3 +84,25 @@ def test_shared_prefix_masks_work_with_sdpa_and_eager(tiny_model_dir):
             module.policy.set_attn_implementation(attention)
             for got, want in zip(module._completion_logps(module.policy, shared), expected):
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_activation_checkpointing_gives_the_same_gradients(tiny_dirs):
+    from conftest import make_tokenizer, standard_rows
+
+    from lit_dpo.collate import SharedPrefixCollator
+    from lit_dpo.metrics import PreferenceMetrics
+    from lit_dpo.tokenization import tokenize_pair
+
+    tokenizer = make_tokenizer()
+    batch = SharedPrefixCollator(tokenizer.pad_token_id)([tokenize_pair(tokenizer, r) for r in standard_rows(4)])
+    grads = []
+    for checkpointing in (False, True):
+        module = DPOModule(
+            model_name_or_path=tiny_dirs[0], ref_model_name_or_path=tiny_dirs[1], activation_checkpointing=checkpointing
+        )
+        module.configure_model()
+        module._shared_step(batch, PreferenceMetrics()).backward()
+        grads.append([p.grad.clone() for p in module.policy.parameters()])
+    assert module.policy.is_gradient_checkpointing
+    for with_ac, without in zip(grads[1], grads[0]):
+        torch.testing.assert_close(with_ac, without, rtol=1e-5, atol=1e-7)
