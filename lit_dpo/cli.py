@@ -89,15 +89,15 @@ class DPOCLI(LightningCLI):
         # TensorBoard whenever it happens to be installed)
         if trainer.logger in (None, True):
             logs = Path(trainer.default_root_dir) / "lightning_logs"
-            resume = self.config.get("ckpt_path") == "last" and _latest_version(logs) is not None
+            # resuming `last`: continue in the newest run directory, where it lives, keeping its metrics
+            version = _latest_version(logs) if self.config.get("ckpt_path") == "last" else None
+            resume_step = None if version is None else _checkpoint_step(logs / f"version_{version}" / "checkpoints")
             trainer.logger = Namespace(
                 class_path="lit_dpo.loggers.ResumableCSVLogger",
-                init_args=Namespace(save_dir=trainer.default_root_dir, name="lightning_logs", version=None),
+                init_args=Namespace(
+                    save_dir=trainer.default_root_dir, name="lightning_logs", version=version, resume_step=resume_step
+                ),
             )
-            if resume:  # continue in the newest run directory, where `last` lives, keeping its metrics
-                version = _latest_version(logs)
-                trainer.logger.init_args.version = version
-                trainer.logger.init_args.resume_step = _checkpoint_step(logs / f"version_{version}" / "checkpoints")
 
 
 def _latest_version(logs: Path) -> int | None:

@@ -49,7 +49,7 @@ class PreferenceDataModule(L.LightningDataModule):
 
         Args:
             path: Training rows: a .jsonl/.json/.parquet/.csv file, a dataset folder, a Hub dataset name,
-                or ``demo`` for the concise-vs-rambling demo set shipped with lit_dpo.
+                or ``demo`` for the demo set shipped with lit_dpo (short correct answers over SmolLM2's own).
             val_path: Validation rows, in any form ``path`` takes. Without it, ``val_split`` of ``path`` is held out.
             val_split: Fraction of ``path`` held out for validation when ``val_path`` is not given (0: none).
             split: Split read from ``path`` when it is a dataset folder or Hub name.

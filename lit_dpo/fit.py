@@ -32,15 +32,15 @@ def main(args: Optional[list[str]] = None) -> None:
 
 @rank_zero_only
 def _report(cli: DPOCLI, export_dir: Path) -> None:
-    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
+    final = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
     summary = ", ".join(
-        f"{k}={metrics[k]:.4f}" for k in ("val/loss", "val/rewards/accuracies", "val/rewards/margins") if k in metrics
+        f"{k}={final[k]:.4f}" for k in ("val/loss", "val/rewards/accuracies", "val/rewards/margins") if k in final
     )
     directory = run_dir(cli)
     print(f"\nlit_dpo: {cli.trainer.global_step} steps; {summary}")
     print(f"lit_dpo: run directory  {directory}")
-    metrics = directory / "metrics.csv"
-    print(f"lit_dpo: metrics        {metrics if metrics.exists() else type(cli.trainer.logger).__name__}")
+    csv_file = directory / "metrics.csv"
+    print(f"lit_dpo: metrics        {csv_file if csv_file.exists() else type(cli.trainer.logger).__name__}")
     print(f"lit_dpo: trained policy {export_dir}  (AutoModelForCausalLM.from_pretrained)")
 
 
