@@ -6,6 +6,9 @@ layout-agnostic: ``score_index`` ``(M,)`` indexes the flattened ``(rows * T)`` h
 predicts ``score_target`` ``(M,)``, a completion token of sequence ``score_seq`` ``(M,)``: ``i`` for the
 chosen completion of pair ``i``, ``B + i`` for its rejected one.
 
+``prompt_index`` / ``prompt_target`` / ``prompt_seq`` do the same for the prompt tokens (all but the first) of
+each pair, for the losses that also score the prompt (ORPO's NLL, as TRL computes it).
+
 - ``PaddedCollator``: 2B right-padded rows, chosen rows first (TRL's layout).
 - ``SharedPrefixCollator`` (default): one row per pair, ``[prompt, chosen, rejected]``, with a block mask
   so the rejected tokens attend to the prompt but not to the chosen ones, and position ids restarting the
@@ -54,6 +57,8 @@ class PaddedCollator:
             labels[i, len(prompt) : end] = input_ids[i, len(prompt) : end]
         targets = labels[:, 1:]  # position t predicts token t + 1
         row, pos = (targets != -100).nonzero(as_tuple=True)
+        prompt_seq = torch.tensor([i for i, ex in enumerate(examples) for _ in ex["prompt_ids"][1:]], dtype=torch.long)
+        prompt_pos = torch.tensor([j for ex in examples for j in range(len(ex["prompt_ids"]) - 1)], dtype=torch.long)
         return {
             "input_ids": input_ids,  # (2B, T)
             "attention_mask": attention_mask,  # (2B, T)
@@ -61,6 +66,9 @@ class PaddedCollator:
             "score_index": row * width + pos,
             "score_target": targets[row, pos],
             "score_seq": row,
+            "prompt_index": prompt_seq * width + prompt_pos,  # chosen rows come first: row i is pair i
+            "prompt_target": input_ids[prompt_seq, prompt_pos + 1],
+            "prompt_seq": prompt_seq,
             "num_pairs": len(examples),
             "weights": pair_weights(examples),
         }
@@ -89,6 +97,7 @@ class SharedPrefixCollator:
         segment = torch.full((len(rows), width), PAD, dtype=torch.long)
         pair = torch.full((len(rows), width), -1, dtype=torch.long)
         index, target, seq = [], [], []
+        prompt_index, prompt_target, prompt_seq = [], [], []
         for r, row in enumerate(rows):
             col = 0  # where the next pair starts in this row
             for i in row:
@@ -106,6 +115,9 @@ class SharedPrefixCollator:
                 # flat index of each scored token's predictor: the token before it in its own sequence, which
                 # for the first rejected token is the last prompt token, not the last chosen one
                 last_prompt = r * width + col + p - 1
+                prompt_index += range(r * width + col, last_prompt)
+                prompt_target += prompt[1:]
+                prompt_seq += [i] * max(0, p - 1)
                 for first, tokens, seq_id in (
                     (last_prompt + 1, chosen, i),
                     (last_prompt + 1 + c, rejected, num_pairs + i),
@@ -124,6 +136,9 @@ class SharedPrefixCollator:
             "score_index": torch.tensor(index, dtype=torch.long),
             "score_target": torch.tensor(target, dtype=torch.long),
             "score_seq": torch.tensor(seq, dtype=torch.long),
+            "prompt_index": torch.tensor(prompt_index, dtype=torch.long),
+            "prompt_target": torch.tensor(prompt_target, dtype=torch.long),
+            "prompt_seq": torch.tensor(prompt_seq, dtype=torch.long),
             "num_pairs": num_pairs,
             "weights": pair_weights(examples),
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -20,6 +21,8 @@ class PairLogps:
     ref_rejected: Tensor
     chosen_tokens: Tensor  # (B,) number of completion tokens, used by length-normalised losses
     rejected_tokens: Tensor
+    prompt: Optional[Tensor] = None  # (B,) summed policy log-probs of the prompt tokens, for losses that score it
+    prompt_tokens: Optional[Tensor] = None
 
     @property
     def chosen_logratios(self) -> Tensor:

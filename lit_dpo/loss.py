@@ -4,8 +4,9 @@ Every loss takes the summed completion log-probs of one batch of pairs (``PairLo
 ``(losses, chosen_rewards, rejected_rewards)``, each of shape ``(B,)``: per-pair losses that the caller
 reduces, and the implicit rewards ``beta * (pi - ref)``, detached. Conventions follow TRL's DPOTrainer
 (v1.x) so that numbers can be compared across tools: log-probs are summed over completion tokens, IPO
-length-averages them, and ``label_smoothing`` enters only the losses that define it (robust, exo_pair, aot).
-The DPO core is here; the rest of TRL's family is in ``lit_dpo.loss_variants``.
+length-averages them, and ``label_smoothing`` enters only the losses that define it (robust, exo_pair, aot,
+simpo). The DPO core is here; the rest of TRL's family is in ``lit_dpo.loss_variants``, the reference-free
+SimPO and ORPO in ``lit_dpo.loss_reference_free``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from lit_dpo import loss_variants as variants
+from lit_dpo.loss_reference_free import orpo_loss, simpo_loss
 from lit_dpo.errors import InputError
 from lit_dpo.logps import LossOutput, PairLogps, completion_logps, rewards, sequence_logps
 
@@ -71,10 +73,24 @@ LOSSES: dict[str, LossFn] = {
     "apo_down": variants.apo_down_loss,
     "discopop": variants.discopop_loss,
     "sft": variants.sft_loss,
+    "simpo": simpo_loss,
+    "orpo": orpo_loss,
 }
 
 # Losses that read ``label_smoothing``; elsewhere a non-zero value would be silently ignored, so it is refused.
-USES_LABEL_SMOOTHING = frozenset({"robust", "exo_pair", "aot", "aot_unpaired"})
+USES_LABEL_SMOOTHING = frozenset({"robust", "exo_pair", "aot", "aot_unpaired", "simpo"})
+# Losses that never read the reference: with only these, no reference model is loaded.
+REFERENCE_FREE = frozenset({"simpo", "orpo", "sft"})
+# Losses that also score the prompt tokens (``PairLogps.prompt``): ORPO's NLL, as TRL computes it.
+SCORES_PROMPT = frozenset({"orpo"})
+
+
+def loss_names(names: str | Sequence[str]) -> list[str]:
+    return [names] if isinstance(names, str) else list(names)
+
+
+def needs_reference(names: str | Sequence[str]) -> bool:
+    return not REFERENCE_FREE.issuperset(loss_names(names))
 
 
 def get_loss(
@@ -82,12 +98,13 @@ def get_loss(
     label_smoothing: float = 0.0,
     weights: Sequence[float] | None = None,
     discopop_tau: float = 0.05,
+    simpo_gamma: float = 0.5,
 ) -> LossFn:
     """The loss ``fn(lp, beta, label_smoothing)`` for one name or a weighted sum of several (as TRL's MPO).
 
     Options a chosen loss would silently ignore, or values it cannot take, are refused with ``InputError``.
     """
-    names = [names] if isinstance(names, str) else list(names)
+    names = loss_names(names)
     weights = [1.0] * len(names) if weights is None else list(weights)
     if not names or len(weights) != len(names):
         raise InputError(f"loss_weights needs one weight per loss_type: got {weights} for {names}")
@@ -98,7 +115,8 @@ def get_loss(
             f"label_smoothing={label_smoothing} has no effect with loss_type={','.join(names)!r}; "
             f"it is used by {sorted(USES_LABEL_SMOOTHING)} (TRL's convention: cDPO is loss_type='robust')"
         )
-    fns = [partial(LOSSES[n], tau=discopop_tau) if n == "discopop" else LOSSES[n] for n in names]
+    options = {"discopop": {"tau": discopop_tau}, "simpo": {"gamma": simpo_gamma}}
+    fns = [partial(LOSSES[n], **options.get(n, {})) for n in names]
     if len(fns) == 1 and weights[0] == 1.0:
         return fns[0]
     return partial(_weighted_sum, fns, weights)
@@ -118,5 +136,7 @@ def _check(name: str, label_smoothing: float) -> None:
 def _weighted_sum(
     fns: list[LossFn], weights: list[float], lp: PairLogps, beta: float, label_smoothing: float = 0.0
 ) -> LossOutput:
-    losses = sum(w * fn(lp, beta, label_smoothing)[0] for fn, w in zip(fns, weights))
-    return (losses, *rewards(lp, beta))
+    """The weighted sum of the losses; the rewards are those of the first one."""
+    outputs = [fn(lp, beta, label_smoothing) for fn in fns]
+    losses = sum(w * out[0] for out, w in zip(outputs, weights))
+    return (losses, *outputs[0][1:])

@@ -23,14 +23,22 @@ PAIR_METRICS = (
     "rewards/accuracies",
     "logps/chosen",
     "logps/rejected",
+    "kl",
 )
 # Per-token metrics: mean over the vocabulary of the logits, averaged over every completion token as TRL does.
 TOKEN_METRICS = ("logits/chosen", "logits/rejected")
 
 
-def pair_metrics(losses: Tensor, chosen_rewards: Tensor, rejected_rewards: Tensor, lp: PairLogps) -> dict[str, Tensor]:
-    """Per-pair metric values, each ``(B,)`` and detached."""
-    return {
+def pair_metrics(
+    losses: Tensor, chosen_rewards: Tensor, rejected_rewards: Tensor, lp: PairLogps, with_reference: bool = True
+) -> dict[str, Tensor]:
+    """Per-pair metric values, each ``(B,)`` and detached.
+
+    ``kl``, logged when there is a reference, estimates KL(policy || reference) per completion as its summed
+    log-ratio ``pi - ref``, averaged over chosen and rejected (the k1 estimator that TRL's online trainers log
+    as ``objective/kl``; unbiased for completions sampled from the policy, so best read on on-policy data).
+    """
+    values = {
         "loss": losses.detach(),
         "rewards/chosen": chosen_rewards,
         "rewards/rejected": rejected_rewards,
@@ -39,6 +47,9 @@ def pair_metrics(losses: Tensor, chosen_rewards: Tensor, rejected_rewards: Tenso
         "logps/chosen": lp.policy_chosen.detach(),
         "logps/rejected": lp.policy_rejected.detach(),
     }
+    if with_reference:
+        values["kl"] = 0.5 * (lp.chosen_logratios + lp.rejected_logratios).detach()
+    return values
 
 
 class PreferenceMetrics(torch.nn.Module):
@@ -66,7 +77,9 @@ class PreferenceMetrics(torch.nn.Module):
             self.means[_key(name)].update(sums / counts.clamp(min=1), weight=counts * weights)
 
     def compute(self) -> dict[str, Tensor]:
-        return {name: self.means[_key(name)].compute() for name in PAIR_METRICS + TOKEN_METRICS}
+        """The mean of every metric that was updated (``kl`` is absent without a reference)."""
+        names = [n for n in PAIR_METRICS + TOKEN_METRICS if self.means[_key(n)].update_count]
+        return {name: self.means[_key(name)].compute() for name in names}
 
     def reset(self) -> None:
         metric: Metric

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from lit_dpo.errors import InputError, TrainingDiverged
 from lit_dpo.logps import PairLogps, completion_logps
-from lit_dpo.loss import get_loss
+from lit_dpo.loss import SCORES_PROMPT, get_loss, loss_names, needs_reference
 from lit_dpo.metrics import PreferenceMetrics, pair_metrics
 from lit_dpo.models import BUNDLED, load_model
 from lit_dpo.parallel import is_sharded, shard
@@ -28,6 +28,7 @@ class DPOModule(L.LightningModule):
         label_smoothing: float = 0.0,
         loss_weights: Optional[list[float]] = None,
         discopop_tau: float = 0.05,
+        simpo_gamma: float = 0.5,
         learning_rate: float = 5e-5,
         weight_decay: float = 0.0,
         warmup_steps: int = 5,
@@ -42,13 +43,15 @@ class DPOModule(L.LightningModule):
         Args:
             model_name_or_path: Policy to train: a Hub id, a local HF folder, or ``bundled:SmolLM2-135M-Instruct``.
             ref_model_name_or_path: Frozen reference; defaults to a copy of the policy's starting weights.
+                Not loaded for reference-free losses (simpo, orpo, sft).
             loss_type: Preference loss by name (``lit_dpo.loss.LOSSES``): sigmoid (DPO), robust, hinge, ipo,
                 sigmoid_norm, exo_pair, nca_pair, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down,
-                discopop, sft; or a list of them, summed with ``loss_weights`` (e.g. ``[sigmoid, sft]``).
-            beta: Strength of the implicit KL penalty; for ipo, the regulariser tau.
-            label_smoothing: Label noise for robust (flip probability), exo_pair (epsilon), aot, aot_unpaired.
+                discopop, sft, simpo, orpo; or a list of them, summed with ``loss_weights`` (e.g. ``[sigmoid, sft]``).
+            beta: Strength of the implicit KL penalty; for ipo, the regulariser tau; for orpo, lambda.
+            label_smoothing: Label noise for robust (flip probability), exo_pair (epsilon), aot, aot_unpaired, simpo.
             loss_weights: One weight per ``loss_type`` when several are given (default: all 1).
             discopop_tau: Temperature of the discopop loss.
+            simpo_gamma: Target reward margin of the simpo loss.
             learning_rate: AdamW peak learning rate.
             weight_decay: AdamW weight decay.
             warmup_steps: Optimizer steps of linear warmup from ``learning_rate / warmup_steps``.
@@ -61,7 +64,9 @@ class DPOModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         # refuse bad options before loading anything
-        self.loss_fn = get_loss(loss_type, label_smoothing, loss_weights, discopop_tau)
+        self.loss_fn = get_loss(loss_type, label_smoothing, loss_weights, discopop_tau, simpo_gamma)
+        self.uses_reference = needs_reference(loss_type)
+        self.scores_prompt = bool(SCORES_PROMPT.intersection(loss_names(loss_type)))
         self.train_metrics = PreferenceMetrics()
         self.val_metrics = PreferenceMetrics()
         self.policy: Optional[torch.nn.Module] = None
@@ -74,10 +79,11 @@ class DPOModule(L.LightningModule):
             self._load_models()
         if self.device_mesh is not None and not is_sharded(self.policy):  # ModelParallelStrategy: FSDP2
             shard(self.policy, self.device_mesh["data_parallel"])
-            shard(self.reference, self.device_mesh["data_parallel"])
-            # out of the module tree: distributed checkpoints save and load every registered submodule,
-            # bypassing on_save/on_load_checkpoint, and the frozen reference has no place in them
-            object.__setattr__(self, "reference", self._modules.pop("reference"))
+            if self.reference is not None:
+                shard(self.reference, self.device_mesh["data_parallel"])
+                # out of the module tree: distributed checkpoints save and load every registered submodule,
+                # bypassing on_save/on_load_checkpoint, and the frozen reference has no place in them
+                object.__setattr__(self, "reference", self._modules.pop("reference"))
 
     def _load_models(self) -> None:
         hp = self.hparams
@@ -88,6 +94,8 @@ class DPOModule(L.LightningModule):
                     module.p = 0.0
         if hp.activation_checkpointing:
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if not self.uses_reference:
+            return
         ref_path = hp.ref_model_name_or_path or hp.model_name_or_path
         self.reference = load_model(ref_path, hp.dtype, hp.trust_remote_code)
         self.reference.requires_grad_(False).eval()
@@ -98,28 +106,47 @@ class DPOModule(L.LightningModule):
             self.reference.eval()  # Lightning switches every submodule to train mode; the reference stays frozen
         return self
 
-    def _completion_logps(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+    def _completion_logps(
+        self, model: torch.nn.Module, batch: dict[str, Any], with_prompt: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Per-sequence summed completion log-probs ``(2B,)``, token counts ``(2B,)`` and summed mean logits ``(2B,)``.
 
         Only the scored positions (see ``lit_dpo.collate``) go through the LM head: the ``(rows, T, V)``
-        logits never exist.
+        logits never exist. ``with_prompt`` scores the prompts too, as sequences ``2B..3B-1``: ``(3B,)`` each.
         """
-        with head_on_positions(model, batch["score_index"]):
+        index, targets, seqs = batch["score_index"], batch["score_target"], batch["score_seq"]
+        num_seqs = 2 * batch["num_pairs"]
+        if with_prompt:
+            index = torch.cat([index, batch["prompt_index"]])
+            targets = torch.cat([targets, batch["prompt_target"]])
+            seqs = torch.cat([seqs, batch["prompt_seq"] + num_seqs])
+            num_seqs += batch["num_pairs"]
+        with head_on_positions(model, index):
             logits = model(**_model_inputs(model, batch), use_cache=False).logits  # (M, V)
-        num_seqs, seq_index = 2 * batch["num_pairs"], batch["score_seq"]
-        sums, counts = completion_logps(logits, batch["score_target"], seq_index, num_seqs)
-        logit_sums = sums.new_zeros(num_seqs).index_add(0, seq_index, logits.detach().float().mean(-1))
+        sums, counts = completion_logps(logits, targets, seqs, num_seqs)
+        logit_sums = sums.new_zeros(num_seqs).index_add(0, seqs, logits.detach().float().mean(-1))
         return sums, counts, logit_sums
 
+    def _pair_logps(self, batch: dict[str, Any]) -> tuple[PairLogps, Tensor, Tensor]:
+        """Policy and reference log-probs of the batch's pairs, with the ``(2B,)`` logit sums and token counts."""
+        num_pairs = batch["num_pairs"]
+        policy_logps, counts, logit_sums = self._completion_logps(self.policy, batch, self.scores_prompt)
+        if self.reference is not None:
+            with torch.no_grad():  # not inference_mode: FSDP and autograd-saved tensors dislike inference tensors
+                ref_logps = self._completion_logps(self.reference, batch)[0]
+        else:  # reference-free losses never read it
+            ref_logps = torch.zeros_like(policy_logps[: 2 * num_pairs])
+        lp = PairLogps(*policy_logps[: 2 * num_pairs].chunk(2), *ref_logps.chunk(2), *counts[: 2 * num_pairs].chunk(2))
+        if self.scores_prompt:
+            lp.prompt, lp.prompt_tokens = policy_logps[2 * num_pairs :], counts[2 * num_pairs :]
+        return lp, logit_sums[: 2 * num_pairs], counts[: 2 * num_pairs]
+
     def _shared_step(self, batch: dict[str, Any], metrics: PreferenceMetrics) -> Tensor:
-        policy_logps, counts, logit_sums = self._completion_logps(self.policy, batch)  # chosen rows first
-        with torch.no_grad():  # not inference_mode: FSDP and autograd-saved tensors dislike inference tensors
-            ref_logps, _, _ = self._completion_logps(self.reference, batch)
-        lp = PairLogps(*policy_logps.chunk(2), *ref_logps.chunk(2), *counts.chunk(2))
+        lp, logit_sums, counts = self._pair_logps(batch)
         losses, chosen_rewards, rejected_rewards = self.loss_fn(lp, self.hparams.beta, self.hparams.label_smoothing)
         if self.training:
             self._stop_if_not_finite(lp, losses)
-        values = pair_metrics(losses, chosen_rewards, rejected_rewards, lp)
+        values = pair_metrics(losses, chosen_rewards, rejected_rewards, lp, self.uses_reference)
         metrics.update(values, logit_sums, counts, batch.get("weights"))
         return losses.mean()
 

@@ -38,3 +38,16 @@ def test_epoch_value_is_the_exact_mean_over_pairs_not_over_batches():
     assert out["logits/rejected"].item() == pytest.approx(4 / 8)
     metrics.reset()
     assert not metrics.has_updates
+
+
+def test_kl_estimate_by_hand_and_absent_without_reference():
+    values = _batch([-1.0, -3.0], [-2.0, -1.0], [-1.5, -2.0], [-1.5, -2.0])
+    # log-ratios chosen [0.5, -1], rejected [-0.5, 1]: per pair the mean of its two
+    assert values["kl"].tolist() == [0.0, 0.0]
+    values = _batch([-1.0], [-1.0], [-2.0], [-3.0])
+    assert values["kl"].tolist() == [1.5]  # (1 + 2) / 2
+    lp = PairLogps(*(torch.tensor([-1.0]) for _ in range(4)), torch.ones(1), torch.ones(1))
+    no_ref = pair_metrics(torch.zeros(1), torch.zeros(1), torch.zeros(1), lp, with_reference=False)
+    metrics = PreferenceMetrics()
+    metrics.update(no_ref, torch.zeros(2), torch.ones(2))
+    assert "kl" not in no_ref and "kl" not in metrics.compute() and "loss" in metrics.compute()
