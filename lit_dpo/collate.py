@@ -1,6 +1,7 @@
 """Collators: tokenized pairs -> one batch for a single forward over chosen and rejected.
 
-Both layouts also carry ``weights`` ``(B,)``, each pair's weight in the metrics, and tell the module which
+Both layouts also carry ``weights`` ``(B,)``, each pair's weight in the metrics, ``ref_logps`` ``(2B,)`` when
+the pairs carry cached reference log-probs (``lit_dpo.reference_cache``), and tell the module which
 hidden states to score with the same three tensors, so the loss code is
 layout-agnostic: ``score_index`` ``(M,)`` indexes the flattened ``(rows * T)`` hidden states, each of which
 predicts ``score_target`` ``(M,)``, a completion token of sequence ``score_seq`` ``(M,)``: ``i`` for the
@@ -30,6 +31,14 @@ PROMPT, CHOSEN, REJECTED, PAD = 0, 1, 2, 3
 def pair_weights(examples: list[dict[str, Any]]) -> Tensor:
     """``(B,)`` metric weight of each pair: 0 for the copies that only even out ranks (see ``data.pad_for_ranks``)."""
     return torch.tensor([float(ex.get("weight", 1.0)) for ex in examples])
+
+
+def cached_reference(examples: list[dict[str, Any]]) -> dict[str, Tensor]:
+    """``{"ref_logps": (2B,)}``, chosen first, when every pair carries cached reference log-probs; else ``{}``."""
+    if not examples or any("ref_logps" not in ex for ex in examples):
+        return {}
+    chosen, rejected = zip(*(ex["ref_logps"] for ex in examples))
+    return {"ref_logps": torch.tensor(chosen + rejected, dtype=torch.float32)}
 
 
 def _width(lengths: list[int], multiple: int | None) -> int:
@@ -71,6 +80,7 @@ class PaddedCollator:
             "prompt_seq": prompt_seq,
             "num_pairs": len(examples),
             "weights": pair_weights(examples),
+            **cached_reference(examples),
         }
 
 
@@ -141,6 +151,7 @@ class SharedPrefixCollator:
             "prompt_seq": torch.tensor(prompt_seq, dtype=torch.long),
             "num_pairs": num_pairs,
             "weights": pair_weights(examples),
+            **cached_reference(examples),
         }
 
 

@@ -116,7 +116,7 @@ class PreferenceDataModule(L.LightningDataModule):
             raise DataError(f"{rows[0]['source']}: every row was dropped by the length limits")
         return pairs
 
-    def _collator(self) -> PaddedCollator | SharedPrefixCollator:
+    def collator(self) -> PaddedCollator | SharedPrefixCollator:
         if self.hparams.prefix_sharing:
             return SharedPrefixCollator(self.tokenizer.pad_token_id, pack_length=self.hparams.pack_length)
         return PaddedCollator(self.tokenizer.pad_token_id)
@@ -135,7 +135,7 @@ class PreferenceDataModule(L.LightningDataModule):
             batch_size=self.hparams.batch_size,
             shuffle=self.hparams.shuffle if sampler is None else None,
             sampler=sampler,
-            collate_fn=self._collator(),
+            collate_fn=self.collator(),
             num_workers=self.hparams.num_workers,
         )
 
@@ -144,7 +144,7 @@ class PreferenceDataModule(L.LightningDataModule):
         return DataLoader(
             pad_for_ranks(self.val_pairs, world_size),
             batch_size=self.hparams.val_batch_size or 2 * self.hparams.batch_size,
-            collate_fn=self._collator(),
+            collate_fn=self.collator(),
             num_workers=self.hparams.num_workers,
         )
 

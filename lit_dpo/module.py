@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 from typing import Any, Iterator, Literal, Optional, Union
 
 import lightning as L
+from lightning.pytorch.utilities import move_data_to_device
 import torch
 from torch import Tensor
 
+from lit_dpo import reference_cache
 from lit_dpo.errors import InputError, TrainingDiverged
 from lit_dpo.logps import PairLogps, completion_logps
 from lit_dpo.loss import SCORES_PROMPT, get_loss, loss_names, needs_reference
@@ -29,6 +32,7 @@ class DPOModule(L.LightningModule):
         loss_weights: Optional[list[float]] = None,
         discopop_tau: float = 0.05,
         simpo_gamma: float = 0.5,
+        precompute_ref_log_probs: bool = False,
         learning_rate: float = 5e-5,
         weight_decay: float = 0.0,
         warmup_steps: int = 5,
@@ -52,6 +56,9 @@ class DPOModule(L.LightningModule):
             loss_weights: One weight per ``loss_type`` when several are given (default: all 1).
             discopop_tau: Temperature of the discopop loss.
             simpo_gamma: Target reward margin of the simpo loss.
+            precompute_ref_log_probs: Compute the reference's log-probs of every train and val pair in one pass
+                before training, cache them on disk (``lit_dpo.reference_cache``, reused by later runs on the
+                same data and reference) and free the reference: it is not in memory during training.
             learning_rate: AdamW peak learning rate.
             weight_decay: AdamW weight decay.
             warmup_steps: Optimizer steps of linear warmup from ``learning_rate / warmup_steps``.
@@ -99,6 +106,50 @@ class DPOModule(L.LightningModule):
         ref_path = hp.ref_model_name_or_path or hp.model_name_or_path
         self.reference = load_model(ref_path, hp.dtype, hp.trust_remote_code)
         self.reference.requires_grad_(False).eval()
+        if hp.precompute_ref_log_probs:  # before sharding: every rank hashes the same full weights
+            self.ref_weights_fingerprint = reference_cache.weights_fingerprint(self.reference.state_dict())
+
+    def on_fit_start(self) -> None:
+        if self.hparams.precompute_ref_log_probs and self.uses_reference:
+            self._cache_reference_logps(["train", "val"])
+
+    def on_validation_start(self) -> None:
+        if self.hparams.precompute_ref_log_probs and self.uses_reference and self.trainer.state.fn == "validate":
+            self._cache_reference_logps(["val"])
+
+    def _cache_reference_logps(self, stages: list[str]) -> None:
+        """Attach cached (or freshly computed, then cached) reference log-probs to the data module's pairs,
+        then free the reference."""
+        datamodule, strategy = self.trainer.datamodule, self.trainer.strategy
+        if not hasattr(datamodule, "collator"):
+            raise InputError("precompute_ref_log_probs needs lit_dpo's PreferenceDataModule")
+        settings = {"dtype": self.hparams.dtype, "precision": str(self.trainer.precision)}
+        for stage in stages:
+            pairs = getattr(datamodule, f"{stage}_pairs")
+            if not pairs or "ref_logps" in pairs[0]:
+                continue
+            key = reference_cache.pairs_fingerprint(pairs, self.ref_weights_fingerprint, settings)
+            logps = reference_cache.load(key)
+            if not strategy.reduce_boolean_decision(logps is not None, all=True):  # every rank, or none, computes
+                logps = reference_cache.compute(
+                    pairs,
+                    datamodule.collator(),
+                    self._reference_batch_logps,
+                    datamodule.hparams.val_batch_size or 2 * datamodule.hparams.batch_size,
+                    self.global_rank,
+                    self.trainer.world_size,
+                    lambda t: self.all_gather(t) if self.trainer.world_size > 1 else t[None],
+                )
+                if self.trainer.is_global_zero:
+                    reference_cache.save(key, logps)
+            reference_cache.attach(pairs, logps)
+        self.reference = None
+        gc.collect()
+
+    def _reference_batch_logps(self, batch: dict[str, Any]) -> Tensor:
+        batch = move_data_to_device(batch, self.device)
+        with torch.no_grad(), self.trainer.precision_plugin.forward_context():
+            return self._completion_logps(self.reference, batch)[0]
 
     def train(self, mode: bool = True) -> "DPOModule":
         super().train(mode)
@@ -131,11 +182,15 @@ class DPOModule(L.LightningModule):
         """Policy and reference log-probs of the batch's pairs, with the ``(2B,)`` logit sums and token counts."""
         num_pairs = batch["num_pairs"]
         policy_logps, counts, logit_sums = self._completion_logps(self.policy, batch, self.scores_prompt)
-        if self.reference is not None:
+        if "ref_logps" in batch:  # cached (precompute_ref_log_probs)
+            ref_logps = batch["ref_logps"].to(policy_logps.dtype)
+        elif self.reference is not None:
             with torch.no_grad():  # not inference_mode: FSDP and autograd-saved tensors dislike inference tensors
                 ref_logps = self._completion_logps(self.reference, batch)[0]
-        else:  # reference-free losses never read it
+        elif not self.uses_reference:  # reference-free losses never read it
             ref_logps = torch.zeros_like(policy_logps[: 2 * num_pairs])
+        else:
+            raise RuntimeError("a batch without cached reference log-probs, and no reference loaded")
         lp = PairLogps(*policy_logps[: 2 * num_pairs].chunk(2), *ref_logps.chunk(2), *counts[: 2 * num_pairs].chunk(2))
         if self.scores_prompt:
             lp.prompt, lp.prompt_tokens = policy_logps[2 * num_pairs :], counts[2 * num_pairs :]
@@ -227,7 +282,7 @@ class DPOModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # keep strict loading for the policy by filling in the reference (a sharded one is out of the module
         # tree, and distributed checkpoints load without a "state_dict" entry)
-        if "reference" in self._modules and "state_dict" in checkpoint:
+        if self._modules.get("reference") is not None and "state_dict" in checkpoint:
             reference_state = {f"reference.{k}": v for k, v in self.reference.state_dict().items()}
             checkpoint["state_dict"].update(reference_state)
 

@@ -43,8 +43,8 @@ def test_pad_for_ranks_adds_weight_zero_copies():
     assert pad_for_ranks(pairs, 5) == pairs
 
 
-def _run(module, args, root):
-    env = os.environ | {"PYTHONWARNINGS": "ignore"}
+def _run(module, args, root, **env_vars):
+    env = os.environ | {"PYTHONWARNINGS": "ignore"} | env_vars
     args = [*args, f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false"]
     done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -74,13 +74,17 @@ def test_ddp_validation_counts_every_pair_once(tiny_dirs, files, tmp_path):
             )  # float sums differ in order
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_strategy_fit_on_two_cpu_processes(strategy, tiny_model_dir, files, tmp_path):
-    """Both strategies train, validate over both ranks and export a loadable policy; FSDP matches DDP."""
+@pytest.mark.parametrize("run", ["ddp", "fsdp", "fsdp-cached", "ddp-cached"])
+def test_strategy_fit_on_two_cpu_processes(run, tiny_model_dir, files, tmp_path):
+    """Both strategies train, validate over both ranks and export a loadable policy; FSDP matches DDP, and
+    cached reference log-probs (each rank computing half) match the live reference."""
+    strategy, cached = run.split("-")[0], run.endswith("-cached")
     args = ["--config", str(RECIPES / "base.yaml"), "--config", str(RECIPES / "strategy" / f"{strategy}.yaml")]
     args += ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.max_steps=3", "--model.learning_rate=1e-3"]
     args += [f"--model.model_name_or_path={tiny_model_dir}", f"--data.path={files[0]}", f"--data.val_path={files[1]}"]
-    rows = _run("lit_dpo.fit", args, tmp_path)
+    args += [f"--model.precompute_ref_log_probs={cached}"]
+    rows = _run("lit_dpo.fit", args, tmp_path, LIT_DPO_CACHE=str(tmp_path / "cache"))
+    assert len(list((tmp_path / "cache").glob("ref_logps/*.safetensors"))) == (2 if cached else 0)
     final = [r for r in rows if r["val/loss"]][-1]
     assert sum(1 for r in rows if r["train/loss"]) == 3  # 24 pairs / (2 ranks x 4 pairs): one epoch
     assert all(math.isfinite(float(final[k])) for k in final if k.startswith("val/"))
@@ -89,13 +93,13 @@ def test_strategy_fit_on_two_cpu_processes(strategy, tiny_model_dir, files, tmp_
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "lightning_logs" / "version_0" / "hf_model")
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert not torch.equal(exported.lm_head.weight, start.lm_head.weight)  # the trained, gathered weights
-    FINAL[strategy] = (final, exported.state_dict())
-    if len(FINAL) == 2:  # the same global batches and gradients: the same model and metrics, to float noise
-        (ddp_final, ddp_state), (fsdp_final, fsdp_state) = FINAL["ddp"], FINAL["fsdp"]
+    FINAL[run] = (final, exported.state_dict())
+    if run != "ddp":  # the same global batches and gradients: the same model and metrics, to float noise
+        (ddp_final, ddp_state), (other_final, other_state) = FINAL["ddp"], FINAL[run]
         for key in (k for k in ddp_final if k.startswith("val/")):
-            assert float(fsdp_final[key]) == pytest.approx(float(ddp_final[key]), rel=1e-4, abs=1e-6), key
+            assert float(other_final[key]) == pytest.approx(float(ddp_final[key]), rel=1e-4, abs=1e-6), key
         for name, value in ddp_state.items():
-            torch.testing.assert_close(fsdp_state[name], value, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(other_state[name], value, rtol=1e-4, atol=1e-6)
 
 
 FINAL: dict = {}
