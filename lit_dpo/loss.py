@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from lit_dpo import loss_variants as variants
-from lit_dpo.loss_reference_free import orpo_loss, simpo_loss
 from lit_dpo.errors import InputError
 from lit_dpo.logps import LossOutput, PairLogps, completion_logps, rewards, sequence_logps
+from lit_dpo.loss_reference_free import orpo_loss, simpo_loss
 
 __all__ = ["LOSSES", "PairLogps", "completion_logps", "get_loss", "sequence_logps"]
 
@@ -79,8 +79,9 @@ LOSSES: dict[str, LossFn] = {
 
 # Losses that read ``label_smoothing``; elsewhere a non-zero value would be silently ignored, so it is refused.
 USES_LABEL_SMOOTHING = frozenset({"robust", "exo_pair", "aot", "aot_unpaired", "simpo"})
-# Losses that never read the reference: with only these, no reference model is loaded.
-REFERENCE_FREE = frozenset({"simpo", "orpo", "sft"})
+# Losses that never read the reference: with these (plus, optionally, sft) no reference model is loaded.
+# sft alone keeps one, for the rewards it reports (as TRL).
+REFERENCE_FREE = frozenset({"simpo", "orpo"})
 # Losses that also score the prompt tokens (``PairLogps.prompt``): ORPO's NLL, as TRL computes it.
 SCORES_PROMPT = frozenset({"orpo"})
 
@@ -90,7 +91,8 @@ def loss_names(names: str | Sequence[str]) -> list[str]:
 
 
 def needs_reference(names: str | Sequence[str]) -> bool:
-    return not REFERENCE_FREE.issuperset(loss_names(names))
+    names = set(loss_names(names))
+    return not (names & REFERENCE_FREE and names <= REFERENCE_FREE | {"sft"})
 
 
 def get_loss(

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
-from typing import Any, Iterator, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import lightning as L
-from lightning.pytorch.utilities import move_data_to_device
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor
 
-from lit_dpo import reference_cache
+from lit_dpo import lora, reference, reference_cache
 from lit_dpo.errors import InputError, TrainingDiverged
-from lit_dpo.logps import PairLogps, completion_logps
+from lit_dpo.forward import score
+from lit_dpo.logps import PairLogps
 from lit_dpo.loss import SCORES_PROMPT, get_loss, loss_names, needs_reference
 from lit_dpo.metrics import PreferenceMetrics, pair_metrics
 from lit_dpo.models import BUNDLED, load_model
@@ -33,6 +33,12 @@ class DPOModule(L.LightningModule):
         discopop_tau: float = 0.05,
         simpo_gamma: float = 0.5,
         precompute_ref_log_probs: bool = False,
+        ref_sync_steps: int = 0,
+        ref_sync_alpha: float = 0.6,
+        lora_r: int = 0,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.0,
+        lora_target_modules: Union[str, list[str]] = "all-linear",
         learning_rate: float = 5e-5,
         weight_decay: float = 0.0,
         warmup_steps: int = 5,
@@ -59,6 +65,16 @@ class DPOModule(L.LightningModule):
             precompute_ref_log_probs: Compute the reference's log-probs of every train and val pair in one pass
                 before training, cache them on disk (``lit_dpo.reference_cache``, reused by later runs on the
                 same data and reference) and free the reference: it is not in memory during training.
+            ref_sync_steps: TR-DPO: every this many optimizer steps, move the reference towards the policy
+                (0: never). Works with LoRA (the adapters are partly merged into the base) and FSDP.
+            ref_sync_alpha: TR-DPO mixing weight: ``ref <- alpha * policy + (1 - alpha) * ref``.
+            lora_r: Train LoRA adapters of this rank (PEFT) instead of every weight; 0: full fine-tuning. The
+                reference is then the base with adapters disabled (no second copy), unless
+                ``ref_model_name_or_path`` names another model; the export merges the adapters.
+            lora_alpha: LoRA scaling numerator (updates are scaled by ``lora_alpha / lora_r``).
+            lora_dropout: Dropout on the adapters' input.
+            lora_target_modules: Modules to adapt: PEFT's ``all-linear`` (every linear layer but the LM head),
+                or a list of module names such as ``[q_proj, v_proj]``.
             learning_rate: AdamW peak learning rate.
             weight_decay: AdamW weight decay.
             warmup_steps: Optimizer steps of linear warmup from ``learning_rate / warmup_steps``.
@@ -74,6 +90,8 @@ class DPOModule(L.LightningModule):
         self.loss_fn = get_loss(loss_type, label_smoothing, loss_weights, discopop_tau, simpo_gamma)
         self.uses_reference = needs_reference(loss_type)
         self.scores_prompt = bool(SCORES_PROMPT.intersection(loss_names(loss_type)))
+        _check_reference_options(self.uses_reference, precompute_ref_log_probs, ref_sync_steps, ref_sync_alpha)
+        self.last_sync_step = 0
         self.train_metrics = PreferenceMetrics()
         self.val_metrics = PreferenceMetrics()
         self.policy: Optional[torch.nn.Module] = None
@@ -88,68 +106,39 @@ class DPOModule(L.LightningModule):
             shard(self.policy, self.device_mesh["data_parallel"])
             if self.reference is not None:
                 shard(self.reference, self.device_mesh["data_parallel"])
-                # out of the module tree: distributed checkpoints save and load every registered submodule,
-                # bypassing on_save/on_load_checkpoint, and the frozen reference has no place in them
-                object.__setattr__(self, "reference", self._modules.pop("reference"))
+                if not self.hparams.ref_sync_steps:
+                    # out of the module tree: distributed checkpoints save and load every registered submodule,
+                    # bypassing on_save/on_load_checkpoint, and a frozen reference has no place in them (a
+                    # synced one does: it is part of the training state)
+                    object.__setattr__(self, "reference", self._modules.pop("reference"))
 
     def _load_models(self) -> None:
         hp = self.hparams
-        self.policy = load_model(hp.model_name_or_path, hp.dtype, hp.trust_remote_code).train()
+        policy = load_model(hp.model_name_or_path, hp.dtype, hp.trust_remote_code).train()
         if hp.disable_dropout:
-            for module in self.policy.modules():
+            for module in policy.modules():
                 if isinstance(module, torch.nn.Dropout):
                     module.p = 0.0
         if hp.activation_checkpointing:
-            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if not self.uses_reference:
-            return
-        ref_path = hp.ref_model_name_or_path or hp.model_name_or_path
-        self.reference = load_model(ref_path, hp.dtype, hp.trust_remote_code)
-        self.reference.requires_grad_(False).eval()
-        if hp.precompute_ref_log_probs:  # before sharding: every rank hashes the same full weights
-            self.ref_weights_fingerprint = reference_cache.weights_fingerprint(self.reference.state_dict())
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.uses_reference and (hp.ref_model_name_or_path is not None or not hp.lora_r):
+            ref_path = hp.ref_model_name_or_path or hp.model_name_or_path
+            self.reference = load_model(ref_path, hp.dtype, hp.trust_remote_code)
+            self.reference.requires_grad_(False).eval()
+        if self.uses_reference and hp.precompute_ref_log_probs:  # before sharding: every rank hashes full weights
+            frozen = self.reference if self.reference is not None else policy  # LoRA: the base is the reference
+            self.ref_weights_fingerprint = reference_cache.weights_fingerprint(frozen.state_dict())
+        if hp.lora_r:
+            policy = lora.add_adapters(policy, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.lora_target_modules)
+        self.policy = policy
 
     def on_fit_start(self) -> None:
         if self.hparams.precompute_ref_log_probs and self.uses_reference:
-            self._cache_reference_logps(["train", "val"])
+            reference.cache_logps(self, ["train", "val"])
 
     def on_validation_start(self) -> None:
         if self.hparams.precompute_ref_log_probs and self.uses_reference and self.trainer.state.fn == "validate":
-            self._cache_reference_logps(["val"])
-
-    def _cache_reference_logps(self, stages: list[str]) -> None:
-        """Attach cached (or freshly computed, then cached) reference log-probs to the data module's pairs,
-        then free the reference."""
-        datamodule, strategy = self.trainer.datamodule, self.trainer.strategy
-        if not hasattr(datamodule, "collator"):
-            raise InputError("precompute_ref_log_probs needs lit_dpo's PreferenceDataModule")
-        settings = {"dtype": self.hparams.dtype, "precision": str(self.trainer.precision)}
-        for stage in stages:
-            pairs = getattr(datamodule, f"{stage}_pairs")
-            if not pairs or "ref_logps" in pairs[0]:
-                continue
-            key = reference_cache.pairs_fingerprint(pairs, self.ref_weights_fingerprint, settings)
-            logps = reference_cache.load(key)
-            if not strategy.reduce_boolean_decision(logps is not None, all=True):  # every rank, or none, computes
-                logps = reference_cache.compute(
-                    pairs,
-                    datamodule.collator(),
-                    self._reference_batch_logps,
-                    datamodule.hparams.val_batch_size or 2 * datamodule.hparams.batch_size,
-                    self.global_rank,
-                    self.trainer.world_size,
-                    lambda t: self.all_gather(t) if self.trainer.world_size > 1 else t[None],
-                )
-                if self.trainer.is_global_zero:
-                    reference_cache.save(key, logps)
-            reference_cache.attach(pairs, logps)
-        self.reference = None
-        gc.collect()
-
-    def _reference_batch_logps(self, batch: dict[str, Any]) -> Tensor:
-        batch = move_data_to_device(batch, self.device)
-        with torch.no_grad(), self.trainer.precision_plugin.forward_context():
-            return self._completion_logps(self.reference, batch)[0]
+            reference.cache_logps(self, ["val"])
 
     def train(self, mode: bool = True) -> "DPOModule":
         super().train(mode)
@@ -157,40 +146,33 @@ class DPOModule(L.LightningModule):
             self.reference.eval()  # Lightning switches every submodule to train mode; the reference stays frozen
         return self
 
-    def _completion_logps(
-        self, model: torch.nn.Module, batch: dict[str, Any], with_prompt: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-sequence summed completion log-probs ``(2B,)``, token counts ``(2B,)`` and summed mean logits ``(2B,)``.
-
-        Only the scored positions (see ``lit_dpo.collate``) go through the LM head: the ``(rows, T, V)``
-        logits never exist. ``with_prompt`` scores the prompts too, as sequences ``2B..3B-1``: ``(3B,)`` each.
-        """
-        index, targets, seqs = batch["score_index"], batch["score_target"], batch["score_seq"]
-        num_seqs = 2 * batch["num_pairs"]
-        if with_prompt:
-            index = torch.cat([index, batch["prompt_index"]])
-            targets = torch.cat([targets, batch["prompt_target"]])
-            seqs = torch.cat([seqs, batch["prompt_seq"] + num_seqs])
-            num_seqs += batch["num_pairs"]
-        with head_on_positions(model, index):
-            logits = model(**_model_inputs(model, batch), use_cache=False).logits  # (M, V)
-        sums, counts = completion_logps(logits, targets, seqs, num_seqs)
-        logit_sums = sums.new_zeros(num_seqs).index_add(0, seqs, logits.detach().float().mean(-1))
-        return sums, counts, logit_sums
+    @torch.no_grad()  # not inference_mode: FSDP and autograd-saved tensors dislike inference tensors
+    def reference_logps(self, batch: dict[str, Any]) -> Tensor:
+        """Summed reference log-probs ``(2B,)`` of a batch: the reference model, or the LoRA policy's base."""
+        batch = move_data_to_device(batch, self.device)
+        with self.trainer.precision_plugin.forward_context() if self._trainer else contextlib.nullcontext():
+            if self.reference is not None:
+                return score(self.reference, batch)[0]
+            was_training = self.policy.training
+            self.policy.eval()  # as a separate reference would be: no dropout
+            try:
+                with self.policy.disable_adapter():
+                    return score(self.policy, batch)[0]
+            finally:
+                self.policy.train(was_training)
 
     def _pair_logps(self, batch: dict[str, Any]) -> tuple[PairLogps, Tensor, Tensor]:
         """Policy and reference log-probs of the batch's pairs, with the ``(2B,)`` logit sums and token counts."""
         num_pairs = batch["num_pairs"]
-        policy_logps, counts, logit_sums = self._completion_logps(self.policy, batch, self.scores_prompt)
+        policy_logps, counts, logit_sums = score(self.policy, batch, self.scores_prompt)
         if "ref_logps" in batch:  # cached (precompute_ref_log_probs)
             ref_logps = batch["ref_logps"].to(policy_logps.dtype)
-        elif self.reference is not None:
-            with torch.no_grad():  # not inference_mode: FSDP and autograd-saved tensors dislike inference tensors
-                ref_logps = self._completion_logps(self.reference, batch)[0]
-        elif not self.uses_reference:  # reference-free losses never read it
+        elif self.uses_reference:
+            if self.reference is None and not lora.is_lora(self.policy):
+                raise RuntimeError("a batch without cached reference log-probs, and no reference loaded")
+            ref_logps = self.reference_logps(batch)
+        else:  # reference-free losses never read it
             ref_logps = torch.zeros_like(policy_logps[: 2 * num_pairs])
-        else:
-            raise RuntimeError("a batch without cached reference log-probs, and no reference loaded")
         lp = PairLogps(*policy_logps[: 2 * num_pairs].chunk(2), *ref_logps.chunk(2), *counts[: 2 * num_pairs].chunk(2))
         if self.scores_prompt:
             lp.prompt, lp.prompt_tokens = policy_logps[2 * num_pairs :], counts[2 * num_pairs :]
@@ -230,6 +212,16 @@ class DPOModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         return self._shared_step(batch, self.train_metrics)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # TR-DPO, after every ref_sync_steps-th optimizer step (once, whatever the gradient accumulation)
+        steps, step = self.hparams.ref_sync_steps, self.global_step
+        if steps and step % steps == 0 and step != self.last_sync_step:
+            if self.reference is not None:
+                reference.soft_update(self.policy, self.reference, self.hparams.ref_sync_alpha)
+            else:
+                reference.soft_update_lora(self.policy, self.hparams.ref_sync_alpha)
+            self.last_sync_step = step
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # once per optimizer step, so train/ metrics mean the same with or without gradient accumulation:
@@ -274,7 +266,9 @@ class DPOModule(L.LightningModule):
         return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # the reference is frozen and reloadable: checkpoints hold only what training changes
+        # a frozen reference is reloadable: checkpoints hold only what training changes (TR-DPO changes it)
+        if self.hparams.ref_sync_steps:
+            return
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("reference.")]:
             del state[key]
@@ -282,41 +276,19 @@ class DPOModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # keep strict loading for the policy by filling in the reference (a sharded one is out of the module
         # tree, and distributed checkpoints load without a "state_dict" entry)
-        if self._modules.get("reference") is not None and "state_dict" in checkpoint:
+        if (
+            self._modules.get("reference") is not None
+            and "state_dict" in checkpoint
+            and not self.hparams.ref_sync_steps
+        ):
             reference_state = {f"reference.{k}": v for k, v in self.reference.state_dict().items()}
             checkpoint["state_dict"].update(reference_state)
 
 
-@contextlib.contextmanager
-def head_on_positions(model: torch.nn.Module, index: Tensor) -> Iterator[None]:
-    """Make the LM head project only the flat positions ``index`` of its ``(rows, T, H)`` input, giving ``(M, V)``.
-
-    The model's own forward still runs (so FSDP gathers its parameters, and softcapping or logit scaling after
-    the head apply as usual), but the ``(rows, T, V)`` logits are never built.
-    """
-    head = model.get_output_embeddings()
-    project = head.forward
-    head.forward = lambda hidden: project(hidden.flatten(0, 1)[index])
-    try:
-        yield
-    finally:
-        del head.forward  # back to the class's forward
-
-
-def _model_inputs(model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
-    """The forward's keyword arguments for either batch layout of ``lit_dpo.collate``."""
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if "position_ids" not in batch:  # padded layout: a (2B, T) padding mask
-        return inputs
-    inputs["position_ids"] = batch["position_ids"]  # shared-prefix layout: a (B, 1, T, T) boolean mask
-    attention = model.config._attn_implementation
-    if attention not in ("sdpa", "eager"):
-        raise InputError(
-            f"prefix sharing needs sdpa or eager attention, not {attention}: pass --data.prefix_sharing=false"
-        )
-    if attention == "eager":  # eager attention adds the mask to the scores
-        blocked = torch.finfo(model.dtype).min
-        inputs["attention_mask"] = torch.zeros_like(batch["attention_mask"], dtype=model.dtype).masked_fill(
-            ~batch["attention_mask"], blocked
-        )
-    return inputs
+def _check_reference_options(uses_reference: bool, precompute: bool, sync_steps: int, sync_alpha: float) -> None:
+    if sync_steps < 0 or not 0.0 < sync_alpha <= 1.0:
+        raise InputError(f"ref_sync_steps must be >= 0 and 0 < ref_sync_alpha <= 1, got {sync_steps}, {sync_alpha}")
+    if sync_steps and precompute:
+        raise InputError("ref_sync_steps changes the reference during training: it cannot use precompute_ref_log_probs")
+    if sync_steps and not uses_reference:
+        raise InputError("ref_sync_steps has no effect with a reference-free loss_type")

@@ -50,7 +50,7 @@ def test_orpo_nll_counts_prompt_tokens_when_given():
 
 def test_which_losses_load_a_reference():
     assert not needs_reference("simpo") and not needs_reference(["orpo"]) and not needs_reference(["simpo", "sft"])
-    assert needs_reference("sigmoid") and needs_reference(["simpo", "sigmoid"])
+    assert needs_reference("sigmoid") and needs_reference(["simpo", "sigmoid"]) and needs_reference("sft")
 
 
 def test_label_smoothing_refused_where_it_has_no_effect():

@@ -3,6 +3,7 @@ import torch
 from conftest import standard_rows, write_jsonl
 
 from lit_dpo.data import PreferenceDataModule
+from lit_dpo.forward import score
 from lit_dpo.module import DPOModule
 
 
@@ -79,10 +80,10 @@ def test_shared_prefix_masks_work_with_sdpa_and_eager(tiny_model_dir):
     pairs = [tokenize_pair(tokenizer, r) for r in standard_rows(5)]
     shared, padded = SharedPrefixCollator(tokenizer.pad_token_id)(pairs), PaddedCollator(tokenizer.pad_token_id)(pairs)
     with torch.no_grad():
-        expected = module._completion_logps(module.policy, padded)
+        expected = score(module.policy, padded)
         for attention in ("sdpa", "eager"):
             module.policy.set_attn_implementation(attention)
-            for got, want in zip(module._completion_logps(module.policy, shared), expected):
+            for got, want in zip(score(module.policy, shared), expected):
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 

@@ -16,7 +16,11 @@ trl = pytest.importorskip("trl")
 # (theirs average every position of the padded batch, prompt and padding included; lit_dpo's, like TRL's DPO
 # trainer, average the completion tokens)
 KEYS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"]
-LAYOUTS = {"padded": PaddedCollator, "shared": SharedPrefixCollator, "packed": partial(SharedPrefixCollator, pack_length=64)}
+LAYOUTS = {
+    "padded": PaddedCollator,
+    "shared": SharedPrefixCollator,
+    "packed": partial(SharedPrefixCollator, pack_length=64),
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,10 @@ def trl_metrics(trainer_name, policy_dir, rows, tmp_path, **config):
     from transformers import AutoModelForCausalLM
 
     experimental = __import__(f"trl.experimental.{trainer_name.lower()}", fromlist=["x"])
-    config_cls, trainer_cls = getattr(experimental, f"{trainer_name}Config"), getattr(experimental, f"{trainer_name}Trainer")
+    config_cls, trainer_cls = (
+        getattr(experimental, f"{trainer_name}Config"),
+        getattr(experimental, f"{trainer_name}Trainer"),
+    )
     args = config_cls(output_dir=str(tmp_path / "trl"), report_to="none", use_cpu=True, bf16=False, **config)
     trainer = trainer_cls(
         model=AutoModelForCausalLM.from_pretrained(policy_dir),

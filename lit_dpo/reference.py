@@ -1,0 +1,86 @@
+"""The reference's lifecycle beyond "frozen copy": cached log-probs in place of the model, and TR-DPO updates.
+
+``cache_logps`` fills the data module's pairs with reference log-probs (from disk, or one pass then to disk;
+see ``lit_dpo.reference_cache``) and frees the reference. ``soft_update`` / ``soft_update_lora`` move the
+reference towards the policy (TR-DPO, Gorbatovski et al. 2024): ``ref <- alpha * policy + (1 - alpha) * ref``.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from lit_dpo import lora, reference_cache
+from lit_dpo.errors import InputError
+
+
+def cache_logps(module: Any, stages: list[str]) -> None:
+    """Attach reference log-probs to ``module.trainer.datamodule``'s ``{stage}_pairs``, then drop the reference.
+
+    Every rank computes its share of a missing entry (``reference_cache.compute``); rank 0 writes it.
+    """
+    trainer = module.trainer
+    datamodule, strategy = trainer.datamodule, trainer.strategy
+    if not hasattr(datamodule, "collator"):
+        raise InputError("precompute_ref_log_probs needs lit_dpo's PreferenceDataModule")
+    settings = {"dtype": module.hparams.dtype, "precision": str(trainer.precision)}
+    for stage in stages:
+        pairs = getattr(datamodule, f"{stage}_pairs")
+        if not pairs or "ref_logps" in pairs[0]:
+            continue
+        key = reference_cache.pairs_fingerprint(pairs, module.ref_weights_fingerprint, settings)
+        logps = reference_cache.load(key)
+        if not strategy.reduce_boolean_decision(logps is not None, all=True):  # every rank computes, or none
+            logps = reference_cache.compute(
+                pairs,
+                datamodule.collator(),
+                module.reference_logps,
+                datamodule.hparams.val_batch_size or 2 * datamodule.hparams.batch_size,
+                trainer.global_rank,
+                trainer.world_size,
+                lambda t: module.all_gather(t) if trainer.world_size > 1 else t[None],
+            )
+            if trainer.is_global_zero:
+                reference_cache.save(key, logps)
+        reference_cache.attach(pairs, logps)
+    module.reference = None
+    gc.collect()
+
+
+@torch.no_grad()
+def soft_update(policy: torch.nn.Module, reference: torch.nn.Module, alpha: float) -> None:
+    """``ref <- alpha * policy + (1 - alpha) * ref`` for two models of the same architecture.
+
+    Sharded alike under FSDP, so each rank updates its own shards: no communication.
+    """
+    for (name, target), source in zip(reference.named_parameters(), policy.parameters()):
+        if target.shape != source.shape:
+            raise InputError(f"ref_sync needs policy and reference of one architecture; {name} differs")
+        target.lerp_(source.to(target.dtype), alpha)
+
+
+@torch.no_grad()
+def soft_update_lora(policy: torch.nn.Module, alpha: float) -> None:
+    """TR-DPO with adapters, where the reference is the base: move ``alpha`` of each adapter into the base.
+
+    ``W <- W + alpha * s * B @ A`` and ``B <- (1 - alpha) * B``: the reference (base) becomes
+    ``alpha * policy + (1 - alpha) * ref`` exactly, and the policy ``W + s * B @ A`` is unchanged.
+    """
+    scale = lora.scaling(policy)
+    for module in policy.modules():
+        if not hasattr(module, "lora_A") or lora.ADAPTER not in module.lora_A:
+            continue
+        down, up = module.lora_A[lora.ADAPTER].weight, module.lora_B[lora.ADAPTER].weight  # (r, in), (out, r)
+        base = module.get_base_layer().weight
+        delta = alpha * scale * (_full(up).float() @ _full(down).float())  # (out, in)
+        if isinstance(base, DTensor):  # every rank holds the same delta: keep its own shard of it
+            delta = distribute_tensor(delta.to(base.dtype), base.device_mesh, base.placements, src_data_rank=None)
+        base.add_(delta.to(base.dtype))
+        up.mul_(1 - alpha)
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
