@@ -56,6 +56,7 @@ def soft_update(policy: torch.nn.Module, reference: torch.nn.Module, alpha: floa
 
     Sharded alike under FSDP, so each rank updates its own shards: no communication.
     """
+    _reshard(policy, reference)
     for (name, target), source in zip(reference.named_parameters(), policy.parameters()):
         if target.shape != source.shape:
             raise InputError(f"ref_sync needs policy and reference of one architecture; {name} differs")
@@ -69,6 +70,7 @@ def soft_update_lora(policy: torch.nn.Module, alpha: float) -> None:
     ``W <- W + alpha * s * B @ A`` and ``B <- (1 - alpha) * B``: the reference (base) becomes
     ``alpha * policy + (1 - alpha) * ref`` exactly, and the policy ``W + s * B @ A`` is unchanged.
     """
+    _reshard(policy)
     scale = lora.scaling(policy)
     for module in policy.modules():
         if not hasattr(module, "lora_A") or lora.ADAPTER not in module.lora_A:
@@ -80,6 +82,17 @@ def soft_update_lora(policy: torch.nn.Module, alpha: float) -> None:
             delta = distribute_tensor(delta.to(base.dtype), base.device_mesh, base.placements, src_data_rank=None)
         base.add_(delta.to(base.dtype))
         up.mul_(1 - alpha)
+
+
+def _reshard(*models: torch.nn.Module) -> None:
+    """Put FSDP parameters back in their sharded form: FSDP2 keeps the root's gathered after a forward that
+    no backward follows (the reference's), and the updates above work shard by shard."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for model in models:
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:

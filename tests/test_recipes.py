@@ -74,16 +74,28 @@ def test_ddp_validation_counts_every_pair_once(tiny_dirs, files, tmp_path):
             )  # float sums differ in order
 
 
-@pytest.mark.parametrize("run", ["ddp", "fsdp", "fsdp-cached", "ddp-cached"])
+SYNC = ["--model.ref_sync_steps=1", "--model.ref_sync_alpha=0.5"]
+RUNS = {  # name: (extra arguments, the run it must equal)
+    "ddp": ([], None),
+    "fsdp": ([], "ddp"),
+    "fsdp-cached": (["--model.precompute_ref_log_probs=true"], "ddp"),  # each rank computes half
+    "ddp-sync": (SYNC, None),
+    "fsdp-sync": (SYNC, "ddp-sync"),  # TR-DPO on sharded reference and policy
+    "ddp-lora": (["--model.lora_r=4", *SYNC], None),
+    "fsdp-lora": (["--model.lora_r=4", *SYNC], "ddp-lora"),  # adapters merged into a sharded base
+}
+
+
+@pytest.mark.parametrize("run", list(RUNS))
 def test_strategy_fit_on_two_cpu_processes(run, tiny_model_dir, files, tmp_path):
-    """Both strategies train, validate over both ranks and export a loadable policy; FSDP matches DDP, and
-    cached reference log-probs (each rank computing half) match the live reference."""
+    """Both strategies train, validate over both ranks and export a loadable policy; FSDP matches DDP, with
+    cached reference log-probs, TR-DPO reference sync and LoRA too."""
     strategy, cached = run.split("-")[0], run.endswith("-cached")
+    extra, same_as = RUNS[run]
     args = ["--config", str(RECIPES / "base.yaml"), "--config", str(RECIPES / "strategy" / f"{strategy}.yaml")]
     args += ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.max_steps=3", "--model.learning_rate=1e-3"]
     args += [f"--model.model_name_or_path={tiny_model_dir}", f"--data.path={files[0]}", f"--data.val_path={files[1]}"]
-    args += [f"--model.precompute_ref_log_probs={cached}"]
-    rows = _run("lit_dpo.fit", args, tmp_path, LIT_DPO_CACHE=str(tmp_path / "cache"))
+    rows = _run("lit_dpo.fit", [*args, *extra], tmp_path, LIT_DPO_CACHE=str(tmp_path / "cache"))
     assert len(list((tmp_path / "cache").glob("ref_logps/*.safetensors"))) == (2 if cached else 0)
     final = [r for r in rows if r["val/loss"]][-1]
     assert sum(1 for r in rows if r["train/loss"]) == 3  # 24 pairs / (2 ranks x 4 pairs): one epoch
@@ -92,10 +104,11 @@ def test_strategy_fit_on_two_cpu_processes(run, tiny_model_dir, files, tmp_path)
 
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "lightning_logs" / "version_0" / "hf_model")
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    assert not torch.equal(exported.lm_head.weight, start.lm_head.weight)  # the trained, gathered weights
+    q_proj = "model.layers.0.self_attn.q_proj.weight"  # trained in full and by LoRA (merged) alike
+    assert not torch.equal(exported.state_dict()[q_proj], start.state_dict()[q_proj])  # trained, gathered weights
     FINAL[run] = (final, exported.state_dict())
-    if run != "ddp":  # the same global batches and gradients: the same model and metrics, to float noise
-        (ddp_final, ddp_state), (other_final, other_state) = FINAL["ddp"], FINAL[run]
+    if same_as:  # the same global batches and gradients: the same model and metrics, to float noise
+        (ddp_final, ddp_state), (other_final, other_state) = FINAL[same_as], FINAL[run]
         for key in (k for k in ddp_final if k.startswith("val/")):
             assert float(other_final[key]) == pytest.approx(float(ddp_final[key]), rel=1e-4, abs=1e-6), key
         for name, value in ddp_state.items():
