@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 SYSTEMS = ("lit_dpo", "trl_default", "trl_best")
+# lit_dpo's reference options, run with --variants: cached reference log-probs, LoRA (rank 16, all linear layers)
+VARIANTS = {"lit_dpo_cached": {"precompute_ref_log_probs": True}, "lit_dpo_lora": {"lora_r": 16, "lora_alpha": 32}}
 
 
 def _tiny_model(root: Path) -> str:
@@ -61,7 +63,8 @@ def run_lit_dpo(args: argparse.Namespace, data: str) -> list[float]:
             stamps.append(time.perf_counter())
 
     L.seed_everything(0)
-    module = DPOModule(model_name_or_path=args.model, learning_rate=args.lr, warmup_steps=0)
+    options = VARIANTS.get(args.worker, {})
+    module = DPOModule(model_name_or_path=args.model, learning_rate=args.lr, warmup_steps=0, **options)
     datamodule = PreferenceDataModule(path=data, val_split=0, batch_size=args.batch, max_length=args.max_length,
                                       shuffle=False, tokenizer_name_or_path=args.model)  # fmt: skip
     trainer = L.Trainer(max_steps=args.steps + args.warmup, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -110,7 +113,7 @@ def worker(args: argparse.Namespace) -> None:
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     stamps = (
         run_lit_dpo(args, str(data))
-        if args.worker == "lit_dpo"
+        if args.worker.startswith("lit_dpo")
         else run_trl(args, str(data), args.worker == "trl_best")
     )
     _, tokens = _pairs(str(data), args.model, n)
@@ -136,14 +139,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="pairs per step")
     parser.add_argument("--max_length", type=int, default=512)
     parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
+    parser.add_argument("--variants", action="store_true", help="also lit_dpo with cached reference logps, and LoRA")
+    parser.add_argument("--worker", choices=SYSTEMS + tuple(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
     if args.tiny:
         args.model = _tiny_model(Path(tempfile.mkdtemp()))
     results = {}
-    for system in SYSTEMS:
+    systems = SYSTEMS[:1] + (tuple(VARIANTS) if args.variants else ()) + SYSTEMS[1:]
+    for system in systems:
         command = [sys.executable, __file__, "--worker", system, "--model", args.model, "--data", args.data]
         command += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch)]
         command += ["--max_length", str(args.max_length), "--lr", str(args.lr)]
@@ -153,14 +158,14 @@ def main() -> None:
         results[system] = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, fp32, {args.model}")
     print(f"# {args.batch} pairs/step, {args.steps} timed steps after {args.warmup}, max_length {args.max_length}")
-    print(f"{'system':12s} {'pairs/s':>8s} {'tokens/s':>9s} {'peak RSS GiB':>13s}")
+    print(f"{'system':15s} {'pairs/s':>8s} {'tokens/s':>9s} {'peak RSS GiB':>13s}")
     for system, r in results.items():
-        print(f"{system:12s} {r['pairs_per_s']:8.3f} {r['tokens_per_s']:9.1f} {r['peak_rss_gib']:13.2f}")
-    lit = results["lit_dpo"]
-    for system in SYSTEMS[1:]:
-        r = results[system]
-        print(f"lit_dpo / {system}: {lit['pairs_per_s'] / r['pairs_per_s']:.2f}x pairs/s, "
-              f"{lit['peak_rss_gib'] / r['peak_rss_gib']:.2f}x peak RSS")  # fmt: skip
+        print(f"{system:15s} {r['pairs_per_s']:8.3f} {r['tokens_per_s']:9.1f} {r['peak_rss_gib']:13.2f}")
+    for mine in (s for s in results if s.startswith("lit_dpo")):
+        for system in SYSTEMS[1:]:
+            lit, r = results[mine], results[system]
+            print(f"{mine} / {system}: {lit['pairs_per_s'] / r['pairs_per_s']:.2f}x pairs/s, "
+                  f"{lit['peak_rss_gib'] / r['peak_rss_gib']:.2f}x peak RSS")  # fmt: skip
 
 
 if __name__ == "__main__":

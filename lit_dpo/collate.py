@@ -182,3 +182,31 @@ def shared_prefix_mask(segment: Tensor, pair: Tensor) -> Tensor:
     mask = causal & same_pair & (key != PAD) & (query != PAD) & ~((query == REJECTED) & (key == CHOSEN))
     mask |= torch.eye(width, dtype=torch.bool) & (query == PAD)
     return mask[:, None]
+
+
+@dataclass
+class UnpairedCollator:
+    """Unpaired (KTO) examples as pairs for ``collate``: each completion, and a mismatched one for the KL term.
+
+    Example i becomes the pair (prompt_i, completion_i, completion_{i-1}): the "rejected" slot holds the
+    completion of the previous example in the batch (TRL's rotation by one), cut to fit ``max_length``, whose
+    log-ratio estimates KL(policy || reference). ``desirable`` ``(B,)`` carries the labels.
+    """
+
+    collate: PaddedCollator | SharedPrefixCollator
+    max_length: int | None = None
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        pairs = []
+        for i, ex in enumerate(examples):
+            mismatched = examples[i - 1]["completion_ids"]  # i = 0 takes the last one
+            room = len(mismatched) if self.max_length is None else max(1, self.max_length - len(ex["prompt_ids"]))
+            pair = {
+                "prompt_ids": ex["prompt_ids"],
+                "chosen_ids": ex["completion_ids"],
+                "rejected_ids": mismatched[:room],
+            }
+            pairs.append(pair | ({"weight": ex["weight"]} if "weight" in ex else {}))
+        batch = self.collate(pairs)
+        batch["desirable"] = torch.tensor([bool(ex["label"]) for ex in examples])
+        return batch

@@ -13,10 +13,10 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
-from lit_dpo.collate import PaddedCollator, SharedPrefixCollator
+from lit_dpo.collate import PaddedCollator, SharedPrefixCollator, UnpairedCollator
 from lit_dpo.models import BUNDLED, load_tokenizer
-from lit_dpo.rows import DataError, read_rows
-from lit_dpo.tokenization import Truncation, fit_length, tokenize_pair
+from lit_dpo.rows import DataError, is_unpaired, read_rows
+from lit_dpo.tokenization import Truncation, fit_length, tokenize_pair, tokenize_unpaired
 
 DEMO = "demo"
 
@@ -90,15 +90,22 @@ class PreferenceDataModule(L.LightningDataModule):
         self.train_pairs = self._tokenize(train_rows)
         self.val_pairs = self._tokenize(val_rows)
 
+    @property
+    def unpaired(self) -> bool:
+        """Whether the rows are unpaired prompt/completion/label rows (for KTO) rather than preference pairs."""
+        return bool(self.train_pairs or self.val_pairs) and "label" in (self.train_pairs or self.val_pairs)[0]
+
     def _tokenize(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         hp = self.hparams
         pairs, cut = [], {"truncated": 0, "dropped": 0}
         for row in rows:
-            pair, problem = fit_length(
-                tokenize_pair(self.tokenizer, row), hp.max_length, hp.max_prompt_length, hp.truncation
-            )
+            pair, problem = fit_length(self._tokenize_row(row), hp.max_length, hp.max_prompt_length, hp.truncation)
+            if pair is not None and is_unpaired(row):  # back from the pair view fit_length works on
+                pair = {"prompt_ids": pair["prompt_ids"], "completion_ids": pair["chosen_ids"], "label": row["label"]}
             if problem is not None:
                 field, what = problem
+                if is_unpaired(row) and field != "prompt":
+                    field, what = "completion", what.replace(field, "completion")
                 if hp.truncation == "error":
                     raise DataError(
                         f"{row['source']}, row {row['row']}, field '{field}': {what} "
@@ -116,10 +123,25 @@ class PreferenceDataModule(L.LightningDataModule):
             raise DataError(f"{rows[0]['source']}: every row was dropped by the length limits")
         return pairs
 
-    def collator(self) -> PaddedCollator | SharedPrefixCollator:
-        if self.hparams.prefix_sharing:
-            return SharedPrefixCollator(self.tokenizer.pad_token_id, pack_length=self.hparams.pack_length)
-        return PaddedCollator(self.tokenizer.pad_token_id)
+    def _tokenize_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        if not is_unpaired(row):
+            return tokenize_pair(self.tokenizer, row)
+        # the pair view (completion twice) lets one length rule serve both forms
+        example = tokenize_unpaired(self.tokenizer, row)
+        return {"prompt_ids": example["prompt_ids"], "chosen_ids": example["completion_ids"], "rejected_ids": []}
+
+    def collator(self) -> PaddedCollator | SharedPrefixCollator | UnpairedCollator:
+        hp = self.hparams
+        if hp.prefix_sharing:
+            collate = SharedPrefixCollator(self.tokenizer.pad_token_id, pack_length=hp.pack_length)
+        else:
+            collate = PaddedCollator(self.tokenizer.pad_token_id)
+        if self.unpaired:
+            if hp.batch_size < 2:
+                raise DataError("unpaired (KTO) rows need --data.batch_size >= 2: the KL term pairs each prompt with "
+                                "another row's completion from the same batch")  # fmt: skip
+            return UnpairedCollator(collate, hp.max_length)
+        return collate
 
     def train_dataloader(self) -> DataLoader:
         # stateful: a checkpoint records the position in the epoch, so a resumed run sees the batches the

@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from lit_dpo.errors import InputError
-from lit_dpo.logps import completion_logps
+from lit_dpo.logps import completion_logps, length_desensitized_weights, wpo_logps
 
 
-def score(model: torch.nn.Module, batch: dict[str, Any], with_prompt: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-sequence summed completion log-probs ``(2B,)``, token counts ``(2B,)`` and summed mean logits ``(2B,)``.
+class Scores(NamedTuple):
+    logps: Tensor  # (S,) summed (or LD-weighted) completion log-probs
+    tokens: Tensor  # (S,) completion tokens
+    logit_sums: Tensor  # (S,) sum over the completion tokens of the vocabulary-mean logit
+    wpo_logps: Optional[Tensor] = None  # (S,) see ``lit_dpo.logps.wpo_logps``, when asked for
 
-    Sequences are the B chosen completions, then the B rejected ones. Only the scored positions go through
-    the LM head: the ``(rows, T, V)`` logits never exist. ``with_prompt`` scores the prompts too, as sequences
-    ``2B..3B-1``: ``(3B,)`` each.
+
+def score(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    with_prompt: bool = False,
+    ld_alpha: Optional[float] = None,
+    wpo: bool = False,
+) -> Scores:
+    """Per-sequence scores of a batch: S = 2B sequences, the B chosen completions, then the B rejected ones.
+
+    Only the scored positions go through the LM head: the ``(rows, T, V)`` logits never exist.
+    ``with_prompt`` scores the prompts too, as sequences ``2B..3B-1`` (S = 3B); ``ld_alpha`` weighs each
+    completion's tokens past the shorter one's length (LD-DPO); ``wpo`` adds the WPO per-sequence means.
     """
     index, targets, seqs = batch["score_index"], batch["score_target"], batch["score_seq"]
     num_seqs = 2 * batch["num_pairs"]
@@ -28,9 +41,10 @@ def score(model: torch.nn.Module, batch: dict[str, Any], with_prompt: bool = Fal
         num_seqs += batch["num_pairs"]
     with head_on_positions(model, index):
         logits = model(**_model_inputs(model, batch), use_cache=False).logits  # (M, V)
-    sums, counts = completion_logps(logits, targets, seqs, num_seqs)
+    weights = None if ld_alpha is None else length_desensitized_weights(seqs, batch["num_pairs"], ld_alpha)
+    sums, counts = completion_logps(logits, targets, seqs, num_seqs, weights)
     logit_sums = sums.new_zeros(num_seqs).index_add(0, seqs, logits.detach().float().mean(-1))
-    return sums, counts, logit_sums
+    return Scores(sums, counts, logit_sums, wpo_logps(logits, targets, seqs, num_seqs) if wpo else None)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,9 @@ class PairLogps:
     rejected_tokens: Tensor
     prompt: Optional[Tensor] = None  # (B,) summed policy log-probs of the prompt tokens, for losses that score it
     prompt_tokens: Optional[Tensor] = None
+    desirable: Optional[Tensor] = None  # (B,) bool, unpaired (KTO) batches: each example's label
+    kl_reference: Optional[Tensor] = None  # () KTO's KL reference point, when averaged over ranks by the caller
+    wpo_weights: Optional[Tensor] = None  # (B,) WPO's per-pair loss weights (``wpo_weights``), no gradient
 
     @property
     def chosen_logratios(self) -> Tensor:
@@ -33,19 +36,54 @@ class PairLogps:
         return self.policy_rejected - self.ref_rejected
 
 
-def completion_logps(logits: Tensor, targets: Tensor, seq_index: Tensor, num_seqs: int) -> tuple[Tensor, Tensor]:
+def completion_logps(
+    logits: Tensor, targets: Tensor, seq_index: Tensor, num_seqs: int, token_weights: Optional[Tensor] = None
+) -> tuple[Tensor, Tensor]:
     """Sum per-token log-probs into per-sequence log-probs.
 
     ``logits`` is ``(M, V)`` for the M scored completion positions (already shifted: row m predicts
-    ``targets[m]``), ``seq_index`` ``(M,)`` says which of the ``num_seqs`` sequences each row belongs to.
+    ``targets[m]``), ``seq_index`` ``(M,)`` says which of the ``num_seqs`` sequences each row belongs to,
+    ``token_weights`` ``(M,)`` (default 1) weighs each token in the sum.
     Returns ``(sum_logps, num_tokens)``, both ``(num_seqs,)``.
     """
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half-precision logsumexp loses digits
     # gather - logsumexp avoids materialising a second (M, V) tensor as log_softmax would
     token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    if token_weights is not None:
+        token_logps = token_logps * token_weights
     sums = token_logps.new_zeros(num_seqs).index_add(0, seq_index, token_logps)
     counts = torch.bincount(seq_index, minlength=num_seqs).to(sums.dtype)
     return sums, counts
+
+
+@torch.no_grad()
+def wpo_logps(logits: Tensor, targets: Tensor, seq_index: Tensor, num_seqs: int) -> Tensor:
+    """WPO (Zhou et al. 2024, eq. 2): per sequence ``(num_seqs,)``, the mean over its tokens of
+    ``log p(token) - log sum_v p(v)^2``; ``exp`` of it weighs off-policy pairs down. No gradient."""
+    logits = logits.float()
+    normalizer = torch.logsumexp(logits, dim=-1)  # (M,)
+    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normalizer
+    log_sum_sq_probs = torch.logsumexp(2 * logits, dim=-1) - 2 * normalizer  # log sum_v p(v)^2
+    sums = token_logps.new_zeros(num_seqs).index_add(0, seq_index, token_logps - log_sum_sq_probs)
+    return sums / torch.bincount(seq_index, minlength=num_seqs).clamp(min=1)
+
+
+def length_desensitized_weights(seq_index: Tensor, num_pairs: int, ld_alpha: float) -> Tensor:
+    """LD-DPO (Liu et al. 2024) token weights ``(M,)``: 1 for the first ``min(len_chosen, len_rejected)`` tokens
+    of each completion, ``ld_alpha`` after them (the "verbose" tail); 1 for sequences past the 2B completions.
+
+    Each sequence's tokens must be contiguous and in order in ``seq_index`` (as ``lit_dpo.collate`` lays them).
+    """
+    num_seqs = max(2 * num_pairs, int(seq_index.max()) + 1 if seq_index.numel() else 0)
+    counts = torch.bincount(seq_index, minlength=num_seqs)
+    shared = torch.minimum(counts[:num_pairs], counts[num_pairs : 2 * num_pairs]).repeat(2)  # (2B,)
+    shared = torch.cat([shared, counts[2 * num_pairs :]])  # other sequences: every token "shared"
+    flat = torch.arange(seq_index.numel(), device=seq_index.device)
+    first = torch.full((num_seqs,), seq_index.numel(), device=seq_index.device).scatter_reduce(
+        0, seq_index, flat, "amin"
+    )
+    position = flat - first[seq_index]  # 0-based position within its own sequence
+    return torch.where(position < shared[seq_index], 1.0, ld_alpha)
 
 
 def sequence_logps(logits: Tensor, labels: Tensor, average: bool = False) -> Tensor:

@@ -21,6 +21,7 @@ from lit_dpo import loss_variants as variants
 from lit_dpo.errors import InputError
 from lit_dpo.logps import LossOutput, PairLogps, completion_logps, rewards, sequence_logps
 from lit_dpo.loss_reference_free import orpo_loss, simpo_loss
+from lit_dpo.loss_unpaired import apo_zero_unpaired_loss, kto_loss
 
 __all__ = ["LOSSES", "PairLogps", "completion_logps", "get_loss", "sequence_logps"]
 
@@ -75,6 +76,8 @@ LOSSES: dict[str, LossFn] = {
     "sft": variants.sft_loss,
     "simpo": simpo_loss,
     "orpo": orpo_loss,
+    "kto": kto_loss,
+    "apo_zero_unpaired": apo_zero_unpaired_loss,
 }
 
 # Losses that read ``label_smoothing``; elsewhere a non-zero value would be silently ignored, so it is refused.
@@ -84,6 +87,12 @@ USES_LABEL_SMOOTHING = frozenset({"robust", "exo_pair", "aot", "aot_unpaired", "
 REFERENCE_FREE = frozenset({"simpo", "orpo"})
 # Losses that also score the prompt tokens (``PairLogps.prompt``): ORPO's NLL, as TRL computes it.
 SCORES_PROMPT = frozenset({"orpo"})
+# Losses for unpaired rows (prompt, completion, label): ``lit_dpo.loss_unpaired``.
+UNPAIRED = frozenset({"kto", "apo_zero_unpaired"})
+
+
+def is_unpaired_loss(names: str | Sequence[str]) -> bool:
+    return bool(UNPAIRED.intersection(loss_names(names)))
 
 
 def loss_names(names: str | Sequence[str]) -> list[str]:
@@ -101,6 +110,8 @@ def get_loss(
     weights: Sequence[float] | None = None,
     discopop_tau: float = 0.05,
     simpo_gamma: float = 0.5,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
 ) -> LossFn:
     """The loss ``fn(lp, beta, label_smoothing)`` for one name or a weighted sum of several (as TRL's MPO).
 
@@ -112,12 +123,18 @@ def get_loss(
         raise InputError(f"loss_weights needs one weight per loss_type: got {weights} for {names}")
     for name in names:
         _check(name, label_smoothing)
+    if UNPAIRED.intersection(names) and len(names) > 1:
+        raise InputError(
+            f"{sorted(UNPAIRED.intersection(names))} work on unpaired rows and cannot be combined: {names}"
+        )
     if label_smoothing and not USES_LABEL_SMOOTHING.intersection(names):
         raise InputError(
             f"label_smoothing={label_smoothing} has no effect with loss_type={','.join(names)!r}; "
             f"it is used by {sorted(USES_LABEL_SMOOTHING)} (TRL's convention: cDPO is loss_type='robust')"
         )
-    options = {"discopop": {"tau": discopop_tau}, "simpo": {"gamma": simpo_gamma}}
+    unpaired = {"desirable_weight": desirable_weight, "undesirable_weight": undesirable_weight}
+    options = {"discopop": {"tau": discopop_tau}, "simpo": {"gamma": simpo_gamma}, "kto": unpaired}
+    options["apo_zero_unpaired"] = unpaired
     fns = [partial(LOSSES[n], **options.get(n, {})) for n in names]
     if len(fns) == 1 and weights[0] == 1.0:
         return fns[0]

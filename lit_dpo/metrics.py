@@ -52,6 +52,22 @@ def pair_metrics(
     return values
 
 
+def unpaired_metrics(losses: Tensor, rewards: Tensor, lp: PairLogps) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per-example ``(value, weight)`` of an unpaired (KTO) batch, as TRL's KTOTrainer logs them: rewards/ and
+    logps/ "chosen" average the desirable completions, "rejected" the undesirable ones; ``kl`` the mismatched
+    completions' log-ratio; margins are chosen - rejected (``PreferenceMetrics.compute``); no accuracies."""
+    desirable = lp.desirable.to(losses.dtype)
+    every = torch.ones_like(desirable)
+    return {
+        "loss": (losses.detach(), every),
+        "rewards/chosen": (rewards, desirable),
+        "rewards/rejected": (rewards, 1 - desirable),
+        "logps/chosen": (lp.policy_chosen.detach(), desirable),
+        "logps/rejected": (lp.policy_chosen.detach(), 1 - desirable),
+        "kl": (lp.rejected_logratios.detach(), every),
+    }
+
+
 class PreferenceMetrics(torch.nn.Module):
     """Running means of the reward metrics; one instance per stage (train, val)."""
 
@@ -61,25 +77,41 @@ class PreferenceMetrics(torch.nn.Module):
         self.means: ModuleDict = ModuleDict({_key(n): MeanMetric() for n in PAIR_METRICS + TOKEN_METRICS})
 
     def update(
-        self, values: dict[str, Tensor], logit_sums: Tensor, token_counts: Tensor, weights: Tensor | None = None
+        self,
+        values: dict[str, Tensor | tuple[Tensor, Tensor]],
+        logit_sums: Tensor,
+        token_counts: Tensor,
+        weights: Tensor | None = None,
+        desirable: Tensor | None = None,
     ) -> None:
         """Add one batch.
 
-        ``values`` comes from ``pair_metrics``; ``logit_sums`` ``(2B,)`` is, per sequence (chosen rows first),
-        the sum over its completion tokens of the vocabulary-mean logit, ``token_counts`` ``(2B,)`` their number;
-        ``weights`` ``(B,)`` (default 1) lets padding pairs count for nothing.
+        ``values`` comes from ``pair_metrics`` (or, with per-example weights, ``unpaired_metrics``);
+        ``logit_sums`` ``(2B,)`` is, per sequence (chosen rows first), the sum over its completion tokens of the
+        vocabulary-mean logit, ``token_counts`` ``(2B,)`` their number; ``weights`` ``(B,)`` (default 1) lets
+        padding pairs count for nothing. ``desirable`` ``(B,)``, for unpaired batches, splits the B completions
+        (the first half of the sequences) into logits/chosen and logits/rejected.
         """
-        weights = torch.ones_like(values["loss"]) if weights is None else weights.to(values["loss"])
+        batch = logit_sums.shape[0] // 2
+        weights = torch.ones(batch, device=logit_sums.device) if weights is None else weights.to(logit_sums)
         for name, value in values.items():
-            self.means[_key(name)].update(value, weight=weights)
-        for name, sums, counts in zip(TOKEN_METRICS, logit_sums.chunk(2), token_counts.chunk(2)):
+            value, weight = value if isinstance(value, tuple) else (value, torch.ones_like(value))
+            self.means[_key(name)].update(value, weight=weight * weights.to(value))
+        sums, counts = logit_sums.chunk(2), token_counts.chunk(2)
+        if desirable is not None:  # both from the completions, split by label
+            split = desirable.to(logit_sums)
+            sums, counts = (sums[0], sums[0]), (counts[0] * split, counts[0] * (1 - split))
+        for name, total, count in zip(TOKEN_METRICS, sums, counts):
             # weighted mean: sum(value * weight) / sum(weight) == total logits / total tokens
-            self.means[_key(name)].update(sums / counts.clamp(min=1), weight=counts * weights)
+            self.means[_key(name)].update(total / count.clamp(min=1), weight=count * weights)
 
     def compute(self) -> dict[str, Tensor]:
         """The mean of every metric that was updated (``kl`` is absent without a reference)."""
         names = [n for n in PAIR_METRICS + TOKEN_METRICS if self.means[_key(n)].update_count]
-        return {name: self.means[_key(name)].compute() for name in names}
+        values = {name: self.means[_key(name)].compute() for name in names}
+        if "rewards/margins" not in values and "rewards/chosen" in values:  # unpaired: a difference of means
+            values["rewards/margins"] = values["rewards/chosen"] - values["rewards/rejected"]
+        return values
 
     def reset(self) -> None:
         metric: Metric

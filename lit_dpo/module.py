@@ -15,8 +15,8 @@ from lit_dpo import lora, reference, reference_cache
 from lit_dpo.errors import InputError, TrainingDiverged
 from lit_dpo.forward import score
 from lit_dpo.logps import PairLogps
-from lit_dpo.loss import SCORES_PROMPT, get_loss, loss_names, needs_reference
-from lit_dpo.metrics import PreferenceMetrics, pair_metrics
+from lit_dpo.loss import SCORES_PROMPT, get_loss, is_unpaired_loss, loss_names, needs_reference
+from lit_dpo.metrics import PreferenceMetrics, pair_metrics, unpaired_metrics
 from lit_dpo.models import BUNDLED, load_model
 from lit_dpo.parallel import is_sharded, shard
 
@@ -32,6 +32,10 @@ class DPOModule(L.LightningModule):
         loss_weights: Optional[list[float]] = None,
         discopop_tau: float = 0.05,
         simpo_gamma: float = 0.5,
+        desirable_weight: float = 1.0,
+        undesirable_weight: float = 1.0,
+        use_weighting: bool = False,
+        ld_alpha: Optional[float] = None,
         precompute_ref_log_probs: bool = False,
         ref_sync_steps: int = 0,
         ref_sync_alpha: float = 0.6,
@@ -56,12 +60,18 @@ class DPOModule(L.LightningModule):
                 Not loaded for reference-free losses (simpo, orpo, sft).
             loss_type: Preference loss by name (``lit_dpo.loss.LOSSES``): sigmoid (DPO), robust, hinge, ipo,
                 sigmoid_norm, exo_pair, nca_pair, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down,
-                discopop, sft, simpo, orpo; or a list of them, summed with ``loss_weights`` (e.g. ``[sigmoid, sft]``).
+                discopop, sft, simpo, orpo; kto or apo_zero_unpaired for unpaired prompt/completion/label rows; or a list of them, summed with ``loss_weights`` (e.g. ``[sigmoid, sft]``).
             beta: Strength of the implicit KL penalty; for ipo, the regulariser tau; for orpo, lambda.
             label_smoothing: Label noise for robust (flip probability), exo_pair (epsilon), aot, aot_unpaired, simpo.
             loss_weights: One weight per ``loss_type`` when several are given (default: all 1).
             discopop_tau: Temperature of the discopop loss.
             simpo_gamma: Target reward margin of the simpo loss.
+            desirable_weight: kto / apo_zero_unpaired: weight of the losses of desirable (label true) rows.
+            undesirable_weight: kto / apo_zero_unpaired: weight of the losses of undesirable rows.
+            use_weighting: WPO: weigh each pair's loss by how likely the policy is to produce both completions
+                (``exp`` of their mean token log-prob, relative to the distribution's own; no gradient).
+            ld_alpha: LD-DPO: completion tokens past the shorter completion's length count ``ld_alpha`` times
+                in the log-probs of policy and reference (None: plain sums), against a bias towards length.
             precompute_ref_log_probs: Compute the reference's log-probs of every train and val pair in one pass
                 before training, cache them on disk (``lit_dpo.reference_cache``, reused by later runs on the
                 same data and reference) and free the reference: it is not in memory during training.
@@ -87,7 +97,10 @@ class DPOModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         # refuse bad options before loading anything
-        self.loss_fn = get_loss(loss_type, label_smoothing, loss_weights, discopop_tau, simpo_gamma)
+        self.loss_fn = get_loss(
+            loss_type, label_smoothing, loss_weights, discopop_tau, simpo_gamma, desirable_weight, undesirable_weight
+        )
+        self.unpaired = is_unpaired_loss(loss_type)
         self.uses_reference = needs_reference(loss_type)
         self.scores_prompt = bool(SCORES_PROMPT.intersection(loss_names(loss_type)))
         _check_reference_options(self.uses_reference, precompute_ref_log_probs, ref_sync_steps, ref_sync_alpha)
@@ -152,19 +165,22 @@ class DPOModule(L.LightningModule):
         batch = move_data_to_device(batch, self.device)
         with self.trainer.precision_plugin.forward_context() if self._trainer else contextlib.nullcontext():
             if self.reference is not None:
-                return score(self.reference, batch)[0]
+                return score(self.reference, batch, ld_alpha=self.hparams.ld_alpha).logps
             was_training = self.policy.training
             self.policy.eval()  # as a separate reference would be: no dropout
             try:
                 with self.policy.disable_adapter():
-                    return score(self.policy, batch)[0]
+                    return score(self.policy, batch, ld_alpha=self.hparams.ld_alpha).logps
             finally:
                 self.policy.train(was_training)
 
     def _pair_logps(self, batch: dict[str, Any]) -> tuple[PairLogps, Tensor, Tensor]:
         """Policy and reference log-probs of the batch's pairs, with the ``(2B,)`` logit sums and token counts."""
         num_pairs = batch["num_pairs"]
-        policy_logps, counts, logit_sums = score(self.policy, batch, self.scores_prompt)
+        hp = self.hparams
+        policy_logps, counts, logit_sums, wpo = score(
+            self.policy, batch, self.scores_prompt, hp.ld_alpha, hp.use_weighting
+        )
         if "ref_logps" in batch:  # cached (precompute_ref_log_probs)
             ref_logps = batch["ref_logps"].to(policy_logps.dtype)
         elif self.uses_reference:
@@ -176,15 +192,37 @@ class DPOModule(L.LightningModule):
         lp = PairLogps(*policy_logps[: 2 * num_pairs].chunk(2), *ref_logps.chunk(2), *counts[: 2 * num_pairs].chunk(2))
         if self.scores_prompt:
             lp.prompt, lp.prompt_tokens = policy_logps[2 * num_pairs :], counts[2 * num_pairs :]
+        if wpo is not None:
+            lp.wpo_weights = torch.exp(wpo[:num_pairs] + wpo[num_pairs : 2 * num_pairs])
+        if self.unpaired != ("desirable" in batch):
+            raise InputError(
+                "loss_type kto / apo_zero_unpaired need unpaired rows (prompt, completion, label), and unpaired rows "
+                f"need one of them; got loss_type={self.hparams.loss_type} with "
+                f"{'unpaired' if 'desirable' in batch else 'paired'} rows"
+            )
+        if self.unpaired:
+            lp.desirable = batch["desirable"]
+            lp.kl_reference = self._mean_over_ranks(lp.rejected_logratios.detach().mean()).clamp(min=0)
         return lp, logit_sums[: 2 * num_pairs], counts[: 2 * num_pairs]
+
+    def _mean_over_ranks(self, value: Tensor) -> Tensor:
+        if self._trainer is None or self.trainer.world_size == 1:
+            return value
+        return self.all_gather(value).mean()
 
     def _shared_step(self, batch: dict[str, Any], metrics: PreferenceMetrics) -> Tensor:
         lp, logit_sums, counts = self._pair_logps(batch)
         losses, chosen_rewards, rejected_rewards = self.loss_fn(lp, self.hparams.beta, self.hparams.label_smoothing)
+        if lp.wpo_weights is not None:
+            losses = losses * lp.wpo_weights
         if self.training:
             self._stop_if_not_finite(lp, losses)
-        values = pair_metrics(losses, chosen_rewards, rejected_rewards, lp, self.uses_reference)
-        metrics.update(values, logit_sums, counts, batch.get("weights"))
+        if self.unpaired:
+            values = unpaired_metrics(losses, chosen_rewards, lp)
+            metrics.update(values, logit_sums, counts, batch.get("weights"), desirable=lp.desirable)
+        else:
+            values = pair_metrics(losses, chosen_rewards, rejected_rewards, lp, self.uses_reference)
+            metrics.update(values, logit_sums, counts, batch.get("weights"))
         return losses.mean()
 
     def _stop_if_not_finite(self, lp: PairLogps, losses: Tensor) -> None:
@@ -239,7 +277,10 @@ class DPOModule(L.LightningModule):
         if self.val_metrics.has_updates:
             values = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
             self.log_dict(values, on_step=False, on_epoch=True)  # already synced over ranks by torchmetrics
-            self.log("val_acc", values["val/rewards/accuracies"], prog_bar=True, logger=False)
+            if "val/rewards/accuracies" in values:
+                self.log("val_acc", values["val/rewards/accuracies"], prog_bar=True, logger=False)
+            else:  # unpaired rows have no accuracy
+                self.log("val_margin", values["val/rewards/margins"], prog_bar=True, logger=False)
         self.val_metrics.reset()
         if not self.trainer.sanity_checking:
             self.last_val_step = self.global_step

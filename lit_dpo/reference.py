@@ -26,11 +26,16 @@ def cache_logps(module: Any, stages: list[str]) -> None:
     datamodule, strategy = trainer.datamodule, trainer.strategy
     if not hasattr(datamodule, "collator"):
         raise InputError("precompute_ref_log_probs needs lit_dpo's PreferenceDataModule")
-    settings = {"dtype": module.hparams.dtype, "precision": str(trainer.precision)}
+    settings = {"dtype": module.hparams.dtype, "precision": str(trainer.precision), "ld_alpha": module.hparams.ld_alpha}
     for stage in stages:
         pairs = getattr(datamodule, f"{stage}_pairs")
         if not pairs or "ref_logps" in pairs[0]:
             continue
+        if "completion_ids" in pairs[0]:
+            raise InputError(
+                "precompute_ref_log_probs does not apply to unpaired (KTO) rows: their KL completions are drawn "
+                "from each batch, so the reference runs live"
+            )
         key = reference_cache.pairs_fingerprint(pairs, module.ref_weights_fingerprint, settings)
         logps = reference_cache.load(key)
         if not strategy.reduce_boolean_decision(logps is not None, all=True):  # every rank computes, or none

@@ -2,7 +2,8 @@
 
 A row is standard (``prompt``, ``chosen``, ``rejected`` strings) or conversational (lists of
 ``{"role", "content"}`` messages). Conversational rows may leave the prompt implicit in ``chosen`` and
-``rejected``, as TRL allows: their common leading messages become the prompt. Every problem raises
+``rejected``, as TRL allows: their common leading messages become the prompt. Unpaired rows, for KTO, have
+``prompt``, ``completion`` and a boolean ``label`` (desirable or not) instead. Every problem raises
 ``DataError`` naming the file, the 1-based row (the line number in JSONL and CSV files) and the field.
 """
 
@@ -16,6 +17,8 @@ from typing import Any, Iterator
 from lit_dpo.errors import InputError
 
 FIELDS = ("prompt", "chosen", "rejected")
+UNPAIRED_FIELDS = ("prompt", "completion")
+_LABELS = {True: True, False: False, "true": True, "false": False, "1": True, "0": False}  # 1 and 0 == True, False
 
 
 class DataError(InputError):
@@ -28,11 +31,20 @@ def _fail(source: str, row: int | None, field: str | None, problem: str) -> Data
 
 
 def read_rows(path: str, split: str = "train") -> list[dict[str, Any]]:
-    """Read and validate every row of ``path``; each result has ``prompt``, ``chosen``, ``rejected`` and ``row``."""
+    """Read and validate every row of ``path``: each result has ``prompt``, ``chosen``, ``rejected`` (or, unpaired,
+    ``prompt``, ``completion``, ``label``), ``row`` and ``source``. All rows of a file have one of the two forms."""
     rows = [_validate(record, path, number) for number, record in _records(path, split)]
     if not rows:
         raise _fail(path, None, None, "no rows found (the file is empty)")
+    for row in rows:
+        if is_unpaired(row) != is_unpaired(rows[0]):
+            first = "prompt/completion/label" if is_unpaired(rows[0]) else "prompt/chosen/rejected"
+            raise _fail(path, row["row"], None, f"mixes row forms: row {rows[0]['row']} has {first}, this one not")
     return rows
+
+
+def is_unpaired(row: dict[str, Any]) -> bool:
+    return "label" in row
 
 
 def _records(path: str, split: str) -> Iterator[tuple[int, Any]]:
@@ -98,6 +110,8 @@ def _hf_dataset(path: str, split: str) -> Any:
 def _validate(record: Any, source: str, row: int) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise _fail(source, row, None, f"expected an object with fields {FIELDS}, got {type(record).__name__}")
+    if "completion" in record and "chosen" not in record:
+        return _validate_unpaired(record, source, row)
     if "prompt" not in record and isinstance(record.get("chosen"), list):
         record = _extract_prompt(record, source, row)
     for field in FIELDS:
@@ -108,6 +122,24 @@ def _validate(record: Any, source: str, row: int) -> dict[str, Any]:
     if len(set(kinds.values())) > 1:
         raise _fail(source, row, None, "mixes strings and message lists; use one format for prompt/chosen/rejected")
     return {field: record[field] for field in FIELDS} | {"row": row, "source": source}
+
+
+def _validate_unpaired(record: dict[str, Any], source: str, row: int) -> dict[str, Any]:
+    for field in (*UNPAIRED_FIELDS, "label"):
+        if field not in record:
+            raise _fail(source, row, field, "missing")
+    for field in UNPAIRED_FIELDS:
+        _check_value(record[field], source, row, field)
+    if isinstance(record["prompt"], list) != isinstance(record["completion"], list):
+        raise _fail(source, row, None, "mixes strings and message lists; use one format for prompt/completion")
+    label = record["label"]
+    key = label.strip().lower() if isinstance(label, str) else label
+    if not isinstance(key, (bool, int, str)) or key not in _LABELS:  # not 1.0 (== 1 as a key), not a list
+        raise _fail(source, row, "label", f"expected true or false, got {label!r:.40}")
+    return {"prompt": record["prompt"], "completion": record["completion"], "label": _LABELS[key]} | {
+        "row": row,
+        "source": source,
+    }
 
 
 def _check_value(value: Any, source: str, row: int, field: str) -> None:

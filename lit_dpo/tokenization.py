@@ -54,6 +54,14 @@ def tokenize_pair(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any]) -> di
     }
 
 
+def tokenize_unpaired(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any]) -> dict[str, Any]:
+    """``prompt_ids``, ``completion_ids`` and ``label`` of one validated unpaired (KTO) row, by the same rules."""
+    pair = tokenize_pair(
+        tokenizer, {"prompt": row["prompt"], "chosen": row["completion"], "rejected": row["completion"]}
+    )
+    return {"prompt_ids": pair["prompt_ids"], "completion_ids": pair["chosen_ids"], "label": row["label"]}
+
+
 def fit_length(
     example: dict[str, list[int]],
     max_length: int | None,

@@ -110,6 +110,22 @@ BAD = {"prompt": "what is it", "chosen": None, "rejected": " no"}
         (json.dumps(BAD | {"chosen": 7}) + "\n", [], r"bad\.jsonl, row 1, field 'chosen': expected a string"),
         (json.dumps({"prompt": "p", "chosen": "c"}) + "\n", [], r"bad\.jsonl, row 1, field 'rejected': missing"),
         ("", [], r"bad\.jsonl: no rows found"),
+        (json.dumps({"prompt": "p", "completion": "c"}) + "\n", [], r"bad\.jsonl, row 1, field 'label': missing"),
+        (
+            json.dumps({"prompt": "p", "completion": "c", "label": "maybe"}) + "\n",
+            [],
+            r"bad\.jsonl, row 1, field 'label': expected true or false, got 'maybe'",
+        ),
+        (
+            json.dumps({"prompt": "p", "completion": "c", "label": True}) + "\n" + json.dumps(BAD | {"chosen": "c"}),
+            [],
+            r"bad\.jsonl, row 2: mixes row forms: row 1 has prompt/completion/label",
+        ),
+        (
+            json.dumps({"prompt": "p", "completion": " yes " * 40, "label": False}) + "\n",
+            ["--data.max_length=32"],
+            r"bad\.jsonl, row 1, field 'completion': prompt \+ completion is \d+ tokens > max_length 32",
+        ),
         (
             json.dumps(BAD | {"chosen": " yes " * 40}) + "\n",
             ["--data.max_length=32"],
@@ -175,3 +191,36 @@ def test_a_diverging_run_stops_naming_step_and_term(tiny_model_dir, data, tmp_pa
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("lit_dpo: training stopped: step 0: policy logps/chosen = nan"), line
     assert "reference" not in line and not (tmp_path / "lightning_logs" / "version_0" / "hf_model").exists()
+
+
+def unpaired(rows):
+    """Pairs as unpaired rows: each chosen completion desirable, each rejected one not (shuffled together)."""
+    import random
+
+    out = [
+        {"prompt": r["prompt"], "completion": r[k], "label": k == "chosen"}
+        for r in rows
+        for k in ("chosen", "rejected")
+    ]
+    random.Random(0).shuffle(out)
+    return out
+
+
+def test_kto_from_the_command_line(tiny_model_dir, tmp_path, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", unpaired(standard_rows(40)))
+    val = write_jsonl(tmp_path / "val.jsonl", unpaired(standard_rows(8, 9)))
+    extra = ["--model.loss_type=kto", "--model.learning_rate=2e-3", "--trainer.max_steps=16"]
+    fit.main(_args(tiny_model_dir, train, val, tmp_path, *extra))
+    rows = _rows(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
+    train_rows = [r for r in rows if r["train/loss"]]
+    assert len(train_rows) == 16 and all(r["train/kl"] for r in train_rows)
+    assert float(train_rows[0]["train/loss"]) == pytest.approx(0.5, abs=1e-4)  # policy == reference: 1 - sigmoid(0)
+    final = [r for r in rows if r["val/loss"]][-1]
+    assert float(final["val/rewards/margins"]) > 0  # desirable completions gained on undesirable ones
+    assert not final.get("val/rewards/accuracies")  # undefined without pairs
+    # a loss for pairs on unpaired rows, and the other way round: one line, exit 2
+    for loss_type, path in (("sigmoid", train), ("kto", write_jsonl(tmp_path / "pairs.jsonl", standard_rows(8)))):
+        with pytest.raises(SystemExit) as exit_info:
+            fit.main(_args(tiny_model_dir, path, "null", tmp_path / loss_type, f"--model.loss_type={loss_type}"))
+        assert exit_info.value.code == 2
+        assert "need unpaired rows (prompt, completion, label)" in capsys.readouterr().err.strip().splitlines()[-1]

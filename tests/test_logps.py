@@ -15,3 +15,25 @@ def test_sequence_logps_matches_log_softmax():
     )
     torch.testing.assert_close(sequence_logps(logits, labels), expected)
     torch.testing.assert_close(sequence_logps(logits, labels, average=True), expected / torch.tensor([3, 3, 2]))
+
+
+def test_length_desensitized_weights_by_hand():
+    from lit_dpo.logps import length_desensitized_weights
+
+    # 2 pairs: chosen 0 has 3 tokens, chosen 1 has 1; rejected 0 has 2, rejected 1 has 4 (sequences 2, 3)
+    # shared lengths min(3, 2) = 2 and min(1, 4) = 1; tokens past them weigh alpha
+    seq = torch.tensor([0, 0, 0, 2, 2, 1, 3, 3, 3, 3])
+    got = length_desensitized_weights(seq, 2, 0.5)
+    assert got.tolist() == [1, 1, 0.5, 1, 1, 1, 1, 0.5, 0.5, 0.5]
+
+
+def test_wpo_logps_by_hand():
+    import math
+
+    from lit_dpo.logps import wpo_logps
+
+    # p = [3/4, 1/4]: sum p^2 = 5/8; log p - log sum p^2 = log(6/5) for token 0, log(2/5) for token 1
+    logits = torch.tensor([[math.log(3), 0.0]] * 3)
+    got = wpo_logps(logits, torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), 2)
+    expected = [(math.log(1.2) + math.log(0.4)) / 2, math.log(0.4)]
+    torch.testing.assert_close(got, torch.tensor(expected))
