@@ -98,3 +98,20 @@ def chat_rows(n: int, seed: int = 0) -> list[dict]:
 def write_jsonl(path: Path, rows: list) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
+
+
+def lit_step_metrics(module, batch: dict) -> dict[str, float]:
+    """lit_dpo's metrics over one batch: one ``_shared_step`` of ``module`` (already configured)."""
+    from lit_dpo.metrics import PreferenceMetrics
+
+    metrics = PreferenceMetrics()
+    module._shared_step(batch, metrics)
+    return {k: v.item() for k, v in metrics.compute().items()}
+
+
+def trl_step_metrics(trainer, num_rows: int) -> tuple[float, dict[str, float]]:
+    """A TRL trainer's loss and logged metrics over its first ``num_rows`` training rows as one batch."""
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(num_rows)])
+    trainer.model.train()
+    loss = trainer._compute_loss(trainer.model, batch, return_outputs=False)
+    return loss.item(), {k: v[-1] for k, v in trainer._metrics["train"].items()}

@@ -2,12 +2,11 @@
 
 import pytest
 import torch
-from conftest import standard_rows
+from conftest import lit_step_metrics, standard_rows
 from transformers import AutoModelForCausalLM
 
 from lit_dpo import lora
 from lit_dpo.collate import SharedPrefixCollator
-from lit_dpo.metrics import PreferenceMetrics
 from lit_dpo.models import load_tokenizer
 from lit_dpo.module import DPOModule
 from lit_dpo.tokenization import tokenize_pair
@@ -25,10 +24,9 @@ def _lora_module(policy_dir, **extra):
 
 def _metrics(module, policy_dir, rows):
     tokenizer = load_tokenizer(policy_dir)
-    batch = SharedPrefixCollator(tokenizer.pad_token_id)([tokenize_pair(tokenizer, r) for r in rows])
-    metrics = PreferenceMetrics()
-    module._shared_step(batch, metrics)
-    return {k: v.item() for k, v in metrics.compute().items()}
+    return lit_step_metrics(
+        module, SharedPrefixCollator(tokenizer.pad_token_id)([tokenize_pair(tokenizer, r) for r in rows])
+    )
 
 
 def test_merged_state_dict_equals_peft_merge(tiny_model_dir):

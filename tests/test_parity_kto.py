@@ -3,10 +3,9 @@
 from functools import partial
 
 import pytest
-from conftest import chat_rows, standard_rows
+from conftest import chat_rows, lit_step_metrics, standard_rows, trl_step_metrics
 
 from lit_dpo.collate import PaddedCollator, SharedPrefixCollator, UnpairedCollator
-from lit_dpo.metrics import PreferenceMetrics
 from lit_dpo.models import load_tokenizer
 from lit_dpo.module import DPOModule
 from lit_dpo.tokenization import tokenize_unpaired
@@ -46,11 +45,8 @@ def trl_metrics(policy_dir, ref_dir, rows, tmp_path, **config):
         train_dataset=Dataset.from_list(rows),
         processing_class=load_tokenizer(policy_dir),
     )
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
-    trainer.model.train()
-    loss = trainer._compute_loss(trainer.model, batch, return_outputs=False)
-    logged = {k: v[-1] for k, v in trainer._metrics["train"].items()}
-    return {"loss": loss.item()} | {k: logged[k] for k in KEYS[1:]} | {"kl": logged.get("kl")}
+    loss, logged = trl_step_metrics(trainer, len(rows))
+    return {"loss": loss} | {k: logged[k] for k in KEYS[1:]} | {"kl": logged.get("kl")}
 
 
 def lit_metrics(policy_dir, ref_dir, rows, collator, **hparams):
@@ -58,9 +54,7 @@ def lit_metrics(policy_dir, ref_dir, rows, collator, **hparams):
     module.configure_model()
     tokenizer = load_tokenizer(policy_dir)
     batch = UnpairedCollator(collator(tokenizer.pad_token_id))([tokenize_unpaired(tokenizer, r) for r in rows])
-    metrics = PreferenceMetrics()
-    module._shared_step(batch, metrics)
-    return {k: v.item() for k, v in metrics.compute().items()}
+    return lit_step_metrics(module, batch)
 
 
 CASES = [

@@ -3,10 +3,9 @@
 from functools import partial
 
 import pytest
-from conftest import chat_rows, standard_rows
+from conftest import chat_rows, lit_step_metrics, standard_rows
 
 from lit_dpo.collate import PaddedCollator, SharedPrefixCollator
-from lit_dpo.metrics import PreferenceMetrics
 from lit_dpo.models import load_tokenizer
 from lit_dpo.module import DPOModule
 from lit_dpo.tokenization import tokenize_pair
@@ -68,10 +67,7 @@ def lit_metrics(policy_dir, rows, collator, **hparams):
     module.configure_model()
     assert module.reference is None  # reference-free: nothing but the policy is loaded
     tokenizer = load_tokenizer(policy_dir)
-    batch = collator(tokenizer.pad_token_id)([tokenize_pair(tokenizer, r) for r in rows])
-    metrics = PreferenceMetrics()
-    module._shared_step(batch, metrics)
-    return {k: v.item() for k, v in metrics.compute().items()}
+    return lit_step_metrics(module, collator(tokenizer.pad_token_id)([tokenize_pair(tokenizer, r) for r in rows]))
 
 
 CASES = [

@@ -4,11 +4,10 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import chat_rows, standard_rows
+from conftest import chat_rows, lit_step_metrics, standard_rows, trl_step_metrics
 
 from lit_dpo.collate import PaddedCollator, SharedPrefixCollator
 from lit_dpo.loss import LOSSES
-from lit_dpo.metrics import PreferenceMetrics
 from lit_dpo.models import load_tokenizer
 from lit_dpo.module import DPOModule
 from lit_dpo.tokenization import tokenize_pair
@@ -31,21 +30,15 @@ def trl_metrics(policy_dir, ref_dir, rows, tmp_path, **config):
         train_dataset=Dataset.from_list(rows),
         processing_class=load_tokenizer(policy_dir),
     )
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
-    trainer.model.train()
-    loss = trainer._compute_loss(trainer.model, batch, return_outputs=False)
-    logged = {k: v[-1] for k, v in trainer._metrics["train"].items()}
-    return {"loss": loss.item()} | {k: logged[k] for k in KEYS[1:]}
+    loss, logged = trl_step_metrics(trainer, len(rows))
+    return {"loss": loss} | {k: logged[k] for k in KEYS[1:]}
 
 
 def lit_metrics(policy_dir, ref_dir, rows, collator, **hparams):
     module = DPOModule(model_name_or_path=policy_dir, ref_model_name_or_path=ref_dir, **hparams)
     module.configure_model()
     tokenizer = load_tokenizer(policy_dir)
-    batch = collator(tokenizer.pad_token_id)([tokenize_pair(tokenizer, r) for r in rows])
-    metrics = PreferenceMetrics()
-    module._shared_step(batch, metrics)
-    return {k: v.item() for k, v in metrics.compute().items()}
+    return lit_step_metrics(module, collator(tokenizer.pad_token_id)([tokenize_pair(tokenizer, r) for r in rows]))
 
 
 SMOOTHING = {"robust": 0.2, "exo_pair": 1e-3, "aot": 0.1, "aot_unpaired": 0.1}
