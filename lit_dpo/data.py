@@ -93,7 +93,8 @@ class PreferenceDataModule(L.LightningDataModule):
     @property
     def unpaired(self) -> bool:
         """Whether the rows are unpaired prompt/completion/label rows (for KTO) rather than preference pairs."""
-        return bool(self.train_pairs or self.val_pairs) and "label" in (self.train_pairs or self.val_pairs)[0]
+        examples = self.train_pairs or self.val_pairs
+        return bool(examples) and is_unpaired(examples[0])
 
     def _tokenize(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         hp = self.hparams

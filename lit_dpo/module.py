@@ -8,7 +8,6 @@ from typing import Any, Literal, Optional, Union
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor
 
 from lit_dpo import lora, reference, reference_cache
@@ -161,8 +160,8 @@ class DPOModule(L.LightningModule):
 
     @torch.no_grad()  # not inference_mode: FSDP and autograd-saved tensors dislike inference tensors
     def reference_logps(self, batch: dict[str, Any]) -> Tensor:
-        """Summed reference log-probs ``(2B,)`` of a batch: the reference model, or the LoRA policy's base."""
-        batch = move_data_to_device(batch, self.device)
+        """Summed reference log-probs ``(2B,)`` of a batch (on the module's device): the reference model, or the
+        LoRA policy's base."""
         with self.trainer.precision_plugin.forward_context() if self._trainer else contextlib.nullcontext():
             if self.reference is not None:
                 return score(self.reference, batch, ld_alpha=self.hparams.ld_alpha).logps
@@ -176,6 +175,12 @@ class DPOModule(L.LightningModule):
 
     def _pair_logps(self, batch: dict[str, Any]) -> tuple[PairLogps, Tensor, Tensor]:
         """Policy and reference log-probs of the batch's pairs, with the ``(2B,)`` logit sums and token counts."""
+        if self.unpaired != ("desirable" in batch):  # before any compute: the rows and the loss must agree
+            raise InputError(
+                "loss_type kto / apo_zero_unpaired need unpaired rows (prompt, completion, label), and unpaired rows "
+                f"need one of them; got loss_type={self.hparams.loss_type} with "
+                f"{'unpaired' if 'desirable' in batch else 'paired'} rows"
+            )
         num_pairs = batch["num_pairs"]
         hp = self.hparams
         policy_logps, counts, logit_sums, wpo = score(
@@ -194,12 +199,6 @@ class DPOModule(L.LightningModule):
             lp.prompt, lp.prompt_tokens = policy_logps[2 * num_pairs :], counts[2 * num_pairs :]
         if wpo is not None:
             lp.wpo_weights = torch.exp(wpo[:num_pairs] + wpo[num_pairs : 2 * num_pairs])
-        if self.unpaired != ("desirable" in batch):
-            raise InputError(
-                "loss_type kto / apo_zero_unpaired need unpaired rows (prompt, completion, label), and unpaired rows "
-                f"need one of them; got loss_type={self.hparams.loss_type} with "
-                f"{'unpaired' if 'desirable' in batch else 'paired'} rows"
-            )
         if self.unpaired:
             lp.desirable = batch["desirable"]
             lp.kl_reference = self._mean_over_ranks(lp.rejected_logratios.detach().mean()).clamp(min=0)

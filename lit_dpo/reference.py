@@ -11,6 +11,7 @@ import gc
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from lit_dpo import lora, reference_cache
@@ -42,7 +43,7 @@ def cache_logps(module: Any, stages: list[str]) -> None:
             logps = reference_cache.compute(
                 pairs,
                 datamodule.collator(),
-                module.reference_logps,
+                lambda batch: module.reference_logps(move_data_to_device(batch, module.device)),
                 datamodule.hparams.val_batch_size or 2 * datamodule.hparams.batch_size,
                 trainer.global_rank,
                 trainer.world_size,
