@@ -3,11 +3,16 @@
     python benchmarks/vs_trl.py                 # SmolLM2-135M-Instruct, demo pairs, 4 pairs a step, fp32
     python benchmarks/vs_trl.py --tiny          # a 2-layer random Llama: checks the script in seconds
 
-Each system trains in its own process (so peak RSS is its own) on the same pairs, batch size, max length,
-precision (fp32), learning rate and number of steps; throughput is timed over the steps after ``--warmup``.
-TRL runs twice: with its defaults (gradient checkpointing on) and with its best settings for a CPU with room
-to spare (gradient checkpointing off, ``precompute_ref_log_probs=True``). Real tokens count what a padded
-layout would compute without its padding: per pair, prompt + chosen and prompt + rejected.
+Each system trains in its own process (so peak RSS is its own) on the same pairs in the same order, batch size,
+max length, precision (fp32), optimizer (AdamW, constant learning rate, no gradient clipping: TRL's default
+clipping at norm 1.0 is turned off so both make the same updates) and number of steps. Throughput is timed over
+the steps after ``--warmup``; a reference pass before training (lit_dpo's default for a one-epoch fit, TRL's
+``precompute_ref_log_probs``) is always recomputed and charged to the timed steps pro rata, since it replaces
+their reference forwards. TRL runs twice: with its defaults (gradient checkpointing on, live reference) and with
+its best settings for a CPU with room to spare (gradient checkpointing off, ``precompute_ref_log_probs=True``).
+Real tokens count what a padded layout would compute without its padding: per pair, prompt + chosen and
+prompt + rejected. Every system's loss at every step is compared with lit_dpo's: the same job gives the same
+losses (to float rounding, which grows slowly over steps).
 """
 
 from __future__ import annotations
@@ -22,10 +27,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 SYSTEMS = ("lit_dpo", "trl_default", "trl_best")
-# lit_dpo's reference options, run with --variants: cached reference log-probs, LoRA (rank 16, all linear layers)
-VARIANTS = {"lit_dpo_cached": {"precompute_ref_log_probs": True}, "lit_dpo_lora": {"lora_r": 16, "lora_alpha": 32}}
+# other lit_dpo settings, run with --variants: activation checkpointing (as TRL's defaults), the live reference
+# model instead of cached log-probs, and LoRA (rank 16, all linear layers; a different job: its losses differ)
+VARIANTS = {
+    "lit_dpo_checkpointing": {"activation_checkpointing": True},
+    "lit_dpo_live_ref": {"precompute_ref_log_probs": False},
+    "lit_dpo_lora": {"lora_r": 16, "lora_alpha": 32},
+}
 
 
 def _tiny_model(root: Path) -> str:
@@ -50,17 +61,40 @@ def _pairs(path: str, model: str, n: int) -> tuple[list[dict], int]:
     return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows], tokens
 
 
-def run_lit_dpo(args: argparse.Namespace, data: str) -> list[float]:
+class Record:
+    """Per-step end times and losses, and the seconds of the reference pass before training (if any)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+        self.losses: list[float] = []
+        self.ref_pass_s = 0.0
+
+    def timed(self, fn: Callable) -> Callable:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.ref_pass_s += time.perf_counter() - start
+
+        return wrapper
+
+
+def run_lit_dpo(args: argparse.Namespace, data: str) -> Record:
     import lightning as L
 
+    from lit_dpo import reference, reference_cache
     from lit_dpo.data import PreferenceDataModule
     from lit_dpo.module import DPOModule
 
-    stamps: list[float] = []
+    record = Record()
+    reference_cache.load = lambda key: None  # always compute the pass, as TRL does for an in-memory dataset
+    reference.cache_logps = record.timed(reference.cache_logps)
 
     class Clock(L.Callback):
-        def on_train_batch_end(self, *_: object) -> None:
-            stamps.append(time.perf_counter())
+        def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, *_: Any) -> None:
+            record.stamps.append(time.perf_counter())
+            record.losses.append(outputs["loss"].item())
 
     L.seed_everything(0)
     options = VARIANTS.get(args.worker, {})
@@ -70,40 +104,49 @@ def run_lit_dpo(args: argparse.Namespace, data: str) -> list[float]:
     trainer = L.Trainer(max_steps=args.steps + args.warmup, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Clock()], limit_val_batches=0)  # fmt: skip
     trainer.fit(module, datamodule=datamodule)
-    return stamps
+    return record
 
 
-def run_trl(args: argparse.Namespace, data: str, best: bool) -> list[float]:
+def run_trl(args: argparse.Namespace, data: str, best: bool) -> Record:
     import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
 
     from lit_dpo.models import load_tokenizer, resolve
 
-    stamps: list[float] = []
+    record = Record()
+    trl.DPOTrainer._precompute_ref_logps = record.timed(trl.DPOTrainer._precompute_ref_logps)
+    compute_loss = trl.DPOTrainer.compute_loss
+
+    def recorded_loss(trainer: trl.DPOTrainer, model: Any, *a: Any, **k: Any) -> Any:
+        out = compute_loss(trainer, model, *a, **k)
+        if model.training:
+            record.losses.append((out[0] if isinstance(out, tuple) else out).item())
+        return out
+
+    trl.DPOTrainer.compute_loss = recorded_loss
 
     class Clock(TrainerCallback):
         def on_step_end(self, *_: object, **__: object) -> None:
-            stamps.append(time.perf_counter())
+            record.stamps.append(time.perf_counter())
 
     rows = [json.loads(line) for line in Path(data).read_text().splitlines() if line.strip()]
     config = trl.DPOConfig(
         output_dir=tempfile.mkdtemp(), report_to="none", use_cpu=True, bf16=False, seed=0,
         per_device_train_batch_size=args.batch, max_steps=args.steps + args.warmup, learning_rate=args.lr,
         max_length=args.max_length, save_strategy="no", logging_steps=1000, lr_scheduler_type="constant",
+        train_sampling_strategy="sequential", max_grad_norm=0.0,
         **({"gradient_checkpointing": False, "precompute_ref_log_probs": True} if best else {}),
     )  # fmt: skip
-    path = resolve(args.model)
     trainer = trl.DPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(path),
-        ref_model=AutoModelForCausalLM.from_pretrained(path),
+        model=AutoModelForCausalLM.from_pretrained(resolve(args.model)),  # TRL loads its reference itself
         args=config,
         train_dataset=Dataset.from_list(rows),
         processing_class=load_tokenizer(args.model),
         callbacks=[Clock()],
     )
     trainer.train()
-    return stamps
+    return record
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -111,21 +154,23 @@ def worker(args: argparse.Namespace) -> None:
     rows, _ = _pairs(args.data, args.model, n)
     data = Path(tempfile.mkdtemp()) / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    stamps = (
+    record = (
         run_lit_dpo(args, str(data))
         if args.worker.startswith("lit_dpo")
         else run_trl(args, str(data), args.worker == "trl_best")
     )
     _, tokens = _pairs(str(data), args.model, n)
-    timed = stamps[args.warmup - 1 :] if args.warmup else stamps
-    seconds = timed[-1] - timed[0]
+    timed = record.stamps[args.warmup - 1 :] if args.warmup else record.stamps
     steps = len(timed) - 1
+    # the reference pass scored every step's pairs: the timed steps' share of it counts as theirs
+    seconds = timed[-1] - timed[0] + record.ref_pass_s * steps / (args.steps + args.warmup)
     per_step_tokens = tokens / (args.steps + args.warmup)
     print(json.dumps({
         "pairs_per_s": steps * args.batch / seconds,
         "tokens_per_s": steps * per_step_tokens / seconds,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "steps_timed": steps,
+        "ref_pass_s": record.ref_pass_s,
+        "losses": record.losses,
     }))  # fmt: skip
 
 
@@ -139,7 +184,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="pairs per step")
     parser.add_argument("--max_length", type=int, default=512)
     parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--variants", action="store_true", help="also lit_dpo with cached reference logps, and LoRA")
+    parser.add_argument("--variants", action="store_true", help="also lit_dpo with other settings (VARIANTS)")
     parser.add_argument("--worker", choices=SYSTEMS + tuple(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -158,14 +203,25 @@ def main() -> None:
         results[system] = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, fp32, {args.model}")
     print(f"# {args.batch} pairs/step, {args.steps} timed steps after {args.warmup}, max_length {args.max_length}")
-    print(f"{'system':15s} {'pairs/s':>8s} {'tokens/s':>9s} {'peak RSS GiB':>13s}")
+    print(
+        f"{'system':22s} {'pairs/s':>8s} {'tokens/s':>9s} {'ref pass s':>10s} {'peak RSS GiB':>13s} {'loss diff':>10s}"
+    )
     for system, r in results.items():
-        print(f"{system:15s} {r['pairs_per_s']:8.3f} {r['tokens_per_s']:9.1f} {r['peak_rss_gib']:13.2f}")
+        diff = _max_relative_difference(r["losses"], results["lit_dpo"]["losses"])
+        print(f"{system:22s} {r['pairs_per_s']:8.3f} {r['tokens_per_s']:9.1f} {r['ref_pass_s']:10.1f} "
+              f"{r['peak_rss_gib']:13.2f} {diff:10.1e}")  # fmt: skip
+    print("# loss diff: the largest relative difference from lit_dpo's loss, over every step")
     for mine in (s for s in results if s.startswith("lit_dpo")):
         for system in SYSTEMS[1:]:
             lit, r = results[mine], results[system]
             print(f"{mine} / {system}: {lit['pairs_per_s'] / r['pairs_per_s']:.2f}x pairs/s, "
                   f"{lit['peak_rss_gib'] / r['peak_rss_gib']:.2f}x peak RSS")  # fmt: skip
+
+
+def _max_relative_difference(losses: list[float], reference: list[float]) -> float:
+    if len(losses) != len(reference):
+        return float("nan")
+    return max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(losses, reference))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,11 @@
-"""The one error type meant for users: its message is a single line, printed without a traceback."""
+"""The error types meant for users: their message is a single line, printed without a traceback."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
 
 
 class InputError(ValueError):
@@ -7,3 +14,21 @@ class InputError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """A loss term became NaN or infinite; raised before the weights are updated with it."""
+
+
+def raise_if_not_finite(terms: dict[str, Tensor], step: int, agree: Optional[Callable[..., bool]] = None) -> None:
+    """Raise ``TrainingDiverged`` naming the step and the non-finite terms, before they reach the weights.
+
+    ``agree(ok, all=True)`` (a strategy's ``reduce_boolean_decision``) makes every rank raise together.
+    """
+    finite = all(bool(torch.isfinite(t).all()) for t in terms.values())
+    if agree is not None:
+        finite = agree(finite, all=True)
+    if finite:
+        return
+    bad = [f"{name} = {t[~torch.isfinite(t)][0].item()}" for name, t in terms.items() if not torch.isfinite(t).all()]
+    where = ", ".join(bad) or "a term on another rank"
+    raise TrainingDiverged(
+        f"step {step}: {where} is not finite; no update was made with it "
+        "(lower --model.learning_rate, or set --trainer.gradient_clip_val)"
+    )

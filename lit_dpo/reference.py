@@ -18,6 +18,28 @@ from lit_dpo import lora, reference_cache
 from lit_dpo.errors import InputError
 
 
+def caches_logps(module: Any) -> bool:
+    """Whether ``module`` (a ``DPOModule`` whose run is being set up) uses cached reference log-probs.
+
+    ``precompute_ref_log_probs=None`` means yes for a fit that trains on every pair at least once (the pass then
+    adds no compute) with a separate, fixed reference on paired rows (the one case where it frees memory).
+    """
+    hp, trainer = module.hparams, module._trainer
+    if not module.uses_reference or hp.precompute_ref_log_probs is not None:
+        return bool(module.uses_reference and hp.precompute_ref_log_probs)
+    if module.unpaired or hp.ref_sync_steps or (hp.lora_r and hp.ref_model_name_or_path is None):
+        return False  # live KL samples, a moving reference, or no second model to free
+    if trainer is None or trainer.state.fn != "fit" or trainer.limit_train_batches != 1.0:
+        return False
+    pairs = getattr(trainer.datamodule, "train_pairs", None)
+    if not pairs or getattr(trainer.datamodule, "unpaired", False):
+        return False
+    if trainer.max_steps < 0:
+        return True  # whole epochs
+    pairs_per_step = trainer.datamodule.hparams.batch_size * trainer.accumulate_grad_batches * trainer.world_size
+    return trainer.max_steps * pairs_per_step >= len(pairs)
+
+
 def cache_logps(module: Any, stages: list[str]) -> None:
     """Attach reference log-probs to ``module.trainer.datamodule``'s ``{stage}_pairs``, then drop the reference.
 

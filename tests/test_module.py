@@ -63,11 +63,6 @@ def test_checkpoint_leaves_out_the_reference_and_loads_back(tmp_path, tiny_model
         assert torch.equal(fresh.policy.state_dict()[name], value)
 
 
-def test_lr_warmup_then_schedules():
-    module = DPOModule(model_name_or_path="unused", warmup_steps=4, lr_schedule="constant")
-    assert [module._lr_factor(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-
-
 def test_shared_prefix_masks_work_with_sdpa_and_eager(tiny_model_dir):
     from conftest import make_tokenizer, standard_rows
 

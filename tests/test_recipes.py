@@ -75,10 +75,11 @@ def test_ddp_validation_counts_every_pair_once(tiny_dirs, files, tmp_path):
 
 
 SYNC = ["--model.ref_sync_steps=1", "--model.ref_sync_alpha=0.5"]
+LIVE = ["--model.precompute_ref_log_probs=false"]
 RUNS = {  # name: (extra arguments, the run it must equal)
-    "ddp": ([], None),
-    "fsdp": ([], "ddp"),
-    "fsdp-cached": (["--model.precompute_ref_log_probs=true"], "ddp"),  # each rank computes half
+    "ddp": (LIVE, None),
+    "fsdp": (LIVE, "ddp"),
+    "fsdp-cached": ([], "ddp"),  # the default for a one-epoch fit; each rank computes half
     "ddp-sync": (SYNC, None),
     "fsdp-sync": (SYNC, "ddp-sync"),  # TR-DPO on sharded reference and policy
     "ddp-lora": (["--model.lora_r=4", *SYNC], None),

@@ -110,3 +110,16 @@ def test_cached_run_equals_live_run_and_reuses_the_cache(tiny_dirs, tmp_path, mo
     # another reference: new entries
     _fit(policy, policy, train, val, precompute=True, tokenizer=str(changed), steps=1)
     assert len(_cached_files(tmp_path / "cache")) == 7
+
+
+def test_auto_caches_only_when_the_fit_covers_every_pair(tiny_dirs, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIT_DPO_CACHE", str(tmp_path / "cache"))
+    policy, reference = tiny_dirs
+    train = write_jsonl(tmp_path / "train.jsonl", standard_rows(24))
+    val = write_jsonl(tmp_path / "val.jsonl", standard_rows(6, 7))
+    epoch = _fit(policy, reference, train, val, precompute=None, steps=6)  # 6 steps x 4 pairs = every pair
+    short = _fit(policy, reference, train, val, precompute=None, steps=5)  # a cache would score pairs never trained on
+    assert not epoch.reference_seen and short.reference_seen
+    assert len(_cached_files(tmp_path / "cache")) == 2
+    live = _fit(policy, reference, train, val, precompute=False, steps=6)
+    torch.testing.assert_close(torch.tensor(epoch.losses), torch.tensor(live.losses), rtol=1e-5, atol=1e-6)
