@@ -31,11 +31,13 @@ from typing import Any, Callable
 
 SYSTEMS = ("lit_dpo", "trl_default", "trl_best")
 # other lit_dpo settings, run with --variants: activation checkpointing (as TRL's defaults), the live reference
-# model instead of cached log-probs, and LoRA (rank 16, all linear layers; a different job: its losses differ)
+# model instead of cached log-probs, LoRA (rank 16, all linear layers; a different job: its losses differ) and
+# torch.compile
 VARIANTS = {
     "lit_dpo_checkpointing": {"activation_checkpointing": True},
     "lit_dpo_live_ref": {"precompute_ref_log_probs": False},
     "lit_dpo_lora": {"lora_r": 16, "lora_alpha": 32},
+    "lit_dpo_compile": {"compile": True},  # its one-off compilation falls in the warm-up steps
 }
 
 

@@ -8,6 +8,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from lit_dpo.token_scores import from_logits
+
 LossOutput = tuple[Tensor, Tensor, Tensor]  # per-pair losses, chosen rewards, rejected rewards: each (B,)
 
 
@@ -46,12 +48,16 @@ def completion_logps(
     ``token_weights`` ``(M,)`` (default 1) weighs each token in the sum.
     Returns ``(sum_logps, num_tokens)``, both ``(num_seqs,)``.
     """
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half-precision logsumexp loses digits
-    # gather - logsumexp avoids materialising a second (M, V) tensor as log_softmax would
-    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return sum_per_sequence(from_logits(logits, targets).logps, seq_index, num_seqs, token_weights)
+
+
+def sum_per_sequence(
+    token_values: Tensor, seq_index: Tensor, num_seqs: int, token_weights: Optional[Tensor] = None
+) -> tuple[Tensor, Tensor]:
+    """Per-sequence sums ``(num_seqs,)`` of per-token values ``(M,)`` (weighted), and token counts."""
     if token_weights is not None:
-        token_logps = token_logps * token_weights
-    sums = token_logps.new_zeros(num_seqs).index_add(0, seq_index, token_logps)
+        token_values = token_values * token_weights
+    sums = token_values.new_zeros(num_seqs).index_add(0, seq_index, token_values)
     counts = torch.bincount(seq_index, minlength=num_seqs).to(sums.dtype)
     return sums, counts
 
@@ -60,12 +66,8 @@ def completion_logps(
 def wpo_logps(logits: Tensor, targets: Tensor, seq_index: Tensor, num_seqs: int) -> Tensor:
     """WPO (Zhou et al. 2024, eq. 2): per sequence ``(num_seqs,)``, the mean over its tokens of
     ``log p(token) - log sum_v p(v)^2``; ``exp`` of it weighs off-policy pairs down. No gradient."""
-    logits = logits.float()
-    normalizer = torch.logsumexp(logits, dim=-1)  # (M,)
-    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normalizer
-    log_sum_sq_probs = torch.logsumexp(2 * logits, dim=-1) - 2 * normalizer  # log sum_v p(v)^2
-    sums = token_logps.new_zeros(num_seqs).index_add(0, seq_index, token_logps - log_sum_sq_probs)
-    return sums / torch.bincount(seq_index, minlength=num_seqs).clamp(min=1)
+    sums, counts = sum_per_sequence(from_logits(logits, targets, wpo=True).wpo, seq_index, num_seqs)
+    return sums / counts.clamp(min=1)
 
 
 def length_desensitized_weights(seq_index: Tensor, num_pairs: int, ld_alpha: float) -> Tensor:

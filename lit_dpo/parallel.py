@@ -22,13 +22,25 @@ def shard(model: torch.nn.Module, mesh: DeviceMesh) -> None:
     """
     from torch.distributed.fsdp import fully_shard
 
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's decoder layers: the modules of the classes HF lists in ``_no_split_modules``."""
     layer_types = set(getattr(model, "_no_split_modules", None) or [])
     layers = [m for m in model.modules() if type(m).__name__ in layer_types]
     if not layers:
-        raise ValueError(f"{type(model).__name__} names no decoder layer class in _no_split_modules to shard by")
-    for layer in layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        raise ValueError(f"{type(model).__name__} names no decoder layer class in _no_split_modules")
+    return layers
+
+
+def compile_layers(model: torch.nn.Module) -> None:
+    """``torch.compile`` each decoder layer, with dynamic sequence lengths: the layers share one compiled graph,
+    and the forward around them (masks, the LM head on the scored positions only) stays as it is."""
+    for layer in decoder_layers(model):
+        layer.compile(dynamic=True)
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:

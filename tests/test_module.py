@@ -1,4 +1,5 @@
 import lightning as L
+import pytest
 import torch
 from conftest import standard_rows, write_jsonl
 
@@ -102,3 +103,31 @@ def test_activation_checkpointing_gives_the_same_gradients(tiny_dirs):
     assert module.policy.is_gradient_checkpointing
     for with_ac, without in zip(grads[1], grads[0]):
         torch.testing.assert_close(with_ac, without, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow  # compiles (about 15 s on 2 cores)
+def test_compile_gives_the_same_losses_and_gradients(tiny_model_dir):
+    from conftest import make_tokenizer, standard_rows
+
+    from lit_dpo.collate import SharedPrefixCollator
+    from lit_dpo.tokenization import tokenize_pair
+
+    tokenizer = make_tokenizer()
+    collate = SharedPrefixCollator(tokenizer.pad_token_id)
+    batches = [collate([tokenize_pair(tokenizer, r) for r in standard_rows(3, seed)]) for seed in (0, 1)]
+    results = []
+    for compiled in (False, True):
+        module = DPOModule(model_name_or_path=tiny_model_dir, compile=compiled)
+        module.configure_model()
+        assert (module.policy.model.layers[0]._compiled_call_impl is not None) == compiled
+        for batch in batches:  # two lengths: one dynamic graph, no recompilation needed for correctness
+            loss = module._shared_step(batch, module.train_metrics)
+            loss.backward()
+        grads = [p.grad.clone() for p in module.policy.parameters()]
+        results.append((loss.detach(), module.train_metrics.compute(), grads))
+    (loss, metrics, grads), (c_loss, c_metrics, c_grads) = results
+    torch.testing.assert_close(c_loss, loss, rtol=1e-5, atol=1e-6)
+    for key, value in metrics.items():
+        torch.testing.assert_close(c_metrics[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for a, b in zip(c_grads, grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -90,13 +90,15 @@ RUNS = {  # name: (extra arguments, the run it must equal)
 @pytest.mark.parametrize("run", list(RUNS))
 def test_strategy_fit_on_two_cpu_processes(run, tiny_model_dir, files, tmp_path):
     """Both strategies train, validate over both ranks and export a loadable policy; FSDP matches DDP, with
-    cached reference log-probs, TR-DPO reference sync and LoRA too."""
+    cached reference log-probs, TR-DPO reference sync and LoRA too. The FSDP runs compute the log-probs in
+    chunks of 7 positions (``lit_dpo.token_scores``), the DDP runs in one piece."""
     strategy, cached = run.split("-")[0], run.endswith("-cached")
     extra, same_as = RUNS[run]
     args = ["--config", str(RECIPES / "base.yaml"), "--config", str(RECIPES / "strategy" / f"{strategy}.yaml")]
     args += ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.max_steps=3", "--model.learning_rate=1e-3"]
     args += [f"--model.model_name_or_path={tiny_model_dir}", f"--data.path={files[0]}", f"--data.val_path={files[1]}"]
-    rows = _run("lit_dpo.fit", [*args, *extra], tmp_path, LIT_DPO_CACHE=str(tmp_path / "cache"))
+    chunks = {"LIT_DPO_CHUNK_ELEMENTS": str(7 * 300)} if strategy == "fsdp" else {}  # vocabulary of 300
+    rows = _run("lit_dpo.fit", [*args, *extra], tmp_path, LIT_DPO_CACHE=str(tmp_path / "cache"), **chunks)
     assert len(list((tmp_path / "cache").glob("ref_logps/*.safetensors"))) == (2 if cached else 0)
     final = [r for r in rows if r["val/loss"]][-1]
     assert sum(1 for r in rows if r["train/loss"]) == 3  # 24 pairs / (2 ranks x 4 pairs): one epoch
