@@ -133,9 +133,9 @@ class DPOModule(L.LightningModule):
                     # synced one does: it is part of the training state)
                     object.__setattr__(self, "reference", self._modules.pop("reference"))
         if self.hparams.compile and not getattr(self, "_compiled", False):
-            for model in (self.policy, self.reference):
-                if model is not None:
-                    compile_layers(model)
+            compile_layers(self.policy)
+            if self.reference is not None and not self.caches_reference:  # a one-off pass would not pay it back
+                compile_layers(self.reference)
             self._compiled = True
 
     def _load_models(self) -> None:
