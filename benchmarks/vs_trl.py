@@ -186,6 +186,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="pairs per step")
     parser.add_argument("--max_length", type=int, default=512)
     parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--repeats", type=int, default=1, help="runs per system; the median is reported")
     parser.add_argument("--variants", action="store_true", help="also lit_dpo with other settings (VARIANTS)")
     parser.add_argument("--worker", choices=SYSTEMS + tuple(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -193,18 +194,15 @@ def main() -> None:
         return worker(args)
     if args.tiny:
         args.model = _tiny_model(Path(tempfile.mkdtemp()))
-    results = {}
+    runs: dict[str, list[dict]] = {}
     systems = SYSTEMS[:1] + (tuple(VARIANTS) if args.variants else ()) + SYSTEMS[1:]
-    for system in systems:
-        command = [sys.executable, __file__, "--worker", system, "--model", args.model, "--data", args.data]
-        command += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch)]
-        command += ["--max_length", str(args.max_length), "--lr", str(args.lr)]
-        done = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
-        if done.returncode:
-            sys.exit(f"{system} failed:\n{done.stderr[-3000:]}")
-        results[system] = json.loads(done.stdout.strip().splitlines()[-1])
+    for _ in range(args.repeats):  # interleaved, so that a slow spell of a shared machine hits every system
+        for system in systems:
+            runs.setdefault(system, []).append(_run_worker(args, system))
+    results = {system: _median_run(r) for system, r in runs.items()}
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, fp32, {args.model}")
-    print(f"# {args.batch} pairs/step, {args.steps} timed steps after {args.warmup}, max_length {args.max_length}")
+    print(f"# {args.batch} pairs/step, {args.steps} timed steps after {args.warmup}, max_length {args.max_length}"
+          f"{f', median of {args.repeats} runs each' if args.repeats > 1 else ''}")  # fmt: skip
     print(
         f"{'system':22s} {'pairs/s':>8s} {'tokens/s':>9s} {'ref pass s':>10s} {'peak RSS GiB':>13s} {'loss diff':>10s}"
     )
@@ -218,6 +216,22 @@ def main() -> None:
             lit, r = results[mine], results[system]
             print(f"{mine} / {system}: {lit['pairs_per_s'] / r['pairs_per_s']:.2f}x pairs/s, "
                   f"{lit['peak_rss_gib'] / r['peak_rss_gib']:.2f}x peak RSS")  # fmt: skip
+
+
+def _run_worker(args: argparse.Namespace, system: str) -> dict:
+    command = [sys.executable, __file__, "--worker", system, "--model", args.model, "--data", args.data]
+    command += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch)]
+    command += ["--max_length", str(args.max_length), "--lr", str(args.lr)]
+    done = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
+    if done.returncode:
+        sys.exit(f"{system} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median throughput, with the highest peak RSS of all runs."""
+    median = sorted(runs, key=lambda r: r["pairs_per_s"])[len(runs) // 2]
+    return median | {"peak_rss_gib": max(r["peak_rss_gib"] for r in runs)}
 
 
 def _max_relative_difference(losses: list[float], reference: list[float]) -> float:
