@@ -10,7 +10,7 @@ from torch import Tensor
 
 from lit_dpo import token_scores
 from lit_dpo.errors import InputError
-from lit_dpo.logps import length_desensitized_weights, sum_per_sequence
+from lit_dpo.logps import length_desensitized_weights, mean_per_sequence, sum_per_sequence
 from lit_dpo.token_scores import TokenScores, chunk_rows
 
 
@@ -48,7 +48,7 @@ def score(
     weights = None if ld_alpha is None else length_desensitized_weights(seqs, batch["num_pairs"], ld_alpha)
     sums, counts = sum_per_sequence(tokens.logps, seqs, num_seqs, weights)
     logit_sums = sums.new_zeros(num_seqs).index_add(0, seqs, tokens.mean_logits)
-    wpo_means = sum_per_sequence(tokens.wpo, seqs, num_seqs)[0] / counts.clamp(min=1) if wpo else None
+    wpo_means = mean_per_sequence(tokens.wpo, seqs, num_seqs) if wpo else None
     return Scores(sums, counts, logit_sums, wpo_means)
 
 

@@ -62,12 +62,17 @@ def sum_per_sequence(
     return sums, counts
 
 
+def mean_per_sequence(token_values: Tensor, seq_index: Tensor, num_seqs: int) -> Tensor:
+    """Per-sequence means ``(num_seqs,)`` of per-token values ``(M,)``; 0 for a sequence without tokens."""
+    sums, counts = sum_per_sequence(token_values, seq_index, num_seqs)
+    return sums / counts.clamp(min=1)
+
+
 @torch.no_grad()
 def wpo_logps(logits: Tensor, targets: Tensor, seq_index: Tensor, num_seqs: int) -> Tensor:
     """WPO (Zhou et al. 2024, eq. 2): per sequence ``(num_seqs,)``, the mean over its tokens of
     ``log p(token) - log sum_v p(v)^2``; ``exp`` of it weighs off-policy pairs down. No gradient."""
-    sums, counts = sum_per_sequence(from_logits(logits, targets, wpo=True).wpo, seq_index, num_seqs)
-    return sums / counts.clamp(min=1)
+    return mean_per_sequence(from_logits(logits, targets, wpo=True).wpo, seq_index, num_seqs)
 
 
 def length_desensitized_weights(seq_index: Tensor, num_pairs: int, ld_alpha: float) -> Tensor:

@@ -112,7 +112,8 @@ class DPOModule(L.LightningModule):
         self.scores_prompt = bool(SCORES_PROMPT.intersection(loss_names(loss_type)))
         _check_reference_options(self.uses_reference, precompute_ref_log_probs, ref_sync_steps, ref_sync_alpha)
         self.last_sync_step = 0
-        self.caches_reference = False  # decided when the models load, knowing the run (see _caches_reference)
+        self.caches_reference = False  # decided when the models load, knowing the run (reference.caches_logps)
+        self.compiled = False
         self.train_metrics = PreferenceMetrics()
         self.val_metrics = PreferenceMetrics()
         self.policy: Optional[torch.nn.Module] = None
@@ -132,11 +133,11 @@ class DPOModule(L.LightningModule):
                     # bypassing on_save/on_load_checkpoint, and a frozen reference has no place in them (a
                     # synced one does: it is part of the training state)
                     object.__setattr__(self, "reference", self._modules.pop("reference"))
-        if self.hparams.compile and not getattr(self, "_compiled", False):
+        if self.hparams.compile and not self.compiled:
             compile_layers(self.policy)
             if self.reference is not None and not self.caches_reference:  # a one-off pass would not pay it back
                 compile_layers(self.reference)
-            self._compiled = True
+            self.compiled = True
 
     def _load_models(self) -> None:
         hp = self.hparams

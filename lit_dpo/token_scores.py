@@ -61,14 +61,12 @@ class _ChunkedLogps(torch.autograd.Function):
         rows = chunk_rows(weight.shape[0])
         outputs: list[list[Tensor]] = [[], [], []]
         for start in range(0, hidden.shape[0], rows):
-            logits = _chunk_logits(hidden[start : start + rows], weight, bias)
+            logits = _chunk_logits(hidden[start : start + rows], weight, bias)  # (C, V)
             ctx.logits_dtype = logits.dtype
-            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-            normalizer = torch.logsumexp(logits, dim=-1)  # (C,)
-            logps = logits.gather(-1, targets[start : start + rows, None]).squeeze(-1) - normalizer
-            outputs[0].append(logps)
-            outputs[1].append(logits.mean(-1))
-            outputs[2].append(_wpo_terms(logps, logits, normalizer) if wpo else logps.new_zeros(0))
+            scores = from_logits(logits, targets[start : start + rows], wpo)
+            outputs[0].append(scores.logps)
+            outputs[1].append(scores.mean_logits)
+            outputs[2].append(scores.wpo if wpo else scores.logps.new_zeros(0))
         logps, mean_logits, wpo_terms = (torch.cat(parts) for parts in outputs)
         ctx.save_for_backward(hidden, weight, bias, targets, logps)
         device = hidden.device.type
