@@ -57,7 +57,7 @@ def worker(args: argparse.Namespace) -> None:
     trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False, callbacks=[Clock()],
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)  # fmt: skip
     trainer.fit(module, datamodule=data)
-    tokens = sum(len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in data.train_pairs) / len(data.train_pairs)
+    tokens = sum(len(p.chosen_ids) + len(p.rejected_ids) for p in data.train_examples) / len(data.train_examples)
     print(json.dumps({"step_s": (stamps[-1] - stamps[0]) / 2, "completion_tokens": tokens,
                       "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))  # fmt: skip
 

@@ -16,25 +16,23 @@ import csv
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from lit_dpo.collate import PaddedCollator, SharedPrefixCollator
-from lit_dpo.data import demo_path
-from lit_dpo.models import load_tokenizer
+from lit_dpo.data import Batch, PaddedCollator, Pair, SharedPrefixCollator, demo_path, read_rows, tokenize_row
+from lit_dpo.hf import load_tokenizer
 from lit_dpo.module import DPOModule
-from lit_dpo.rows import read_rows
-from lit_dpo.tokenization import tokenize_pair
 
 LAYOUTS = {"lit_dpo (shared prefix, packed)": "shared", "padded (TRL's layout)": "padded"}
 
 
-def _step_seconds(module: DPOModule, optimizer: torch.optim.Optimizer, batch: dict, repeats: int) -> float:
+def _step_seconds(module: DPOModule, optimizer: torch.optim.Optimizer, batch: Batch, repeats: int) -> float:
     times = []
     for i in range(repeats + 1):
         start = time.perf_counter()
-        loss = module._shared_step(batch, module.train_metrics)
+        loss = module.compute_loss(batch, module.train_metrics)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -43,18 +41,18 @@ def _step_seconds(module: DPOModule, optimizer: torch.optim.Optimizer, batch: di
     return statistics.mean(times)
 
 
-def _tokens(pairs: list[dict]) -> tuple[int, int]:
+def _tokens(pairs: list[Pair]) -> tuple[int, int]:
     """Real tokens (prompt + completion, both sides) and the padded layout's (2B rows of the longest)."""
-    real = sum(2 * len(p["prompt_ids"]) + len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs)
-    longest = max(len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in pairs)
+    real = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    longest = max(len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs)
     return real, 2 * len(pairs) * longest
 
 
-def _points(pairs: list[dict], filler: list[int]) -> list[tuple[str, int, int, list[dict]]]:
+def _points(pairs: list[Pair], filler: list[int]) -> list[tuple[str, int, int, list[Pair]]]:
     points = []
     for long_tokens in (32, 128, 256, 384):
-        batch = [dict(p) for p in pairs[:4]]
-        batch[0]["rejected_ids"] = (filler * (long_tokens // len(filler) + 1))[:long_tokens]
+        batch = [replace(p) for p in pairs[:4]]
+        batch[0].rejected_ids = (filler * (long_tokens // len(filler) + 1))[:long_tokens]
         points.append(("length", 4, long_tokens, batch))
     for size in (1, 2, 4, 8):
         points.append(("batch", size, 0, pairs[:size]))
@@ -73,8 +71,8 @@ def main() -> None:
 
         args.model = _tiny_model(Path(tempfile.mkdtemp()))
     tokenizer = load_tokenizer(args.model)
-    pairs = [tokenize_pair(tokenizer, r) for r in read_rows(demo_path("train"))[:8]]
-    filler = pairs[0]["rejected_ids"][:-1]
+    pairs = [tokenize_row(tokenizer, r) for r in read_rows(demo_path("train"))[:8]]
+    filler = pairs[0].rejected_ids[:-1]
     torch.manual_seed(0)
     module = DPOModule(model_name_or_path=args.model, learning_rate=1e-6)
     module.configure_model()

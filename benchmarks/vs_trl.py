@@ -43,7 +43,7 @@ VARIANTS = {
 
 def _tiny_model(root: Path) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import make_model, make_tokenizer
+    from conftest import make_model, make_tokenizer  # the tests' tiny model, as a plain function
 
     tokenizer = make_tokenizer()
     make_model(len(tokenizer), 0).save_pretrained(root / "tiny")
@@ -52,15 +52,14 @@ def _tiny_model(root: Path) -> str:
 
 
 def _pairs(path: str, model: str, n: int) -> tuple[list[dict], int]:
-    from lit_dpo.models import load_tokenizer
-    from lit_dpo.rows import read_rows
-    from lit_dpo.tokenization import tokenize_pair
+    from lit_dpo.data import read_rows, tokenize_row
+    from lit_dpo.hf import load_tokenizer
 
     rows = read_rows(path)[:n]
     tokenizer = load_tokenizer(model)
-    pairs = [tokenize_pair(tokenizer, r) for r in rows]
-    tokens = sum(2 * len(p["prompt_ids"]) + len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs)
-    return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows], tokens
+    pairs = [tokenize_row(tokenizer, r) for r in rows]
+    tokens = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    return [{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected} for r in rows], tokens
 
 
 class Record:
@@ -85,13 +84,14 @@ class Record:
 def run_lit_dpo(args: argparse.Namespace, data: str) -> Record:
     import lightning as L
 
-    from lit_dpo import reference, reference_cache
+    from lit_dpo import module as lit_module
     from lit_dpo.data import PreferenceDataModule
     from lit_dpo.module import DPOModule
+    from lit_dpo.reference import cached
 
     record = Record()
-    reference_cache.load = lambda key: None  # always compute the pass, as TRL does for an in-memory dataset
-    reference.cache_logps = record.timed(reference.cache_logps)
+    cached.load = lambda key: None  # always compute the pass, as TRL does for an in-memory dataset
+    lit_module.cache_logps = record.timed(lit_module.cache_logps)
 
     class Clock(L.Callback):
         def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, *_: Any) -> None:
@@ -114,7 +114,7 @@ def run_trl(args: argparse.Namespace, data: str, best: bool) -> Record:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
 
-    from lit_dpo.models import load_tokenizer, resolve
+    from lit_dpo.hf import load_tokenizer, resolve
 
     record = Record()
     trl.DPOTrainer._precompute_ref_logps = record.timed(trl.DPOTrainer._precompute_ref_logps)

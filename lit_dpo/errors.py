@@ -12,6 +12,10 @@ class InputError(ValueError):
     """Bad input (data, path or option). The CLI prints the message and exits with status 2."""
 
 
+class DataError(InputError):
+    """Bad input data: the message names the file, the row and the field."""
+
+
 class TrainingDiverged(RuntimeError):
     """A loss term became NaN or infinite; raised before the weights are updated with it."""
 

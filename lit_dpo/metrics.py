@@ -1,18 +1,21 @@
 """Implicit-reward metrics, named as TRL and torchtune log them.
 
-``pair_metrics`` is pure: per-pair values from one batch. ``PreferenceMetrics`` accumulates them with
+``pair_metrics`` and ``unpaired_metrics`` are pure: per-pair values from one batch. ``PreferenceMetrics`` accumulates them with
 torchmetrics so that ``compute()`` is the exact mean over every pair seen, across batches and, through
 torchmetrics' sync, across DDP ranks.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 from torch.nn import ModuleDict
 from torchmetrics import MeanMetric, Metric
 
-from lit_dpo.logps import PairLogps
+from lit_dpo.losses import LossOutput
+from lit_dpo.scoring.pairs import Logps, PairLogps, UnpairedLogps
 
 # Per-pair metrics, in the order they are logged.
 PAIR_METRICS = (
@@ -29,17 +32,16 @@ PAIR_METRICS = (
 TOKEN_METRICS = ("logits/chosen", "logits/rejected")
 
 
-def pair_metrics(
-    losses: Tensor, chosen_rewards: Tensor, rejected_rewards: Tensor, lp: PairLogps, with_reference: bool = True
-) -> dict[str, Tensor]:
+def pair_metrics(lp: PairLogps, output: LossOutput) -> dict[str, Tensor]:
     """Per-pair metric values, each ``(B,)`` and detached.
 
     ``kl``, logged when there is a reference, estimates KL(policy || reference) per completion as its summed
     log-ratio ``pi - ref``, averaged over chosen and rejected (the k1 estimator that TRL's online trainers log
     as ``objective/kl``; unbiased for completions sampled from the policy, so best read on on-policy data).
     """
+    chosen_rewards, rejected_rewards = output.chosen_rewards, output.rejected_rewards
     values = {
-        "loss": losses.detach(),
+        "loss": output.losses.detach(),
         "rewards/chosen": chosen_rewards,
         "rewards/rejected": rejected_rewards,
         "rewards/margins": chosen_rewards - rejected_rewards,
@@ -47,25 +49,33 @@ def pair_metrics(
         "logps/chosen": lp.policy_chosen.detach(),
         "logps/rejected": lp.policy_rejected.detach(),
     }
-    if with_reference:
+    if lp.has_reference:
         values["kl"] = 0.5 * (lp.chosen_logratios + lp.rejected_logratios).detach()
     return values
 
 
-def unpaired_metrics(losses: Tensor, rewards: Tensor, lp: PairLogps) -> dict[str, tuple[Tensor, Tensor]]:
+def unpaired_metrics(lp: UnpairedLogps, output: LossOutput) -> dict[str, tuple[Tensor, Tensor]]:
     """Per-example ``(value, weight)`` of an unpaired (KTO) batch, as TRL's KTOTrainer logs them: rewards/ and
     logps/ "chosen" average the desirable completions, "rejected" the undesirable ones; ``kl`` the mismatched
     completions' log-ratio; margins are chosen - rejected (``PreferenceMetrics.compute``); no accuracies."""
-    desirable = lp.desirable.to(losses.dtype)
+    desirable = lp.desirable.to(output.losses.dtype)
     every = torch.ones_like(desirable)
     return {
-        "loss": (losses.detach(), every),
-        "rewards/chosen": (rewards, desirable),
-        "rewards/rejected": (rewards, 1 - desirable),
-        "logps/chosen": (lp.policy_chosen.detach(), desirable),
-        "logps/rejected": (lp.policy_chosen.detach(), 1 - desirable),
-        "kl": (lp.rejected_logratios.detach(), every),
+        "loss": (output.losses.detach(), every),
+        "rewards/chosen": (output.chosen_rewards, desirable),
+        "rewards/rejected": (output.chosen_rewards, 1 - desirable),
+        "logps/chosen": (lp.policy.detach(), desirable),
+        "logps/rejected": (lp.policy.detach(), 1 - desirable),
+        "kl": (lp.kl_logratios.detach(), every),
     }
+
+
+def _logit_sums_and_tokens(lp: Logps) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """Per pair, for logits/chosen and logits/rejected: the summed vocabulary-mean logits and the token counts."""
+    if isinstance(lp, UnpairedLogps):  # both from the completions, split by label
+        split = lp.desirable.to(lp.logit_sums)
+        return (lp.logit_sums, lp.logit_sums), (lp.tokens * split, lp.tokens * (1 - split))
+    return (lp.chosen_logit_sums, lp.rejected_logit_sums), (lp.chosen_tokens, lp.rejected_tokens)
 
 
 class PreferenceMetrics(torch.nn.Module):
@@ -76,31 +86,15 @@ class PreferenceMetrics(torch.nn.Module):
         # ModuleDict keys may not contain "/", so the metric names are mapped
         self.means: ModuleDict = ModuleDict({_key(n): MeanMetric() for n in PAIR_METRICS + TOKEN_METRICS})
 
-    def update(
-        self,
-        values: dict[str, Tensor | tuple[Tensor, Tensor]],
-        logit_sums: Tensor,
-        token_counts: Tensor,
-        weights: Tensor | None = None,
-        desirable: Tensor | None = None,
-    ) -> None:
-        """Add one batch.
-
-        ``values`` comes from ``pair_metrics`` (or, with per-example weights, ``unpaired_metrics``);
-        ``logit_sums`` ``(2B,)`` is, per sequence (chosen rows first), the sum over its completion tokens of the
-        vocabulary-mean logit, ``token_counts`` ``(2B,)`` their number; ``weights`` ``(B,)`` (default 1) lets
-        padding pairs count for nothing. ``desirable`` ``(B,)``, for unpaired batches, splits the B completions
-        (the first half of the sequences) into logits/chosen and logits/rejected.
-        """
-        batch = logit_sums.shape[0] // 2
-        weights = torch.ones(batch, device=logit_sums.device) if weights is None else weights.to(logit_sums)
+    def update(self, lp: Logps, output: LossOutput, weights: Optional[Tensor] = None) -> None:
+        """Add one batch: its per-pair log-probs and the loss's output; ``weights`` ``(B,)`` (default 1) lets
+        padding pairs count for nothing."""
+        values = unpaired_metrics(lp, output) if isinstance(lp, UnpairedLogps) else pair_metrics(lp, output)
+        sums, counts = _logit_sums_and_tokens(lp)
+        weights = torch.ones(sums[0].shape[0], device=sums[0].device) if weights is None else weights.to(sums[0])
         for name, value in values.items():
             value, weight = value if isinstance(value, tuple) else (value, torch.ones_like(value))
             self.means[_key(name)].update(value, weight=weight * weights.to(value))
-        sums, counts = logit_sums.chunk(2), token_counts.chunk(2)
-        if desirable is not None:  # both from the completions, split by label
-            split = desirable.to(logit_sums)
-            sums, counts = (sums[0], sums[0]), (counts[0] * split, counts[0] * (1 - split))
         for name, total, count in zip(TOKEN_METRICS, sums, counts):
             # weighted mean: sum(value * weight) / sum(weight) == total logits / total tokens
             self.means[_key(name)].update(total / count.clamp(min=1), weight=count * weights)

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lit_dpo.data import demo_path
-from lit_dpo.models import BUNDLED, load_tokenizer, resolve
+from lit_dpo.hf import BUNDLED, load_tokenizer, resolve
 
 
 def answer(model, tokenizer, messages: list[dict], max_new_tokens: int) -> str:

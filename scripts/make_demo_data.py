@@ -126,7 +126,7 @@ def _model_answers(questions: list[str], max_new_tokens: int, batch_size: int = 
     """Greedy answers of the bundled SmolLM2-135M-Instruct, batched with left padding."""
     from transformers import AutoModelForCausalLM
 
-    from lit_dpo.models import BUNDLED, load_tokenizer, resolve
+    from lit_dpo.hf import BUNDLED, load_tokenizer, resolve
 
     tokenizer = load_tokenizer(BUNDLED)
     tokenizer.padding_side = "left"

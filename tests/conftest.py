@@ -1,14 +1,19 @@
-"""Shared fixtures: a tiny random Llama with a tokenizer trained on the fly, and small preference files."""
+"""Shared fixtures: a tiny random Llama with a tokenizer trained on the fly, rows, files and batches built from them,
+one module step, and test-only oracles. Tests take what they need as fixtures; nothing here is imported by them.
+
+(``make_tokenizer`` and ``make_model`` are plain functions too, for ``benchmarks/vs_trl.py --tiny``.)
+"""
 
 from __future__ import annotations
 
 import json
 import random
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 CHATML = (
@@ -24,8 +29,6 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     corpus = [" ".join(rng.choice(WORDS) for _ in range(12)) + " 0123456789 .,!?" for _ in range(300)]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    from tokenizers import decoders
-
     tok.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
     trainer = trainers.BpeTrainer(
@@ -54,11 +57,43 @@ def make_model(vocab_size: int, seed: int) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
+def _standard_rows(n: int, seed: int = 0) -> list[dict]:
+    """Pairs with a simple rule: the chosen answer says 'yes', the rejected one 'no' and rambles."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        prompt = "what is " + " ".join(rng.choice(WORDS[:12]) for _ in range(rng.randint(2, 6))) + "?"
+        chosen = " yes it is " + rng.choice(WORDS[:12])
+        rejected = " no " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return rows
+
+
+def _chat_rows(n: int, seed: int = 0) -> list[dict]:
+    return [
+        {
+            "prompt": [{"role": "user", "content": r["prompt"]}],
+            "chosen": [{"role": "assistant", "content": r["chosen"].strip()}],
+            "rejected": [{"role": "assistant", "content": r["rejected"].strip()}],
+        }
+        for r in _standard_rows(n, seed)
+    ]
+
+
+def _write_jsonl(path: Path, rows: list) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
 @pytest.fixture(scope="session")
-def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+def tokenizer() -> PreTrainedTokenizerFast:
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerFast) -> tuple[str, str]:
     """Two tiny Llama folders sharing one tokenizer: a policy and a *different* reference."""
     root = tmp_path_factory.mktemp("tiny")
-    tokenizer = make_tokenizer()
     paths = []
     for name, seed in (("policy", 0), ("reference", 1)):
         make_model(len(tokenizer), seed).save_pretrained(root / name)
@@ -72,46 +107,117 @@ def tiny_model_dir(tiny_dirs: tuple[str, str]) -> str:
     return tiny_dirs[0]
 
 
-def standard_rows(n: int, seed: int = 0) -> list[dict]:
-    """Pairs with a simple rule: the chosen answer says 'yes', the rejected one 'no' and rambles."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        prompt = "what is " + " ".join(rng.choice(WORDS[:12]) for _ in range(rng.randint(2, 6))) + "?"
-        chosen = " yes it is " + rng.choice(WORDS[:12])
-        rejected = " no " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))
-        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
-    return rows
+@pytest.fixture(scope="session")
+def random_llama() -> Callable[[int, int], LlamaForCausalLM]:
+    """``random_llama(vocab_size, seed)``: a tiny random Llama, in memory."""
+    return make_model
 
 
-def chat_rows(n: int, seed: int = 0) -> list[dict]:
-    return [
-        {
-            "prompt": [{"role": "user", "content": r["prompt"]}],
-            "chosen": [{"role": "assistant", "content": r["chosen"].strip()}],
-            "rejected": [{"role": "assistant", "content": r["rejected"].strip()}],
-        }
-        for r in standard_rows(n, seed)
-    ]
+@pytest.fixture(scope="session")
+def standard_rows() -> Callable[..., list[dict]]:
+    """``standard_rows(n, seed=0)``: n pairs of string rows."""
+    return _standard_rows
 
 
-def write_jsonl(path: Path, rows: list) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
+@pytest.fixture(scope="session")
+def chat_rows() -> Callable[..., list[dict]]:
+    """``chat_rows(n, seed=0)``: the same pairs as conversational rows."""
+    return _chat_rows
 
 
-def lit_step_metrics(module, batch: dict) -> dict[str, float]:
-    """lit_dpo's metrics over one batch: one ``_shared_step`` of ``module`` (already configured)."""
+@pytest.fixture(scope="session")
+def unpaired_rows() -> Callable[..., list[dict]]:
+    """``unpaired_rows(pairs, labels)``: each pair's chosen completion if its label is true, else its rejected one."""
+
+    def make(pairs: list[dict], labels: list[bool]) -> list[dict]:
+        return [
+            {"prompt": p["prompt"], "completion": p["chosen"] if good else p["rejected"], "label": good}
+            for p, good in zip(pairs, labels)
+        ]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def write_jsonl() -> Callable[[Path, list], str]:
+    """``write_jsonl(path, rows)``: the rows as a JSONL file; returns its path."""
+    return _write_jsonl
+
+
+@pytest.fixture(scope="session")
+def make_batch(tokenizer: PreTrainedTokenizerFast) -> Callable[..., Any]:
+    """``make_batch(rows, layout="shared", tokenizer=...)``: rows as a file holds them -> a ``Batch``, through
+    validation, tokenization and the collator of ``layout``: padded, shared (prefix) or packed."""
+    from lit_dpo.data import PaddedCollator, SharedPrefixCollator, tokenize_row, validate
+
+    layouts = {
+        "padded": PaddedCollator,
+        "shared": SharedPrefixCollator,
+        "packed": lambda pad: SharedPrefixCollator(pad, pack_length=64),
+    }
+
+    def make(rows: list[dict], layout: str = "shared", tokenizer: Any = tokenizer) -> Any:
+        examples = [tokenize_row(tokenizer, validate(row)) for row in rows]
+        return layouts[layout](tokenizer.pad_token_id)(examples)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def batch_layouts() -> list[str]:
+    """The names ``make_batch`` takes: every batch layout lit_dpo has."""
+    return ["padded", "shared", "packed"]
+
+
+@pytest.fixture(scope="session")
+def dpo_module() -> Callable[..., Any]:
+    """``dpo_module(**options)``: a ``DPOModule`` with its models loaded, outside any trainer."""
+    from lit_dpo.module import DPOModule
+
+    def make(**options: Any) -> DPOModule:
+        module = DPOModule(**options)
+        module.configure_model()
+        return module
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def step_metrics() -> Callable[[Any, Any], dict[str, float]]:
+    """``step_metrics(module, batch)``: lit_dpo's metrics over one batch (one ``compute_loss``)."""
     from lit_dpo.metrics import PreferenceMetrics
 
-    metrics = PreferenceMetrics()
-    module._shared_step(batch, metrics)
-    return {k: v.item() for k, v in metrics.compute().items()}
+    def metrics(module: Any, batch: Any) -> dict[str, float]:
+        collected = PreferenceMetrics()
+        module.compute_loss(batch, collected)
+        return {k: v.item() for k, v in collected.compute().items()}
+
+    return metrics
 
 
-def trl_step_metrics(trainer, num_rows: int) -> tuple[float, dict[str, float]]:
-    """A TRL trainer's loss and logged metrics over its first ``num_rows`` training rows as one batch."""
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(num_rows)])
-    trainer.model.train()
-    loss = trainer._compute_loss(trainer.model, batch, return_outputs=False)
-    return loss.item(), {k: v[-1] for k, v in trainer._metrics["train"].items()}
+@pytest.fixture(scope="session")
+def sequence_logps() -> Callable[..., torch.Tensor]:
+    """Test-only oracle: ``sequence_logps(logits, labels, average=False)``, the log-prob of each sequence's labelled
+    tokens from full logits ``(N, T, V)`` and unshifted labels ``(N, T)`` (-100 where not scored), by log_softmax."""
+
+    def oracle(logits: torch.Tensor, labels: torch.Tensor, average: bool = False) -> torch.Tensor:
+        targets, logprobs = labels[:, 1:], logits[:, :-1].log_softmax(-1)  # position t predicts token t+1
+        mask = targets != -100
+        picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+        sums = picked.sum(-1)
+        return sums / mask.sum(-1).clamp(min=1) if average else sums
+
+    return oracle
+
+
+@pytest.fixture(scope="session")
+def padded_labels() -> Callable[[Any], torch.Tensor]:
+    """``padded_labels(batch)``: a padded batch's completion tokens as unshifted ``(2B, T)`` labels, -100 elsewhere
+    (TRL's ``labels``), read off the positions the batch scores."""
+
+    def labels(batch: Any) -> torch.Tensor:
+        out = torch.full_like(batch.input_ids, -100)
+        out.view(-1)[batch.completions.index + 1] = batch.completions.target  # the token after each predictor
+        return out
+
+    return labels

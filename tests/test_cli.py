@@ -7,13 +7,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import chat_rows, standard_rows, write_jsonl
 
 from lit_dpo import fit, validate
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, standard_rows, write_jsonl):
     root = tmp_path_factory.mktemp("data")
     return write_jsonl(root / "train.jsonl", standard_rows(64)), write_jsonl(root / "val.jsonl", standard_rows(16, 9))
 
@@ -34,6 +33,7 @@ def _rows(path):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.integration
 def test_fit_then_validate_from_the_command_line(tiny_model_dir, data, tmp_path):
     args = _args(
         tiny_model_dir,
@@ -81,7 +81,7 @@ def test_validate_a_checkpoint(tiny_model_dir, data, tmp_path):
     assert float(again["val/loss"]) == pytest.approx(float(first["val/loss"]), rel=1e-5)
 
 
-def test_chat_rows_and_val_split(tiny_model_dir, tmp_path):
+def test_chat_rows_and_val_split(tiny_model_dir, tmp_path, chat_rows, write_jsonl):
     train = write_jsonl(tmp_path / "chat.jsonl", chat_rows(40))
     fit.main(_args(tiny_model_dir, train, "null", tmp_path, "--data.val_split=0.1", "--trainer.max_steps=2"))
     rows = _rows(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
@@ -159,7 +159,7 @@ def test_missing_file_and_bad_option(tiny_model_dir, data, tmp_path, capsys):
     assert f"cannot load model '{tmp_path / 'no_model'}'" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_truncation_is_counted_in_a_warning(tiny_model_dir, data, tmp_path):
+def test_truncation_is_counted_in_a_warning(tiny_model_dir, data, tmp_path, standard_rows, write_jsonl):
     long = write_jsonl(tmp_path / "long.jsonl", [BAD | {"chosen": " yes " * 40}] + standard_rows(8))
     with pytest.warns(UserWarning, match=r"long\.jsonl: [1-9] of 9 pairs truncated and 0 dropped to fit max_length=40"):
         fit.main(
@@ -206,7 +206,7 @@ def unpaired(rows):
     return out
 
 
-def test_kto_from_the_command_line(tiny_model_dir, tmp_path, capsys):
+def test_kto_from_the_command_line(tiny_model_dir, tmp_path, capsys, standard_rows, write_jsonl):
     train = write_jsonl(tmp_path / "train.jsonl", unpaired(standard_rows(40)))
     val = write_jsonl(tmp_path / "val.jsonl", unpaired(standard_rows(8, 9)))
     extra = ["--model.loss_type=kto", "--model.learning_rate=2e-3", "--trainer.max_steps=16"]

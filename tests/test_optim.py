@@ -3,7 +3,6 @@
 import lightning as L
 import pytest
 import torch
-from conftest import make_model, standard_rows, write_jsonl
 
 from lit_dpo.data import PreferenceDataModule
 from lit_dpo.errors import InputError
@@ -21,7 +20,8 @@ def _train(model, optimizer, steps, lr_by_step):
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_same_updates_as_adamw_and_no_gradient_left(fused):
+def test_same_updates_as_adamw_and_no_gradient_left(fused, random_llama):
+    make_model = random_llama
     plain, hooked = make_model(64, 0), make_model(64, 0)
     kwargs = dict(lr=1e-2, weight_decay=0.1, fused=fused)
     optimizers = torch.optim.AdamW(plain.parameters(), **kwargs), AdamWInBackward(list(hooked.parameters()), **kwargs)
@@ -33,8 +33,8 @@ def test_same_updates_as_adamw_and_no_gradient_left(fused):
     assert not torch.equal(plain.model.embed_tokens.weight, make_model(64, 0).model.embed_tokens.weight)
 
 
-def test_state_dict_is_adamw_s_and_resumes_either_way():
-    plain, hooked = make_model(64, 0), make_model(64, 0)
+def test_state_dict_is_adamw_s_and_resumes_either_way(random_llama):
+    plain, hooked = random_llama(64, 0), random_llama(64, 0)
     plain_opt = torch.optim.AdamW(plain.parameters(), lr=1e-2)
     hooked_opt = AdamWInBackward(list(hooked.parameters()), lr=1e-2)
     _train(plain, plain_opt, 2, [1e-2] * 2)
@@ -82,7 +82,7 @@ def _fit(model_dir, train, in_bwd, steps=3, fits=1):
     return module, trainer
 
 
-def test_fit_uses_it_by_default_with_the_same_result(tiny_model_dir, tmp_path):
+def test_fit_uses_it_by_default_with_the_same_result(tiny_model_dir, tmp_path, standard_rows, write_jsonl):
     train = write_jsonl(tmp_path / "train.jsonl", standard_rows(16))
     hooked, trainer = _fit(tiny_model_dir, train, None, fits=2)
     assert isinstance(trainer.optimizers[0], AdamWInBackward)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from lit_dpo import fit
-from lit_dpo.models import BUNDLED, resolve
+from lit_dpo.hf import BUNDLED, resolve
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

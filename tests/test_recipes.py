@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import standard_rows, write_jsonl
 
 from lit_dpo import fit
-from lit_dpo.data import pad_for_ranks
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 ALL = sorted(p for p in RECIPES.rglob("*.yaml") if p.name != "base.yaml")
@@ -36,13 +34,6 @@ def test_recipe_parses_and_documents_its_command(recipe, capsys):
     _print_config(capsys, "--config", str(RECIPES / "base.yaml"), "--config", str(recipe))
 
 
-def test_pad_for_ranks_adds_weight_zero_copies():
-    pairs = [{"prompt_ids": [i]} for i in range(5)]
-    padded = pad_for_ranks(pairs, 4)
-    assert len(padded) == 8 and [p.get("weight", 1.0) for p in padded] == [1.0] * 5 + [0.0] * 3
-    assert pad_for_ranks(pairs, 5) == pairs
-
-
 def _run(module, args, root, **env_vars):
     env = os.environ | {"PYTHONWARNINGS": "ignore"} | env_vars
     args = [*args, f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false"]
@@ -53,11 +44,12 @@ def _run(module, args, root, **env_vars):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, standard_rows, write_jsonl):
     root = tmp_path_factory.mktemp("ddp")
     return write_jsonl(root / "train.jsonl", standard_rows(24)), write_jsonl(root / "val.jsonl", standard_rows(7, 5))
 
 
+@pytest.mark.integration
 def test_ddp_validation_counts_every_pair_once(tiny_dirs, files, tmp_path):
     """2 ranks x half the data report the same val/ metrics as 1 rank x all of it (7 pairs: uneven)."""
     policy, reference = tiny_dirs
@@ -87,40 +79,57 @@ RUNS = {  # name: (extra arguments, the run it must equal)
 }
 
 
+@pytest.fixture(scope="module")
+def strategy_fit(tiny_model_dir, files, tmp_path_factory):
+    """``strategy_fit(name)``: the ``RUNS[name]`` fit on 2 CPU processes, run once per module (a test comparing two
+    runs makes both, whatever else was selected): its metrics rows, exported weights and cache files."""
+    done = {}
+
+    def run(name):
+        if name not in done:
+            strategy, root = name.split("-")[0], tmp_path_factory.mktemp(name)
+            args = ["--config", str(RECIPES / "base.yaml"), "--config", str(RECIPES / "strategy" / f"{strategy}.yaml")]
+            args += ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.max_steps=3"]
+            args += ["--model.learning_rate=1e-3", f"--model.model_name_or_path={tiny_model_dir}"]
+            args += [f"--data.path={files[0]}", f"--data.val_path={files[1]}", *RUNS[name][0]]
+            chunks = {"LIT_DPO_CHUNK_ELEMENTS": str(7 * 300)} if strategy == "fsdp" else {}  # vocabulary of 300
+            rows = _run("lit_dpo.fit", args, root, LIT_DPO_CACHE=str(root / "cache"), **chunks)
+            from transformers import AutoModelForCausalLM
+
+            exported = AutoModelForCausalLM.from_pretrained(root / "lightning_logs" / "version_0" / "hf_model")
+            done[name] = (rows, exported.state_dict(), list((root / "cache").glob("ref_logps/*.safetensors")))
+        return done[name]
+
+    return run
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("run", list(RUNS))
-def test_strategy_fit_on_two_cpu_processes(run, tiny_model_dir, files, tmp_path):
+def test_strategy_fit_on_two_cpu_processes(run, tiny_model_dir, strategy_fit):
     """Both strategies train, validate over both ranks and export a loadable policy; FSDP matches DDP, with
     cached reference log-probs, TR-DPO reference sync and LoRA too. The FSDP runs compute the log-probs in
-    chunks of 7 positions (``lit_dpo.token_scores``), the DDP runs in one piece."""
-    strategy, cached = run.split("-")[0], run.endswith("-cached")
-    extra, same_as = RUNS[run]
-    args = ["--config", str(RECIPES / "base.yaml"), "--config", str(RECIPES / "strategy" / f"{strategy}.yaml")]
-    args += ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.max_steps=3", "--model.learning_rate=1e-3"]
-    args += [f"--model.model_name_or_path={tiny_model_dir}", f"--data.path={files[0]}", f"--data.val_path={files[1]}"]
-    chunks = {"LIT_DPO_CHUNK_ELEMENTS": str(7 * 300)} if strategy == "fsdp" else {}  # vocabulary of 300
-    rows = _run("lit_dpo.fit", [*args, *extra], tmp_path, LIT_DPO_CACHE=str(tmp_path / "cache"), **chunks)
-    assert len(list((tmp_path / "cache").glob("ref_logps/*.safetensors"))) == (2 if cached else 0)
+    chunks of 7 positions (``lit_dpo.scoring.lm_head``), the DDP runs in one piece."""
+    rows, state, cache_files = strategy_fit(run)
+    assert len(cache_files) == (2 if run.endswith("-cached") else 0)
     final = [r for r in rows if r["val/loss"]][-1]
     assert sum(1 for r in rows if r["train/loss"]) == 3  # 24 pairs / (2 ranks x 4 pairs): one epoch
     assert all(math.isfinite(float(final[k])) for k in final if k.startswith("val/"))
     from transformers import AutoModelForCausalLM
 
-    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "lightning_logs" / "version_0" / "hf_model")
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     q_proj = "model.layers.0.self_attn.q_proj.weight"  # trained in full and by LoRA (merged) alike
-    assert not torch.equal(exported.state_dict()[q_proj], start.state_dict()[q_proj])  # trained, gathered weights
-    FINAL[run] = (final, exported.state_dict())
+    assert not torch.equal(state[q_proj], start.state_dict()[q_proj])  # trained, gathered weights
+    same_as = RUNS[run][1]
     if same_as:  # the same global batches and gradients: the same model and metrics, to float noise
-        (ddp_final, ddp_state), (other_final, other_state) = FINAL[same_as], FINAL[run]
+        ddp_rows, ddp_state, _ = strategy_fit(same_as)
+        ddp_final = [r for r in ddp_rows if r["val/loss"]][-1]
         for key in (k for k in ddp_final if k.startswith("val/")):
-            assert float(other_final[key]) == pytest.approx(float(ddp_final[key]), rel=1e-4, abs=1e-6), key
+            assert float(final[key]) == pytest.approx(float(ddp_final[key]), rel=1e-4, abs=1e-6), key
         for name, value in ddp_state.items():
-            torch.testing.assert_close(other_state[name], value, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(state[name], value, rtol=1e-4, atol=1e-6)
 
 
-FINAL: dict = {}
-
-
+@pytest.mark.integration
 def test_single_device_recipe_runs(tiny_model_dir, files, tmp_path):
     args = ["--config", str(RECIPES / "base.yaml"), "--config", str(RECIPES / "strategy" / "single_device.yaml")]
     args += ["--trainer.accelerator=cpu", "--trainer.max_steps=2"]
@@ -129,6 +138,7 @@ def test_single_device_recipe_runs(tiny_model_dir, files, tmp_path):
     assert sum(1 for r in rows if r["train/loss"]) == 2 and any(r["val/loss"] for r in rows)
 
 
+@pytest.mark.integration
 def test_gradient_accumulation_keeps_the_meaning_of_train_metrics(tiny_dirs, files, tmp_path):
     """4 pairs in one batch, or 2 x 2 accumulated: the same optimizer steps, logged once each, same values."""
     policy, reference = tiny_dirs

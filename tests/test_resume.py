@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import standard_rows, write_jsonl
 
 TESTS = Path(__file__).resolve().parent
+pytestmark = pytest.mark.integration
 
 
 def _fit(root, *extra):
@@ -30,7 +30,7 @@ def _metrics(root):
     return train, [r for r in rows if r["val/loss"]][-1]
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path, standard_rows, write_jsonl):
     train, val = (
         write_jsonl(tmp_path / "t.jsonl", standard_rows(64)),
         write_jsonl(tmp_path / "v.jsonl", standard_rows(8, 5)),
@@ -56,7 +56,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_pa
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_resume_on_two_ranks_continues_exactly(strategy, tiny_model_dir, tmp_path):
+def test_resume_on_two_ranks_continues_exactly(strategy, tiny_model_dir, tmp_path, standard_rows, write_jsonl):
     """Stopped after 4 steps (mid-epoch 2 of 3-step epochs) and resumed with --ckpt_path=last: as if never stopped."""
     train, val = (
         write_jsonl(tmp_path / "t.jsonl", standard_rows(24)),

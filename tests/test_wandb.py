@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import standard_rows, write_jsonl
 
 wandb = pytest.importorskip("wandb")
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+pytestmark = pytest.mark.integration
 
 
 def wandb_records(path: Path):
@@ -31,7 +31,7 @@ def wandb_records(path: Path):
             yield record
 
 
-def test_wandb_offline_run_holds_the_margin_history(tiny_model_dir, tmp_path):
+def test_wandb_offline_run_holds_the_margin_history(tiny_model_dir, tmp_path, standard_rows, write_jsonl):
     train, val = (
         write_jsonl(tmp_path / "t.jsonl", standard_rows(16)),
         write_jsonl(tmp_path / "v.jsonl", standard_rows(4)),

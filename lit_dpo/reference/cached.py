@@ -1,0 +1,171 @@
+"""Cached reference log-probs: one pass of the frozen reference before training, stored on disk and reused, in
+place of the model (``CachedReference``).
+
+The cache key is a SHA-256 of everything the reference log-probs depend on: the reference's weights, the
+token ids of every pair (so the data file's contents, the tokenizer, the chat template, the length limits and
+the truncation rule all count, through what they produce), the dtype and the precision. Any change is a new
+file, never a stale hit. Files live under ``$LIT_DPO_CACHE/ref_logps`` (see ``lit_dpo.hf.cache_dir``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from filelock import FileLock
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from lit_dpo.data.collate import Batch
+from lit_dpo.data.tokenize import Pair
+from lit_dpo.errors import InputError
+from lit_dpo.hf import cache_dir
+from lit_dpo.reference.live import Reference
+
+_FORMAT = "lit_dpo-ref-logps-1"  # bump when what is stored changes meaning
+
+
+class CachedReference(Reference):
+    """Reference log-probs looked up by example ``index``: a ``(N, 2)`` table (chosen, rejected) of the stages
+    computed so far (NaN elsewhere)."""
+
+    def __init__(self, table: Tensor, stages: set[str]) -> None:
+        self.table, self.stages = table, stages
+
+    def logps(self, batch: Batch) -> Tensor:
+        self.table = self.table.to(batch.indices.device)  # once: a few bytes per pair
+        return self.table[batch.indices].T.reshape(-1)  # (2B,): chosen, then rejected
+
+
+def should_cache(
+    wanted: Optional[bool], needs_reference: bool, separate_model: bool, unpaired: bool, syncs: bool, trainer: Any
+) -> bool:
+    """Whether a run uses cached reference log-probs: ``wanted`` (``precompute_ref_log_probs``), or when None,
+    for a fit that trains on every pair at least once (the pass then adds no compute) with a ``separate_model``
+    as a fixed reference on paired rows (the one case where it frees memory)."""
+    if not needs_reference or wanted is not None:
+        return bool(needs_reference and wanted)
+    if unpaired or syncs or not separate_model:
+        return False  # live KL samples, a moving reference, or no second model to free
+    if trainer is None or trainer.state.fn != "fit" or trainer.limit_train_batches != 1.0:
+        return False
+    examples = getattr(trainer.datamodule, "train_examples", None)
+    if not examples or getattr(trainer.datamodule, "unpaired", False):
+        return False
+    if trainer.max_steps < 0:
+        return True  # whole epochs
+    pairs_per_step = trainer.datamodule.hparams.batch_size * trainer.accumulate_grad_batches * trainer.world_size
+    return trainer.max_steps * pairs_per_step >= len(examples)
+
+
+def cache_logps(reference: Reference, trainer: Any, stages: Sequence[str], settings: dict[str, Any]) -> CachedReference:
+    """A ``CachedReference`` for the data module's ``{stage}_examples``: from disk, or one pass of the live
+    ``reference`` (each rank computing its share, rank 0 writing the file), which the caller can then free.
+    ``reference`` may be a ``CachedReference`` already, for stages it holds."""
+    datamodule, strategy = trainer.datamodule, trainer.strategy
+    if not hasattr(datamodule, "collator"):
+        raise InputError("precompute_ref_log_probs needs lit_dpo's PreferenceDataModule")
+    if getattr(datamodule, "unpaired", False):
+        raise InputError(
+            "precompute_ref_log_probs does not apply to unpaired (KTO) rows: their KL completions are drawn "
+            "from each batch, so the reference runs live"
+        )
+    every = datamodule.train_examples + datamodule.val_examples
+    cached = reference if isinstance(reference, CachedReference) else None
+    if cached is None:
+        cached = CachedReference(torch.full((max((ex.index for ex in every), default=-1) + 1, 2), float("nan")), set())
+    for stage in stages:
+        examples = getattr(datamodule, f"{stage}_examples")
+        if not examples or stage in cached.stages:
+            continue
+        if reference is cached:
+            raise RuntimeError(f"no live reference left to compute the {stage} log-probs")
+        key = pairs_fingerprint(examples, reference.fingerprint, settings)
+        logps = load(key)
+        if not strategy.reduce_boolean_decision(logps is not None, all=True):  # every rank computes, or none
+            logps = _compute_on_ranks(reference, examples, datamodule, trainer)
+            if trainer.is_global_zero:
+                save(key, logps)
+        cached.table[torch.tensor([ex.index for ex in examples])] = logps.to(cached.table)
+        cached.stages.add(stage)
+    return cached
+
+
+def _compute_on_ranks(reference: Reference, examples: list[Pair], datamodule: Any, trainer: Any) -> Tensor:
+    device, strategy = trainer.lightning_module.device, trainer.strategy
+
+    def batch_logps(batch: Batch) -> Tensor:
+        with trainer.precision_plugin.forward_context():  # outside a step: the run's precision, set here
+            return reference.logps(batch.to(device))
+
+    gather = strategy.all_gather if trainer.world_size > 1 else (lambda t: t[None])
+    return compute(
+        examples, datamodule.collator(), batch_logps, datamodule.val_batch_size, trainer.global_rank,
+        trainer.world_size, gather,
+    )  # fmt: skip
+
+
+def weights_fingerprint(state_dict: dict[str, Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a model's tensors."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def pairs_fingerprint(pairs: Sequence[Pair], weights: Optional[str], settings: dict[str, Any]) -> str:
+    """Key of one set of pairs (train or val) under a reference with ``weights`` fingerprint and ``settings``."""
+    digest = hashlib.sha256(json.dumps({"format": _FORMAT, "weights": weights, **settings}, sort_keys=True).encode())
+    for pair in pairs:
+        digest.update(json.dumps([pair.prompt_ids, pair.chosen_ids, pair.rejected_ids]).encode())
+    return digest.hexdigest()
+
+
+def _path(fingerprint: str) -> Path:
+    return cache_dir() / "ref_logps" / f"{fingerprint}.safetensors"
+
+
+def load(fingerprint: str) -> Optional[Tensor]:
+    """The stored ``(N, 2)`` log-probs (chosen, rejected) for this key, or None."""
+    path = _path(fingerprint)
+    return load_file(str(path))["logps"] if path.exists() else None
+
+
+def save(fingerprint: str, logps: Tensor) -> None:
+    path = _path(fingerprint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        partial = path.with_name(path.name + ".partial")
+        save_file({"logps": logps.contiguous()}, str(partial))
+        partial.rename(path)  # readers never see half a file
+
+
+def compute(
+    pairs: Sequence[Any],
+    collate: Callable[[list[Any]], Any],
+    batch_logps: Callable[[Any], Tensor],
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    gather: Callable[[Tensor], Tensor] = lambda t: t[None],
+) -> Tensor:
+    """Reference log-probs ``(N, 2)`` of ``pairs``, each rank computing every ``world_size``-th pair.
+
+    ``batch_logps(batch)`` returns a batch's ``(2B,)`` summed completion log-probs, chosen first;
+    ``gather`` stacks a tensor from every rank, ``(world_size, ...)``. Every rank runs the same number of
+    batches (the share is padded with repeats), as sharded models need.
+    """
+    share = -(-len(pairs) // world_size)  # pairs per rank, rounded up
+    mine = [pairs[min(rank + world_size * j, len(pairs) - 1)] for j in range(share)]
+    out = []
+    for start in range(0, share, batch_size):
+        logps = batch_logps(collate(mine[start : start + batch_size]))  # (2B,)
+        out.append(torch.stack(logps.float().chunk(2), dim=1))  # (B, 2)
+    gathered = gather(torch.cat(out))  # (world_size, share, 2)
+    # pair rank + world_size * j was computed by rank `rank` as its j-th
+    return gathered.transpose(0, 1).reshape(-1, 2)[: len(pairs)].cpu()

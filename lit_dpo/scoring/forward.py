@@ -1,0 +1,105 @@
+"""One forward of a model over a ``Batch``: per-sequence sums of the completion tokens' log-probs."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from lit_dpo.data.collate import Batch
+from lit_dpo.errors import InputError
+from lit_dpo.scoring.lm_head import head_on_positions, token_scores
+
+
+class SequenceScores(NamedTuple):
+    logps: Tensor  # (S,) summed (or LD-weighted) log-probs of each sequence's tokens
+    tokens: Tensor  # (S,) number of tokens scored
+    logit_sums: Tensor  # (S,) sum over the tokens of the vocabulary-mean logit (TRL's logits/ metrics)
+    wpo: Optional[Tensor] = None  # (S,) mean over the tokens of log p - log sum_v p(v)^2 (WPO), when asked for
+
+
+def score_sequences(
+    model: torch.nn.Module,
+    batch: Batch,
+    with_prompt: bool = False,
+    ld_alpha: Optional[float] = None,
+    wpo: bool = False,
+) -> SequenceScores:
+    """Scores of S = 2B sequences: the B first completions (chosen), then the B second ones (rejected).
+
+    Only the scored positions go through the LM head: the ``(rows, T, V)`` logits never exist, and when the
+    scored positions' ``(M, V)`` logits would be large, they are computed in chunks (``lit_dpo.scoring.lm_head``).
+    ``with_prompt`` scores the prompts too, as sequences ``2B..3B-1`` (S = 3B); ``ld_alpha`` weighs each
+    completion's tokens past the shorter one's length (LD-DPO); ``wpo`` adds the WPO per-sequence means.
+    """
+    scored, num_seqs = batch.completions, 2 * batch.num_pairs
+    index, targets, seqs = scored.index, scored.target, scored.seq
+    if with_prompt:
+        index = torch.cat([index, batch.prompts.index])
+        targets = torch.cat([targets, batch.prompts.target])
+        seqs = torch.cat([seqs, batch.prompts.seq + num_seqs])
+        num_seqs += batch.num_pairs
+    with head_on_positions(model, index, targets, wpo) as chunked:
+        logits = model(**_model_inputs(model, batch), use_cache=False).logits  # (M, V), or (M, 0) when chunked
+    tokens = chunked["scores"] if "scores" in chunked else token_scores(logits, targets, wpo)
+    weights = None if ld_alpha is None else length_desensitized_weights(seqs, batch.num_pairs, ld_alpha)
+    sums, counts = sum_per_sequence(tokens.logps, seqs, num_seqs, weights)
+    logit_sums = sums.new_zeros(num_seqs).index_add(0, seqs, tokens.mean_logits)
+    wpo_means = mean_per_sequence(tokens.wpo, seqs, num_seqs) if wpo else None
+    return SequenceScores(sums, counts, logit_sums, wpo_means)
+
+
+def sum_per_sequence(
+    token_values: Tensor, seq_index: Tensor, num_seqs: int, token_weights: Optional[Tensor] = None
+) -> tuple[Tensor, Tensor]:
+    """Per-sequence sums ``(num_seqs,)`` of per-token values ``(M,)`` (weighted), and token counts."""
+    if token_weights is not None:
+        token_values = token_values * token_weights
+    sums = token_values.new_zeros(num_seqs).index_add(0, seq_index, token_values)
+    counts = torch.bincount(seq_index, minlength=num_seqs).to(sums.dtype)
+    return sums, counts
+
+
+def mean_per_sequence(token_values: Tensor, seq_index: Tensor, num_seqs: int) -> Tensor:
+    """Per-sequence means ``(num_seqs,)`` of per-token values ``(M,)``; 0 for a sequence without tokens."""
+    sums, counts = sum_per_sequence(token_values, seq_index, num_seqs)
+    return sums / counts.clamp(min=1)
+
+
+def length_desensitized_weights(seq_index: Tensor, num_pairs: int, ld_alpha: float) -> Tensor:
+    """LD-DPO (Liu et al. 2024) token weights ``(M,)``: 1 for the first ``min(len_chosen, len_rejected)`` tokens
+    of each completion, ``ld_alpha`` after them (the "verbose" tail); 1 for sequences past the 2B completions.
+
+    Each sequence's tokens must be contiguous and in order in ``seq_index`` (as ``lit_dpo.data.collate`` lays
+    them out).
+    """
+    num_seqs = max(2 * num_pairs, int(seq_index.max()) + 1 if seq_index.numel() else 0)
+    counts = torch.bincount(seq_index, minlength=num_seqs)
+    shared = torch.minimum(counts[:num_pairs], counts[num_pairs : 2 * num_pairs]).repeat(2)  # (2B,)
+    shared = torch.cat([shared, counts[2 * num_pairs :]])  # other sequences: every token "shared"
+    flat = torch.arange(seq_index.numel(), device=seq_index.device)
+    first = torch.full((num_seqs,), seq_index.numel(), device=seq_index.device).scatter_reduce(
+        0, seq_index, flat, "amin"
+    )
+    position = flat - first[seq_index]  # 0-based position within its own sequence
+    return torch.where(position < shared[seq_index], 1.0, ld_alpha)
+
+
+def _model_inputs(model: torch.nn.Module, batch: Batch) -> dict[str, Tensor]:
+    """The forward's keyword arguments for either batch layout of ``lit_dpo.data.collate``."""
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    if batch.position_ids is None:  # padded layout: a (2B, T) padding mask
+        return inputs
+    inputs["position_ids"] = batch.position_ids  # shared-prefix layout: a (rows, 1, T, T) boolean mask
+    attention = model.config._attn_implementation
+    if attention not in ("sdpa", "eager"):
+        raise InputError(
+            f"prefix sharing needs sdpa or eager attention, not {attention}: pass --data.prefix_sharing=false"
+        )
+    if attention == "eager":  # eager attention adds the mask to the scores
+        blocked = torch.finfo(model.dtype).min
+        inputs["attention_mask"] = torch.zeros_like(batch.attention_mask, dtype=model.dtype).masked_fill(
+            ~batch.attention_mask, blocked
+        )
+    return inputs

@@ -1,0 +1,145 @@
+"""The LM head on the scored positions only: per-token log-probs from ``(M, V)`` logits, or in chunks of positions
+so that only ``(C, V)`` logits exist at a time, forward and backward (a custom autograd function that recomputes
+each chunk's logits in the backward instead of keeping them).
+
+V is 49,152 for SmolLM2 and 151,936 for Qwen2.5: 4,096 scored tokens in fp32 are 0.8 GB and 2.5 GB of logits,
+and the plain path holds about three tensors of that size at its peak (logits, their gradient, softmax).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator, NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+CHUNK_ELEMENTS = 2**24  # logits per chunk: 64 MiB in fp32; C = CHUNK_ELEMENTS // V positions
+# causal LMs whose forward returns the LM head's output as the logits, untouched (no softcapping or scaling after
+# the head): for them the head may return per-token scores computed in chunks
+PLAIN_HEAD_MODELS = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
+
+
+class TokenScores(NamedTuple):
+    logps: Tensor  # (M,) log p(target), differentiable
+    mean_logits: Tensor  # (M,) the vocabulary-mean logit, float, no gradient
+    wpo: Optional[Tensor] = None  # (M,) log p(target) - log sum_v p(v)^2, no gradient (WPO's weights)
+
+
+def chunk_rows(vocab_size: int) -> int:
+    """Positions per chunk: ``$LIT_DPO_CHUNK_ELEMENTS`` (default ``CHUNK_ELEMENTS``) logits over ``vocab_size``."""
+    return max(1, int(os.environ.get("LIT_DPO_CHUNK_ELEMENTS", CHUNK_ELEMENTS)) // vocab_size)
+
+
+def token_scores(logits: Tensor, targets: Tensor, wpo: bool = False) -> TokenScores:
+    """Scores from logits ``(M, V)`` of the positions predicting ``targets`` ``(M,)``."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half-precision logsumexp loses digits
+    # gather - logsumexp avoids materialising a second (M, V) tensor as log_softmax would
+    normalizer = torch.logsumexp(logits, dim=-1)  # (M,)
+    logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normalizer
+    with torch.no_grad():
+        mean_logits = logits.mean(-1)
+        wpo_terms = _wpo_terms(logps, logits, normalizer) if wpo else None
+    return TokenScores(logps, mean_logits, wpo_terms)
+
+
+def _wpo_terms(logps: Tensor, logits: Tensor, normalizer: Tensor) -> Tensor:
+    return logps.detach() - (torch.logsumexp(2 * logits, dim=-1) - 2 * normalizer)  # minus log sum_v p(v)^2
+
+
+def chunked_token_scores(
+    hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor, wpo: bool = False
+) -> TokenScores:
+    """The same scores as ``token_scores(hidden @ weight.T + bias, targets, wpo)``, for hidden states ``(M, H)``
+    and a head ``weight`` ``(V, H)``, with at most ``chunk_rows(V)`` positions' logits alive at once."""
+    logps, mean_logits, wpo_terms = _ChunkedLogps.apply(hidden, weight, bias, targets, wpo)
+    return TokenScores(logps, mean_logits, wpo_terms if wpo else None)
+
+
+def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    return torch.nn.functional.linear(hidden, weight, bias)  # (C, V), in autocast's dtype when it is on
+
+
+class _ChunkedLogps(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, wpo):  # type: ignore[override]
+        rows = chunk_rows(weight.shape[0])
+        outputs: list[list[Tensor]] = [[], [], []]
+        for start in range(0, hidden.shape[0], rows):
+            logits = _chunk_logits(hidden[start : start + rows], weight, bias)  # (C, V)
+            ctx.logits_dtype = logits.dtype
+            scores = token_scores(logits, targets[start : start + rows], wpo)
+            outputs[0].append(scores.logps)
+            outputs[1].append(scores.mean_logits)
+            outputs[2].append(scores.wpo if wpo else scores.logps.new_zeros(0))
+        logps, mean_logits, wpo_terms = (torch.cat(parts) for parts in outputs)
+        ctx.save_for_backward(hidden, weight, bias, targets, logps)
+        device = hidden.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        ctx.mark_non_differentiable(mean_logits, wpo_terms)
+        return logps, mean_logits, wpo_terms
+
+    @staticmethod
+    def backward(ctx, grad_logps, *_):  # type: ignore[override]
+        hidden, weight, bias, targets, logps = ctx.saved_tensors
+        device, enabled, dtype = ctx.autocast
+        rows = chunk_rows(weight.shape[0])
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None else None
+        with torch.autocast(device, dtype=dtype, enabled=enabled):  # the forward's matmul precision
+            for start in range(0, hidden.shape[0], rows):
+                h, g, t = hidden[start : start + rows], grad_logps[start : start + rows], targets[start : start + rows]
+                logits = _chunk_logits(h, weight, bias).float()  # recomputed, (C, V)
+                # d log p(t) / d logits = onehot(t) - softmax; the normaliser from the saved log p(t)
+                normalizer = logits.gather(-1, t[:, None]).squeeze(-1) - logps[start : start + rows]
+                grad_logits = logits.sub_(normalizer[:, None]).exp_().mul_(-g[:, None])  # in place: one (C, V)
+                grad_logits.scatter_add_(-1, t[:, None], g[:, None].float())
+                grad_logits = grad_logits.to(ctx.logits_dtype)
+                grad_hidden[start : start + rows] = grad_logits @ weight
+                grad_weight += (grad_logits.T @ h).float()
+                if grad_bias is not None:
+                    grad_bias += grad_logits.float().sum(0)
+        grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
+        return grad_hidden, grad_weight.to(weight.dtype), grad_bias, None, None
+
+
+def chunks_logits(model: torch.nn.Module, num_positions: int) -> bool:
+    """Whether the scored positions' log-probs are computed in chunks for this model and number of positions."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps the model
+    head = model.get_output_embeddings()
+    name = type(base).__name__.removeprefix("FSDP")  # FSDP2's fully_shard subclasses the model's class
+    plain = name in PLAIN_HEAD_MODELS and type(head) is torch.nn.Linear
+    # below 4 chunks the (M, V) logits are small (fp32: under 256 MiB by default) and recomputing them in the
+    # backward would cost time for little memory
+    return plain and num_positions > 4 * chunk_rows(head.out_features)
+
+
+@contextlib.contextmanager
+def head_on_positions(
+    model: torch.nn.Module, index: Tensor, targets: Tensor, wpo: bool = False
+) -> Iterator[dict[str, TokenScores]]:
+    """Make the LM head score only the flat positions ``index`` of its ``(rows, T, H)`` input against
+    ``targets`` ``(M,)``; when it computes the scores itself they land in the yielded dict under ``"scores"``.
+
+    The model's own forward still runs (so FSDP gathers its parameters, and softcapping or logit scaling after
+    the head apply to the ``(M, V)`` logits as usual); for the models of ``PLAIN_HEAD_MODELS`` with many
+    positions the head instead computes the scores in chunks and returns an empty ``(M, 0)`` tensor.
+    """
+    head = model.get_output_embeddings()
+    project, scored = head.forward, {}
+    chunk = chunks_logits(model, index.numel())
+
+    def forward(hidden: Tensor) -> Tensor:
+        positions = hidden.flatten(0, 1)[index]  # (M, H)
+        if chunk:
+            scored["scores"] = chunked_token_scores(positions, head.weight, head.bias, targets, wpo)
+            return positions.new_empty(positions.shape[0], 0)
+        return project(positions)
+
+    head.forward = forward
+    try:
+        yield scored
+    finally:
+        del head.forward  # back to the class's forward

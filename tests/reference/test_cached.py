@@ -1,0 +1,126 @@
+"""lit_dpo/reference/cached.py: cached reference log-probs give the live reference's losses, are reused across runs
+and invalidated by changes."""
+
+import shutil
+
+import lightning as L
+import pytest
+import torch
+
+from lit_dpo.data import Pair, PreferenceDataModule
+from lit_dpo.hf import load_tokenizer
+from lit_dpo.module import DPOModule
+from lit_dpo.reference import ModelReference
+from lit_dpo.reference import cached as reference_cache
+
+
+def test_compute_splits_pairs_over_ranks_and_gathers_them_in_order():
+    pairs = [{"id": i} for i in range(5)]
+
+    def batch_logps(batch):  # chosen = id, rejected = -id
+        return torch.tensor([p["id"] for p in batch] + [-p["id"] for p in batch], dtype=torch.float32)
+
+    shares = {}
+    for rank in (0, 1):  # each rank's own share; rank 0 takes pairs 0, 2, 4, rank 1 pairs 1, 3 and a repeat of 4
+        reference_cache.compute(pairs, list, batch_logps, 2, rank, 2, lambda t, r=rank: shares.setdefault(r, t)[None])
+    assert shares[0][:, 0].tolist() == [0, 2, 4] and shares[1][:, 0].tolist() == [1, 3, 4]
+    out = reference_cache.compute(pairs, list, batch_logps, 2, 0, 2, lambda t: torch.stack([shares[0], shares[1]]))
+    assert out.tolist() == [[i, -i] for i in range(5)]
+
+
+def test_fingerprint_changes_with_ids_weights_and_settings():
+    pairs = [Pair([1, 2], [3], [4, 5])]
+    key = reference_cache.pairs_fingerprint(pairs, "w", {"dtype": "float32"})
+    assert key == reference_cache.pairs_fingerprint([Pair([1, 2], [3], [4, 5], index=7)], "w", {"dtype": "float32"})
+    assert key != reference_cache.pairs_fingerprint([Pair([1, 2], [3, 6], [4, 5])], "w", {"dtype": "float32"})
+    assert key != reference_cache.pairs_fingerprint(pairs, "v", {"dtype": "float32"})
+    assert key != reference_cache.pairs_fingerprint(pairs, "w", {"dtype": "bfloat16"})
+    weights = {"a": torch.zeros(3)}
+    assert reference_cache.weights_fingerprint(weights) != reference_cache.weights_fingerprint({"a": torch.ones(3)})
+
+
+class Recorder(L.Callback):
+    """Per-step training losses, and whether a reference model was in memory during training."""
+
+    def __init__(self):
+        self.losses, self.reference_seen = [], False
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.reference_seen |= isinstance(module.reference, ModelReference)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.losses.append(outputs["loss"].item())
+
+
+def _fit(policy, reference, train, val, precompute, tokenizer=None, steps=4):
+    L.seed_everything(0)
+    module = DPOModule(
+        model_name_or_path=policy,
+        ref_model_name_or_path=reference,
+        learning_rate=1e-3,
+        precompute_ref_log_probs=precompute,
+    )
+    data = PreferenceDataModule(path=train, val_path=val, tokenizer_name_or_path=tokenizer or policy)
+    recorder = Recorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder],
+    )
+    trainer.fit(module, data)
+    return recorder
+
+
+def _cached_files(root):
+    return sorted((root / "ref_logps").glob("*.safetensors"))
+
+
+def test_cached_run_equals_live_run_and_reuses_the_cache(tiny_dirs, tmp_path, monkeypatch, standard_rows, write_jsonl):
+    monkeypatch.setenv("LIT_DPO_CACHE", str(tmp_path / "cache"))
+    policy, reference = tiny_dirs
+    train = write_jsonl(tmp_path / "train.jsonl", standard_rows(24))
+    val = write_jsonl(tmp_path / "val.jsonl", standard_rows(6, 7))
+    live = _fit(policy, reference, train, val, precompute=False)
+    cold = _fit(policy, reference, train, val, precompute=True)
+    files = _cached_files(tmp_path / "cache")
+    assert len(files) == 2  # train and val
+    stamps = [f.stat().st_mtime_ns for f in files]
+    warm = _fit(policy, reference, train, val, precompute=True)
+    assert live.reference_seen and not cold.reference_seen and not warm.reference_seen
+    assert live.losses[0] != pytest.approx(live.losses[-1])  # the policy moved: a real curve, not a constant
+    for run in (cold, warm):
+        torch.testing.assert_close(torch.tensor(run.losses), torch.tensor(live.losses), rtol=1e-5, atol=1e-6)
+    assert _cached_files(tmp_path / "cache") == files and [f.stat().st_mtime_ns for f in files] == stamps
+
+    # a changed data file: a new entry for train, the val entry reused
+    write_jsonl(tmp_path / "train.jsonl", standard_rows(23) + [{"prompt": "x", "chosen": " yes", "rejected": " no"}])
+    _fit(policy, reference, train, val, precompute=True, steps=1)
+    assert len(_cached_files(tmp_path / "cache")) == 3
+    # a changed tokenizer (another EOS appended to every completion): new entries for both
+    changed = tmp_path / "tokenizer"
+    shutil.copytree(policy, changed)
+    tokenizer = load_tokenizer(str(changed))
+    tokenizer.eos_token = "<|endoftext|>"
+    tokenizer.save_pretrained(changed)
+    _fit(policy, reference, train, val, precompute=True, tokenizer=str(changed), steps=1)
+    assert len(_cached_files(tmp_path / "cache")) == 5
+    # another reference: new entries
+    _fit(policy, policy, train, val, precompute=True, tokenizer=str(changed), steps=1)
+    assert len(_cached_files(tmp_path / "cache")) == 7
+
+
+def test_auto_caches_only_when_the_fit_covers_every_pair(tiny_dirs, tmp_path, monkeypatch, standard_rows, write_jsonl):
+    monkeypatch.setenv("LIT_DPO_CACHE", str(tmp_path / "cache"))
+    policy, reference = tiny_dirs
+    train = write_jsonl(tmp_path / "train.jsonl", standard_rows(24))
+    val = write_jsonl(tmp_path / "val.jsonl", standard_rows(6, 7))
+    epoch = _fit(policy, reference, train, val, precompute=None, steps=6)  # 6 steps x 4 pairs = every pair
+    short = _fit(policy, reference, train, val, precompute=None, steps=5)  # a cache would score pairs never trained on
+    assert not epoch.reference_seen and short.reference_seen
+    assert len(_cached_files(tmp_path / "cache")) == 2
+    live = _fit(policy, reference, train, val, precompute=False, steps=6)
+    torch.testing.assert_close(torch.tensor(epoch.losses), torch.tensor(live.losses), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,71 @@
+"""lit_dpo/scoring/lm_head.py: chunked LM-head scores equal the plain (M, V) path, values and gradients."""
+
+import pytest
+import torch
+
+from lit_dpo.hf import load_model
+from lit_dpo.scoring import score_sequences
+from lit_dpo.scoring.lm_head import chunked_token_scores, chunks_logits, token_scores
+
+
+def _inputs(dtype=torch.float32, bias=True):
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(23, 16, generator=g, dtype=dtype, requires_grad=True)  # M = 23: chunks of 3, then 2
+    weight = torch.randn(40, 16, generator=g, dtype=dtype, requires_grad=True)  # V = 40
+    b = torch.randn(40, generator=g, dtype=dtype, requires_grad=True) if bias else None
+    targets = torch.randint(0, 40, (23,), generator=g)
+    return hidden, weight, b, targets
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_chunked_equals_plain_values_and_gradients(monkeypatch, bias):
+    monkeypatch.setenv("LIT_DPO_CHUNK_ELEMENTS", str(3 * 40))
+    hidden, weight, b, targets = _inputs(bias=bias)
+    upstream = torch.linspace(-1, 2, 23)  # a gradient that differs per position
+    results = []
+    for fn in (lambda: token_scores(torch.nn.functional.linear(hidden, weight, b), targets, wpo=True),
+               lambda: chunked_token_scores(hidden, weight, b, targets, wpo=True)):  # fmt: skip
+        out = fn()
+        grads = torch.autograd.grad((out.logps * upstream).sum(), [hidden, weight] + ([b] if bias else []))
+        results.append((out, grads))
+    (plain, plain_grads), (chunks, chunk_grads) = results
+    for name in ("logps", "mean_logits", "wpo"):
+        torch.testing.assert_close(getattr(chunks, name), getattr(plain, name), rtol=1e-5, atol=1e-6, msg=name)
+    for got, want in zip(chunk_grads, plain_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not chunks.mean_logits.requires_grad and not chunks.wpo.requires_grad
+
+
+def test_chunked_under_bf16_autocast_matches_plain(monkeypatch):
+    monkeypatch.setenv("LIT_DPO_CHUNK_ELEMENTS", str(3 * 40))
+    hidden, weight, b, targets = _inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = token_scores(torch.nn.functional.linear(hidden, weight, b), targets)
+        chunks = chunked_token_scores(hidden, weight, b, targets)
+    grads = [torch.autograd.grad(out.logps.sum(), [hidden, weight, b]) for out in (plain, chunks)]
+    torch.testing.assert_close(chunks.logps, plain.logps, rtol=0, atol=0)  # the same bf16 matmul, then fp32
+    for got, want in zip(*grads):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)  # bf16 products, summed in another order
+
+
+@pytest.mark.parametrize("layout", ["padded", "shared"])
+def test_score_chunks_a_plain_head_model_with_the_same_results(
+    tiny_model_dir, monkeypatch, layout, make_batch, standard_rows
+):
+    batch = make_batch(standard_rows(4), layout)
+    model = load_model(tiny_model_dir, "float32", False)
+    results = []
+    for elements in (None, 7 * 300):  # the plain path, then chunks of 7 positions over V = 300
+        if elements:
+            monkeypatch.setenv("LIT_DPO_CHUNK_ELEMENTS", str(elements))
+        assert chunks_logits(model, batch.completions.index.numel()) == bool(elements)
+        model.zero_grad()
+        scores = score_sequences(model, batch, with_prompt=True, ld_alpha=0.5, wpo=True)
+        (scores.logps * torch.arange(1.0, 13.0)).sum().backward()
+        results.append((scores, [p.grad.clone() for p in model.parameters()]))
+    (plain, plain_grads), (chunks, chunk_grads) = results
+    for a, b in zip(chunks, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for a, b in zip(chunk_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # sums over positions in another order
