@@ -37,7 +37,10 @@ def resolve(name_or_path: str) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):  # DDP ranks on one node must not convert concurrently
         if not (target / "model.safetensors").exists():
-            _convert_bundled(target)
+            # the conversion initialises a model at random: on the seeded global RNG, it would make the first
+            # run on a machine shuffle its data differently from every later run with the same seed
+            with torch.random.fork_rng(devices=[]):
+                _convert_bundled(target)
     return str(target)
 
 
