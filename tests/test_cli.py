@@ -123,12 +123,12 @@ BAD = {"prompt": "what is it", "chosen": None, "rejected": " no"}
         ),
         (
             json.dumps({"prompt": "p", "completion": " yes " * 40, "label": False}) + "\n",
-            ["--data.max_length=32"],
+            ["--data.max_length=32", "--data.truncation=error"],
             r"bad\.jsonl, row 1, field 'completion': prompt \+ completion is \d+ tokens > max_length 32",
         ),
         (
             json.dumps(BAD | {"chosen": " yes " * 40}) + "\n",
-            ["--data.max_length=32"],
+            ["--data.max_length=32", "--data.truncation=error"],
             r"bad\.jsonl, row 1, field 'chosen': prompt \+ chosen is \d+ tokens > max_length 32",
         ),
     ],
@@ -224,3 +224,44 @@ def test_kto_from_the_command_line(tiny_model_dir, tmp_path, capsys, standard_ro
             fit.main(_args(tiny_model_dir, path, "null", tmp_path / loss_type, f"--model.loss_type={loss_type}"))
         assert exit_info.value.code == 2
         assert "need unpaired rows (prompt, completion, label)" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_hh_rlhf_rows_train_as_they_come(tiny_model_dir, tmp_path, standard_rows, write_jsonl):
+    """Anthropic's hh-rlhf form: no prompt column, the prompt implicit in both strings."""
+    rows = [
+        {"chosen": f"\n\nHuman: {r['prompt']}\n\nAssistant:{r['chosen']}", "rejected": f"\n\nHuman: {r['prompt']}\n\nAssistant:{r['rejected']}"}
+        for r in standard_rows(40)
+    ]  # fmt: skip
+    hh = write_jsonl(tmp_path / "hh.jsonl", rows)
+    fit.main([f"--model.model_name_or_path={tiny_model_dir}", f"--data.path={hh}", f"--trainer.default_root_dir={tmp_path}",
+              "--trainer.max_steps=3", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    metrics = _rows(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
+    assert sum(1 for r in metrics if r["train/loss"]) == 3 and any(r["val/loss"] for r in metrics)
+
+
+def test_mixed_sources_and_metrics_per_validation_source(
+    tiny_model_dir, tmp_path, standard_rows, chat_rows, write_jsonl
+):
+    a = write_jsonl(tmp_path / "a.jsonl", standard_rows(24))
+    b = write_jsonl(
+        tmp_path / "b.jsonl",
+        [{"question": r["prompt"], "good": r["chosen"], "bad": r["rejected"]} for r in standard_rows(24, 1)],
+    )
+    path = f"[{a}, {{path: {b}, name: qa, weight: 0.5, columns: {{prompt: question, chosen: good, rejected: bad}}}}]"
+    fit.main([f"--model.model_name_or_path={tiny_model_dir}", f"--data.path={path}", "--data.val_split=0.25",
+              f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=2", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    final = [r for r in _rows(tmp_path / "lightning_logs" / "version_0" / "metrics.csv") if r["val/loss"]][-1]
+    for name in ("a", "qa"):
+        assert final[f"val/{name}/loss"] and final[f"val/{name}/rewards/margins"], name
+    # every pair once: the overall mean is the pair-weighted mean of the two sources (6 pairs each)
+    overall = (float(final["val/a/loss"]) + float(final["val/qa/loss"])) / 2
+    assert float(final["val/loss"]) == pytest.approx(overall, rel=1e-5)
+
+
+def test_bad_options_stop_before_any_model_loads(data, tmp_path, capsys):
+    for option, message in (("--data.batch_size=0", "--data.batch_size must be >= 1, got 0"),
+                            ("--model.beta=0", "--model.beta must be > 0, got 0.0")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            fit.main(_args(tmp_path / "no_model_here", *data, tmp_path, option))
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"lit_dpo: error: {message}"

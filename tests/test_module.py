@@ -110,3 +110,11 @@ def test_compile_gives_the_same_losses_and_gradients(dpo_module, tiny_model_dir,
         torch.testing.assert_close(c_metrics[key], value, rtol=1e-5, atol=1e-6, msg=key)
     for a, b in zip(c_grads, grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_beta_must_be_positive():
+    from lit_dpo.errors import InputError
+
+    for beta in (0.0, -0.1):
+        with pytest.raises(InputError, match=f"--model.beta must be > 0, got {beta}"):
+            DPOModule(beta=beta)

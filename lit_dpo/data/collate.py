@@ -54,6 +54,7 @@ class Batch(_Movable):
     prompts: Positions  # the prompt tokens but the first of example i, as sequence i (ORPO's NLL scores them)
     weights: Tensor  # (B,) each example's weight in the metrics
     indices: Tensor  # (B,) each example's ``index``: the key of cached reference log-probs
+    sources: Tensor  # (B,) each example's source (the data module's ``source_names``)
     desirable: Optional[Tensor] = None  # (B,) bool labels of unpaired (KTO) examples; None for pairs
 
     @property
@@ -88,6 +89,7 @@ class _Collator:
             *self._lay_out([_triple(examples, i, self.max_length) for i in range(len(examples))]),
             weights=torch.tensor([float(ex.weight) for ex in examples]),
             indices=torch.tensor([ex.index for ex in examples], dtype=torch.long),
+            sources=torch.tensor([ex.source for ex in examples], dtype=torch.long),
             desirable=None if pairs else torch.tensor([bool(ex.desirable) for ex in examples]),  # type: ignore[union-attr]
         )
 

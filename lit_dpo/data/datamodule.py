@@ -1,12 +1,12 @@
-"""The preference LightningDataModule: read and validate rows, tokenize them once, batch them per step."""
+"""The preference LightningDataModule: read and validate rows from one or more sources, tokenize them once,
+batch them per step."""
 
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
@@ -15,9 +15,11 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from lit_dpo.data.collate import PaddedCollator, SharedPrefixCollator
-from lit_dpo.data.rows import Row, fail, read_rows
-from lit_dpo.data.tokenize import Example, Truncation, UnpairedExample, fit_length, tokenize_row
-from lit_dpo.errors import DataError
+from lit_dpo.data.prepare import Limits, SourceLog, hold_out, read_source, tokenize_rows
+from lit_dpo.data.rows import Rows
+from lit_dpo.data.sources import Source, Sources, as_sources, sample
+from lit_dpo.data.tokenize import Example, Truncation, UnpairedExample
+from lit_dpo.errors import DataError, InputError
 from lit_dpo.hf import BUNDLED, load_tokenizer
 
 DEMO = "demo"
@@ -32,18 +34,27 @@ class PreferenceDataModule(L.LightningDataModule):
     """Preference pairs for DPO.
 
     Args:
-        path: Training rows: a .jsonl/.json/.parquet/.csv file, a dataset folder, a Hub dataset name,
-            or ``demo`` for the demo set shipped with lit_dpo (short correct answers over SmolLM2's own).
+        path: Training rows: a .jsonl/.json/.parquet/.csv file, a dataset folder, a Hub dataset name, or
+            ``demo`` for the demo set shipped with lit_dpo (short correct answers over SmolLM2's own); or a list
+            of sources mixed together, each a path or ``{path, name, split, config_name, columns, weight, rows}``
+            (``lit_dpo.data.sources.Source``).
         val_path: Validation rows, in any form ``path`` takes. Without it, ``val_split`` of ``path`` is held out.
-        val_split: Fraction of ``path`` held out for validation when ``val_path`` is not given (0: none).
+            With several validation sources, ``val/`` metrics are also logged per source (``val/<name>/...``).
+        val_split: Fraction of each source of ``path`` held out for validation when ``val_path`` is not given (0: none).
         split: Split read from ``path`` when it is a dataset folder or Hub name.
         val_split_name: Split read from ``val_path`` when it is a dataset folder or Hub name.
+        config_name: Configuration of a Hub data set (``datasets.load_dataset(path, config_name)``).
+        columns: Column holding each field, for data sets named otherwise: ``{prompt: question, chosen: response_j,
+            rejected: response_k}`` (fields: prompt, chosen, rejected, completion, label, tools).
+        roles: Message roles to rename, e.g. ShareGPT's ``{human: user, gpt: assistant}``; other roles outside
+            system, developer, user, assistant, tool, function, ipython are refused.
         batch_size: Pairs per device per step (each pair is two sequences).
         val_batch_size: Pairs per device per validation step; defaults to ``2 * batch_size``.
         max_length: Longest prompt + completion in tokens.
         max_prompt_length: Longest prompt in tokens (None: only ``max_length`` applies).
-        truncation: For pairs over a limit: ``error`` (stop, naming the row), ``keep_start`` (keep the
-            prompt's end and the completions' start, as TRL does), or ``drop``; both count in a warning.
+        truncation: For pairs over a limit: ``keep_start`` (keep the prompt's end and the completions' start, as
+            TRL does; pairs whose completions then become identical are dropped), ``drop``, or ``error`` (stop,
+            naming the row); what was truncated or dropped is counted in one warning per source.
         shuffle: Shuffle training pairs each epoch.
         prefix_sharing: Pack each pair as one row ``[prompt, chosen, rejected]`` with a block attention mask,
             so the prompt is computed once and nothing is padded to its partner's length. Off: TRL's layout of
@@ -57,16 +68,19 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        path: str = DEMO,
-        val_path: Optional[str] = None,
+        path: Sources = DEMO,
+        val_path: Optional[Sources] = None,
         val_split: float = 0.05,
         split: str = "train",
         val_split_name: str = "test",
+        config_name: Optional[str] = None,
+        columns: Optional[dict[str, str]] = None,
+        roles: Optional[dict[str, str]] = None,
         batch_size: int = 4,
         val_batch_size: Optional[int] = None,
         max_length: Optional[int] = 1024,
         max_prompt_length: Optional[int] = None,
-        truncation: Truncation = "error",
+        truncation: Truncation = "keep_start",
         shuffle: bool = True,
         prefix_sharing: bool = True,
         pack_length: int = 512,
@@ -75,23 +89,62 @@ class PreferenceDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        _check_options(batch_size, val_batch_size, max_length, max_prompt_length, val_split, pack_length)
         self.tokenizer: Any = None
         self.train_examples: list[Example] = []
         self.val_examples: list[Example] = []
+        self.source_names: list[str] = []  # Example.source indexes it
+        self.logs: list[SourceLog] = []  # what became of every source's rows
 
     def setup(self, stage: str) -> None:
         if self.tokenizer is not None:
             return
         hp = self.hparams
         self.tokenizer = load_tokenizer(hp.tokenizer_name_or_path)
-        train_path = demo_path("train") if hp.path == DEMO else hp.path
-        val_path = demo_path("val") if hp.path == DEMO and hp.val_path is None else hp.val_path
-        train_rows = read_rows(train_path, hp.split)
-        val_rows = read_rows(val_path, hp.val_split_name) if val_path else []
-        if not val_path and hp.val_split > 0:
-            train_rows, val_rows = _hold_out(train_rows, hp.val_split)
-        self.train_examples = self._tokenize(train_rows)
-        self.val_examples = self._tokenize(val_rows, first_index=len(self.train_examples))
+        demo = hp.path == DEMO
+        train = as_sources(demo_path("train") if demo else hp.path, hp.split, hp.config_name, hp.columns)
+        val_value = demo_path("val") if demo and hp.val_path is None else hp.val_path
+        val = as_sources(val_value, hp.val_split_name, hp.config_name, hp.columns) if val_value else []
+        if demo:
+            train[0].name = (val or train)[0].name = DEMO
+        train_rows = [read_source(s, s.split, hp.roles) for s in train]
+        val_rows = [read_source(s, s.split, hp.roles) for s in val]
+        if not val and hp.val_split > 0:  # hold out the same fraction of every source
+            held = [hold_out(rows.rows, hp.val_split, s.path) for s, rows in zip(train, train_rows)]
+            val, val_rows = train, [Rows(part) for _, part in held]
+            train_rows = [Rows(part, rows.dropped) for (part, _), rows in zip(held, train_rows)]
+        self.source_names = list(dict.fromkeys(s.name for s in train + val))
+        self.train_examples = self._examples(train, train_rows, "train", weigh=True)
+        self.val_examples = self._examples(val, val_rows, "val", weigh=False)
+        for log in self.logs:
+            if log.warning(self._limits) is not None:
+                rank_zero_warn(log.warning(self._limits))
+        forms = {type(ex) for ex in self.train_examples + self.val_examples}
+        if len(forms) > 1:
+            raise DataError("the sources mix row forms: preference pairs (prompt/chosen/rejected) and unpaired rows "
+                            "(prompt/completion/label); use one form per run")  # fmt: skip
+
+    @property
+    def _limits(self) -> Limits:
+        return Limits(self.hparams.max_length, self.hparams.max_prompt_length, self.hparams.truncation)
+
+    def _examples(self, sources: list[Source], rows: list[Rows], stage: str, weigh: bool) -> list[Example]:
+        """Every source's rows as examples, numbered after those made so far (``Example.index``)."""
+        examples: list[Example] = []
+        first = len(self.train_examples)
+        for source, read in zip(sources, rows):
+            log = SourceLog(source.name, source.path, stage, len(read.rows) + sum(map(len, read.dropped.values())))
+            log.dropped.update(read.dropped)
+            tokenized = tokenize_rows(read.rows, self.tokenizer, self._limits, log)
+            if read.rows and not tokenized:
+                raise DataError(f"{source.path}: every row was dropped by the length limits")
+            self.logs.append(log)
+            sampled = sample(tokenized, source) if weigh else tokenized
+            index = self.source_names.index(source.name)
+            examples += [replace(ex, source=index) for ex in sampled]
+        if sources and not examples:
+            raise DataError(f"{sources[0].path}: no rows left to {stage} on (see the warning above)")
+        return [replace(ex, index=first + i) for i, ex in enumerate(examples)]
 
     @property
     def unpaired(self) -> bool:
@@ -99,31 +152,10 @@ class PreferenceDataModule(L.LightningDataModule):
         examples = self.train_examples or self.val_examples
         return bool(examples) and isinstance(examples[0], UnpairedExample)
 
-    def _tokenize(self, rows: Sequence[Row], first_index: int = 0) -> list[Example]:
-        hp = self.hparams
-        examples: list[Example] = []
-        cut = {"truncated": 0, "dropped": 0}
-        for row in rows:
-            example, problem = fit_length(
-                tokenize_row(self.tokenizer, row), hp.max_length, hp.max_prompt_length, hp.truncation
-            )
-            if problem is not None:
-                field, what = problem
-                if hp.truncation == "error":
-                    raise fail(
-                        row.source, row.row, field, f"{what} (raise --data.max_length or pass --data.truncation=keep_start or drop)"
-                    )  # fmt: skip
-                cut["dropped" if example is None else "truncated"] += 1
-            if example is not None:
-                examples.append(replace(example, index=first_index + len(examples)))
-        if any(cut.values()):
-            rank_zero_warn(
-                f"{rows[0].source}: {cut['truncated']} of {len(rows)} pairs truncated and {cut['dropped']} dropped "
-                f"to fit max_length={hp.max_length}, max_prompt_length={hp.max_prompt_length}"
-            )
-        if rows and not examples:
-            raise DataError(f"{rows[0].source}: every row was dropped by the length limits")
-        return examples
+    @property
+    def val_source_names(self) -> list[str]:
+        """The sources of the validation examples, in order (Example.source indexes ``source_names``)."""
+        return [self.source_names[i] for i in sorted({ex.source for ex in self.val_examples})]
 
     def collator(self) -> PaddedCollator | SharedPrefixCollator:
         hp = self.hparams
@@ -167,15 +199,22 @@ class PreferenceDataModule(L.LightningDataModule):
         )
 
 
-def _hold_out(rows: Sequence[Row], fraction: float) -> tuple[list[Row], list[Row]]:
-    """Split off a fixed, seeded random ``fraction`` of rows (the same on every rank and every run)."""
-    order = list(range(len(rows)))
-    random.Random(0).shuffle(order)
-    n_val = max(1, round(len(rows) * fraction))
-    if n_val >= len(rows):
-        raise DataError(f"{rows[0].source}: {len(rows)} rows are too few to hold out val_split={fraction}")
-    val = set(order[:n_val])
-    return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
+def _check_options(
+    batch_size: int, val_batch_size: Optional[int], max_length: Optional[int], max_prompt_length: Optional[int],
+    val_split: float, pack_length: int,
+) -> None:  # fmt: skip
+    """Refuse option values that cannot work, before anything loads."""
+    problems = {
+        f"--data.batch_size must be >= 1, got {batch_size}": batch_size < 1,
+        f"--data.val_batch_size must be >= 1, got {val_batch_size}": val_batch_size is not None and val_batch_size < 1,
+        f"--data.max_length must be >= 1, got {max_length}": max_length is not None and max_length < 1,
+        f"--data.max_prompt_length must be >= 0, got {max_prompt_length}": (max_prompt_length or 0) < 0,
+        f"--data.val_split must be in [0, 1), got {val_split}": not 0 <= val_split < 1,
+        f"--data.pack_length must be >= 0, got {pack_length}": pack_length < 0,
+    }
+    for problem, wrong in problems.items():
+        if wrong:
+            raise InputError(problem)
 
 
 def pad_for_ranks(examples: list[Example], world_size: int) -> list[Example]:

@@ -1,24 +1,24 @@
-"""Reading and validating rows from JSONL / JSON / Parquet / CSV files, dataset folders or the Hub.
+"""Validating records into rows. Two row forms, one per file:
 
-Two row forms, one per file:
-
-- a preference pair (``PairRow``): ``prompt``, ``chosen``, ``rejected``, all strings (standard) or all lists of
-  ``{"role", "content"}`` messages (conversational). Conversational rows may leave the prompt implicit in
-  ``chosen`` and ``rejected``, as TRL allows: their shared leading messages become the prompt.
+- a preference pair (``PairRow``): ``prompt``, ``chosen``, ``rejected``, all strings (standard) or all message
+  lists (conversational, with an optional ``tools`` column for the chat template). The prompt may be implicit
+  in ``chosen`` and ``rejected``: their shared leading messages, or their longest common prefix of text (TRL's
+  ``extract_prompt``, as hh-rlhf needs).
 - an unpaired example (``UnpairedRow``, for KTO): ``prompt``, ``completion`` and a boolean ``label`` (desirable).
 
-Every problem raises ``DataError`` naming the file, the 1-based row (the line number in JSONL and CSV files)
-and the field.
+Columns named otherwise are mapped (``RowFormat.columns``), as are roles (``RowFormat.roles``). Every problem is
+a ``DataError`` naming the file, the 1-based row and the field; rows with an empty completion or two identical
+ones are left out and counted (``Rows.dropped``), never passed on or lost silently.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator, Union
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Union
 
+from lit_dpo.data.files import has_invalid_utf8, records
+from lit_dpo.data.messages import is_blank, normalized_messages, split_shared_messages, split_shared_text
 from lit_dpo.errors import DataError
 
 Text = Union[str, list]  # a string, or a list of {"role", "content"} messages
@@ -36,6 +36,7 @@ class PairRow:
     rejected: Text
     source: str = "<rows>"  # the file it came from
     row: int = 0  # its 1-based row number there
+    tools: Optional[list] = None  # function schemas for the chat template
 
 
 @dataclass(frozen=True)
@@ -47,145 +48,144 @@ class UnpairedRow:
     desirable: bool
     source: str = "<rows>"
     row: int = 0
+    tools: Optional[list] = None
 
 
 Row = Union[PairRow, UnpairedRow]
 
 
-def fail(source: str, row: int | None, field: str | None, problem: str) -> DataError:
-    """The one-line error for a problem at ``source``, ``row``, ``field`` (each optional)."""
-    where = source + (f", row {row}" if row is not None else "") + (f", field '{field}'" if field else "")
-    return DataError(f"{where}: {problem}")
+@dataclass(frozen=True)
+class RowFormat:
+    """How a source names things: ``columns`` maps a field (prompt, chosen, ...) to the column that holds it,
+    ``roles`` renames message roles (e.g. ShareGPT's ``{human: user, gpt: assistant}``)."""
+
+    columns: Mapping[str, str] = field(default_factory=dict)
+    roles: Mapping[str, str] = field(default_factory=dict)
 
 
-def read_rows(path: str, split: str = "train") -> list[Row]:
-    """Read and validate every row of ``path``; all of them have one form (pairs, or unpaired examples)."""
-    rows = [validate(record, path, number) for number, record in _records(path, split)]
-    if not rows:
-        raise fail(path, None, None, "no rows found (the file is empty)")
-    for row in rows:
-        if type(row) is not type(rows[0]):
-            first = "prompt/completion/label" if isinstance(rows[0], UnpairedRow) else "prompt/chosen/rejected"
-            raise fail(path, row.row, None, f"mixes row forms: row {rows[0].row} has {first}, this one not")
-    return rows
+@dataclass
+class Rows:
+    """The validated rows of one source, and the rows left out: reason -> row numbers."""
+
+    rows: list[Row]
+    dropped: dict[str, list[int]] = field(default_factory=dict)
 
 
-def validate(record: Any, source: str = "<rows>", row: int = 0) -> Row:
+def read_rows(path: str, split: str = "train", config_name: Optional[str] = None, fmt: RowFormat = RowFormat()) -> Rows:
+    """Read and validate every record of ``path``; all rows have one form (pairs, or unpaired examples)."""
+    out = Rows([])
+    for number, record in records(path, split, config_name):
+        row = validate(record, path, number, fmt)
+        if out.rows and type(row) is not type(out.rows[0]):
+            first = "prompt/completion/label" if isinstance(out.rows[0], UnpairedRow) else "prompt/chosen/rejected"
+            raise DataError.at(path, number, None, f"mixes row forms: row {out.rows[0].row} has {first}, this one not")
+        reason = drop_reason(row)
+        if reason is None:
+            out.rows.append(row)
+        else:
+            out.dropped.setdefault(reason, []).append(number)
+    if not out.rows and not out.dropped:
+        raise DataError.at(path, None, None, "no rows found (the file is empty)")
+    return out
+
+
+def drop_reason(row: Row) -> Optional[str]:
+    """Why a valid row cannot train anything, or None: an empty completion, or two identical ones."""
+    completions = [row.completion] if isinstance(row, UnpairedRow) else [row.chosen, row.rejected]
+    if any(is_blank(completion) for completion in completions):
+        return "empty completion"
+    if isinstance(row, PairRow) and row.chosen == row.rejected:
+        return "identical completions"
+    return None
+
+
+def validate(record: Any, source: str = "<rows>", row: int = 0, fmt: RowFormat = RowFormat()) -> Row:
     """One record (a dict read from a file) as a validated row."""
     if not isinstance(record, dict):
-        raise fail(source, row, None, f"expected an object with fields {FIELDS}, got {type(record).__name__}")
+        raise DataError.at(source, row, None, f"expected an object with fields {FIELDS}, got {type(record).__name__}")
+    record = _mapped(record, fmt.columns, source, row)
+    tools = _tools(record.get("tools"), source, row)
     if "completion" in record and "chosen" not in record:
-        return _validate_unpaired(record, source, row)
-    if "prompt" not in record and isinstance(record.get("chosen"), list):
-        record = _extract_prompt(record, source, row)
-    for field in FIELDS:
-        if field not in record:
-            raise fail(source, row, field, "missing")
-        _check_value(record[field], source, row, field)
-    if len({isinstance(record[field], list) for field in FIELDS}) > 1:
-        raise fail(source, row, None, "mixes strings and message lists; use one format for prompt/chosen/rejected")
-    return PairRow(record["prompt"], record["chosen"], record["rejected"], source, row)
+        fields = {name: _value(record, name, source, row, fmt) for name in (*UNPAIRED_FIELDS, "label")}
+        _same_kind(fields, UNPAIRED_FIELDS, source, row, tools)
+        return UnpairedRow(
+            fields["prompt"], fields["completion"], _label(fields["label"], source, row), source, row, tools
+        )
+    if "prompt" not in record and "chosen" in record and "rejected" in record:
+        record = _with_implicit_prompt(record, source, row, fmt)
+    fields = {name: _value(record, name, source, row, fmt) for name in FIELDS}
+    _same_kind(fields, FIELDS, source, row, tools)
+    return PairRow(fields["prompt"], fields["chosen"], fields["rejected"], source, row, tools)
 
 
-def _records(path: str, split: str) -> Iterator[tuple[int, Any]]:
-    local = Path(path)
-    suffix = local.suffix.lower()
-    if local.is_file():
-        if suffix in (".jsonl", ".json"):
-            return _json_records(local)
-        if suffix == ".csv":
-            return _csv_records(local)
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return enumerate(pq.read_table(local).to_pylist(), start=1)
-        raise fail(path, None, None, "unsupported file type; use .jsonl, .json, .parquet or .csv")
-    if suffix in (".jsonl", ".json", ".csv", ".parquet") and not local.exists():
-        raise fail(path, None, None, "file not found")
-    return enumerate(_hf_dataset(path, split), start=1)
+def _mapped(record: dict[str, Any], columns: Mapping[str, str], source: str, row: int) -> dict[str, Any]:
+    for name, column in columns.items():
+        if column not in record:
+            raise DataError.at(source, row, name, f"missing (mapped to column '{column}' by --data.columns)")
+    return {**record, **{name: record[column] for name, column in columns.items()}}
 
 
-def _json_records(path: Path) -> Iterator[tuple[int, Any]]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+def _value(record: dict[str, Any], name: str, source: str, row: int, fmt: RowFormat) -> Any:
+    if name not in record:
+        raise DataError.at(source, row, name, "missing")
+    value = record[name]
+    if name == "label":
+        return value
+    if isinstance(value, str):
+        if has_invalid_utf8(value):
+            raise DataError.at(source, row, name, "holds bytes that are not valid UTF-8")
+        return value
+    if value is None:
+        raise DataError.at(source, row, name, "is null; expected a string or a list of messages")
+    if not isinstance(value, list):
+        raise DataError.at(source, row, name, f"expected a string or a list of messages, got {type(value).__name__}")
+    if not value:
+        raise DataError.at(source, row, name, "is an empty message list")
+    messages = normalized_messages(value, source, row, name, fmt.roles)
+    if any(has_invalid_utf8(m["content"]) for m in messages):
+        raise DataError.at(source, row, name, "holds bytes that are not valid UTF-8")
+    return messages
+
+
+def _same_kind(fields: dict[str, Any], names: tuple[str, ...], source: str, row: int, tools: Optional[list]) -> None:
+    kinds = {isinstance(fields[name], list) for name in names}
+    if len(kinds) > 1:
+        raise DataError.at(source, row, None, f"mixes strings and message lists; use one format for {'/'.join(names)}")
+    if tools is not None and kinds == {False}:
+        raise DataError.at(source, row, "tools", "needs conversational rows (message lists) for the chat template")
+
+
+def _with_implicit_prompt(record: dict[str, Any], source: str, row: int, fmt: RowFormat) -> dict[str, Any]:
+    """The prompt left implicit in ``chosen`` and ``rejected`` (shared leading messages or text), split off."""
+    chosen, rejected = (_value(record, name, source, row, fmt) for name in ("chosen", "rejected"))
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        prompt, chosen, rejected = split_shared_messages(chosen, rejected)
+        what = "messages"
+    elif isinstance(chosen, str) and isinstance(rejected, str):
+        prompt, chosen, rejected = split_shared_text(chosen, rejected) if chosen[:1] == rejected[:1] else ("", "", "")
+        what = "text"
+    else:
+        return record  # the checks that follow name the problem
+    if not prompt:
+        raise DataError.at(source, row, "prompt", f"missing, and chosen/rejected share no leading {what} to use as one")
+    return record | {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _tools(value: Any, source: str, row: int) -> Optional[list]:
+    if value is None:
+        return None
+    if isinstance(value, str):  # data sets often store the schemas as a JSON string
         try:
-            records = json.loads(text)
+            value = json.loads(value)
         except json.JSONDecodeError as err:
-            raise fail(str(path), None, None, f"invalid JSON at line {err.lineno}: {err.msg}") from None
-        yield from enumerate(records, start=1)
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield number, json.loads(line)
-        except json.JSONDecodeError as err:
-            raise fail(str(path), number, None, f"invalid JSON ({err.msg} at column {err.colno})") from None
+            raise DataError.at(source, row, "tools", f"invalid JSON ({err.msg})") from None
+    if not isinstance(value, list) or not all(isinstance(tool, dict) for tool in value):
+        raise DataError.at(source, row, "tools", "expected a list of function schemas (objects)")
+    return value
 
 
-def _csv_records(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        for record in reader:
-            yield reader.line_num, record
-
-
-def _hf_dataset(path: str, split: str) -> Any:
-    """A dataset saved with ``save_to_disk``, a folder of data files, or a Hub dataset name."""
-    import datasets
-
-    local = Path(path)
-    if (local / "dataset_dict.json").exists() or (local / "state.json").exists():
-        loaded = datasets.load_from_disk(path)
-        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-    try:
-        return datasets.load_dataset(path, split=split)
-    except Exception as err:  # the Hub and datasets raise many types; the user needs the one line
-        reason = f"{type(err).__name__}: {err}".splitlines()[0]
-        raise fail(
-            path, None, None, f"not a local file or folder, and split '{split}' failed to load ({reason})"
-        ) from None
-
-
-def _validate_unpaired(record: dict[str, Any], source: str, row: int) -> UnpairedRow:
-    for field in (*UNPAIRED_FIELDS, "label"):
-        if field not in record:
-            raise fail(source, row, field, "missing")
-    for field in UNPAIRED_FIELDS:
-        _check_value(record[field], source, row, field)
-    if isinstance(record["prompt"], list) != isinstance(record["completion"], list):
-        raise fail(source, row, None, "mixes strings and message lists; use one format for prompt/completion")
-    label = record["label"]
+def _label(label: Any, source: str, row: int) -> bool:
     key = label.strip().lower() if isinstance(label, str) else label
     if not isinstance(key, (bool, int, str)) or key not in _LABELS:  # not 1.0 (== 1 as a key), not a list
-        raise fail(source, row, "label", f"expected true or false, got {label!r:.40}")
-    return UnpairedRow(record["prompt"], record["completion"], _LABELS[key], source, row)
-
-
-def _check_value(value: Any, source: str, row: int, field: str) -> None:
-    if isinstance(value, str):
-        return
-    if value is None:
-        raise fail(source, row, field, "is null; expected a string or a list of messages")
-    if not isinstance(value, list):
-        raise fail(source, row, field, f"expected a string or a list of messages, got {type(value).__name__}")
-    if not value:
-        raise fail(source, row, field, "is an empty message list")
-    for message in value:
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str)):
-            raise fail(source, row, field, f"each message needs a string 'role', got {message!r:.80}")
-        if not isinstance(message.get("content"), str):
-            raise fail(source, row, field, f"each message needs a string 'content', got {message!r:.80}")
-
-
-def _extract_prompt(record: dict[str, Any], source: str, row: int) -> dict[str, Any]:
-    """Split ``chosen``/``rejected`` conversations into their shared leading messages and the rest."""
-    chosen, rejected = record["chosen"], record.get("rejected")
-    if not isinstance(rejected, list):
-        return record  # the checks that follow name the problem
-    shared = 0
-    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
-        shared += 1
-    if shared == 0:
-        raise fail(source, row, "prompt", "missing, and chosen/rejected share no leading messages to use as one")
-    return record | {"prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]}
+        raise DataError.at(source, row, "label", f"expected true or false, got {label!r:.40}")
+    return _LABELS[key]

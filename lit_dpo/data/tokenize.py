@@ -14,6 +14,7 @@ from typing import Literal, Optional, Union
 from transformers import PreTrainedTokenizerBase
 
 from lit_dpo.data.rows import PairRow, Row, Text, UnpairedRow
+from lit_dpo.errors import DataError
 
 Truncation = Literal["error", "keep_start", "drop"]
 
@@ -27,6 +28,8 @@ class Pair:
     rejected_ids: list[int]
     weight: float = 1.0  # in the metrics: 0 for the copies that only even out ranks (``pad_for_ranks``)
     index: int = 0  # position among the data module's examples (train, then val): the key of cached reference logps
+    source: int = 0  # which of the data module's sources it came from
+    row: int = 0  # its row number there
 
     @property
     def completions(self) -> dict[str, list[int]]:
@@ -42,6 +45,8 @@ class UnpairedExample:
     desirable: bool
     weight: float = 1.0
     index: int = 0
+    source: int = 0
+    row: int = 0
 
     @property
     def completions(self) -> dict[str, list[int]]:
@@ -55,31 +60,58 @@ Problem = tuple[str, str]  # (field, what is wrong), for a one-line error or a c
 def tokenize_row(tokenizer: PreTrainedTokenizerBase, row: Row) -> Example:
     """Token ids of one validated row.
 
-    Standard rows get the EOS token appended to each completion; conversational rows get the chat template,
-    whose end-of-turn token closes each completion.
+    Standard rows get the EOS token appended to each completion; conversational rows get the chat template (with
+    the row's ``tools``), whose end-of-turn token closes each completion.
     """
     if isinstance(row, UnpairedRow):
-        prompt_ids, (completion_ids,) = tokenize_completions(tokenizer, row.prompt, [row.completion])
-        return UnpairedExample(prompt_ids, completion_ids, row.desirable)
+        prompt_ids, (completion_ids,) = tokenize_completions(tokenizer, row, {"completion": row.completion})
+        return UnpairedExample(prompt_ids, completion_ids, row.desirable, row=row.row)
     assert isinstance(row, PairRow)
-    prompt_ids, (chosen_ids, rejected_ids) = tokenize_completions(tokenizer, row.prompt, [row.chosen, row.rejected])
-    return Pair(prompt_ids, chosen_ids, rejected_ids)
+    prompt_ids, (chosen_ids, rejected_ids) = tokenize_completions(
+        tokenizer, row, {"chosen": row.chosen, "rejected": row.rejected}
+    )
+    return Pair(prompt_ids, chosen_ids, rejected_ids, row=row.row)
 
 
 def tokenize_completions(
-    tokenizer: PreTrainedTokenizerBase, prompt: Text, completions: list[Text]
+    tokenizer: PreTrainedTokenizerBase, row: Row, completions: dict[str, Text]
 ) -> tuple[list[int], list[list[int]]]:
     """The prompt's token ids, and each completion's token ids after them."""
-    if isinstance(prompt, list):
-        prompt_ids = _ids(tokenizer, prompt, generation_prompt=True)
-        full = [_ids(tokenizer, prompt + completion) for completion in completions]
+    texts = [_text(tokenizer, row, name, completion) for name, completion in completions.items()]
+    if isinstance(row.prompt, list):
+        prompt_text = _render(tokenizer, row.prompt, row.tools, generation_prompt=True)
+        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        full = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     else:
-        eos = tokenizer.eos_token
-        prompt_ids = _ids(tokenizer, prompt)
-        full = [_ids(tokenizer, prompt + (c if c.endswith(eos) else c + eos)) for c in completions]
+        prompt_ids = tokenizer(row.prompt)["input_ids"]
+        full = [tokenizer(text)["input_ids"] for text in texts]
     # tokens can merge across the prompt/completion boundary; cut every sequence where the first one diverges
     shared = min(_common_prefix(prompt_ids, ids) for ids in full)
     return prompt_ids[:shared], [ids[shared:] for ids in full]
+
+
+def _text(tokenizer: PreTrainedTokenizerBase, row: Row, name: str, completion: Text) -> str:
+    """Prompt + completion as the model reads it: the chat template over both, or the strings with EOS."""
+    if not isinstance(row.prompt, list):
+        eos = tokenizer.eos_token
+        return row.prompt + (completion if completion.endswith(eos) else completion + eos)
+    prompt = _render(tokenizer, row.prompt, row.tools, generation_prompt=True)
+    full = _render(tokenizer, row.prompt + completion, row.tools)
+    if not full.startswith(prompt):  # else template text would be scored as the completion
+        at = next(i for i, (a, b) in enumerate(zip(prompt + "\0", full + "\0")) if a != b)
+        raise DataError.at(
+            row.source, row.row, name,
+            f"the chat template renders the prompt alone ({prompt[at:at + 40]!r}) differently from the prompt before "
+            f"the {name} ({full[at:at + 40]!r}) at character {at}: templates that add or drop text in earlier turns "
+            "(e.g. thinking templates) cannot split prompt from completion; use one that renders turns alike",
+        )  # fmt: skip
+    return full
+
+
+def _render(
+    tokenizer: PreTrainedTokenizerBase, messages: list, tools: Optional[list], generation_prompt: bool = False
+) -> str:
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
 
 
 def fit_length(
@@ -89,8 +121,8 @@ def fit_length(
 
     ``problem`` names the field over a limit (the prompt, or the longest completion), else it is None. The
     caller raises it when ``truncation="error"``; ``"drop"`` returns no example; ``"keep_start"`` keeps the end
-    of the prompt (up to ``max_prompt_length``) and the start of each completion, and returns no example when
-    the prompt alone fills ``max_length``.
+    of the prompt (up to ``max_prompt_length``, and half of ``max_length`` when the prompt alone would fill it)
+    and the start of each completion.
     """
     prompt, completions = example.prompt_ids, example.completions
     longest = max(completions, key=lambda name: len(completions[name]))  # the first one on a tie
@@ -107,18 +139,10 @@ def fit_length(
     if max_prompt_length is not None:
         prompt = prompt[-max_prompt_length:] if max_prompt_length > 0 else []
     if max_length is not None:
-        if len(prompt) >= max_length:
-            return None, problem  # no room left for any completion token: nothing to learn from
+        if len(prompt) >= max_length:  # keep the prompt's end, and room for the completions (TRL: 512 of 1024)
+            prompt = prompt[len(prompt) - max_length // 2 :]
         completions = {name: ids[: max_length - len(prompt)] for name, ids in completions.items()}
     return replace(example, prompt_ids=prompt, **{f"{name}_ids": ids for name, ids in completions.items()}), problem
-
-
-def _ids(tokenizer: PreTrainedTokenizerBase, value: Text, generation_prompt: bool = False) -> list[int]:
-    if isinstance(value, list):
-        out = tokenizer.apply_chat_template(value, tokenize=True, add_generation_prompt=generation_prompt)
-        # transformers 5 returns a BatchEncoding, 4.x a plain list
-        return list(out["input_ids"] if hasattr(out, "keys") else out)
-    return tokenizer(value)["input_ids"]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

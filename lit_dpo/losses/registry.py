@@ -14,6 +14,8 @@ from lit_dpo.losses import absolute, dpo, reference_free, unpaired
 from lit_dpo.losses.common import Between, LossOutput, LossSpec
 from lit_dpo.scoring.pairs import Logps
 
+_FLIP = Between(0.0, 0.5, high_inclusive=True)  # label_smoothing as a probability that labels are flipped
+
 LOSSES: dict[str, LossSpec] = {
     "sigmoid": LossSpec(dpo.sigmoid_loss),
     "robust": LossSpec(dpo.robust_loss, limits={"label_smoothing": Between(0.0, 0.5)}),
@@ -27,13 +29,13 @@ LOSSES: dict[str, LossSpec] = {
     "nca_pair": LossSpec(absolute.nca_pair_loss),
     "bco_pair": LossSpec(absolute.bco_pair_loss),
     "sppo_hard": LossSpec(absolute.sppo_hard_loss),
-    "aot": LossSpec(dpo.aot_loss),
-    "aot_unpaired": LossSpec(dpo.aot_unpaired_loss),
+    "aot": LossSpec(dpo.aot_loss, limits={"label_smoothing": _FLIP}),
+    "aot_unpaired": LossSpec(dpo.aot_unpaired_loss, limits={"label_smoothing": _FLIP}),
     "apo_zero": LossSpec(absolute.apo_zero_loss),
     "apo_down": LossSpec(absolute.apo_down_loss),
     "discopop": LossSpec(dpo.discopop_loss),
     "sft": LossSpec(reference_free.sft_loss, reference="rewards"),
-    "simpo": LossSpec(reference_free.simpo_loss, reference="free"),
+    "simpo": LossSpec(reference_free.simpo_loss, reference="free", limits={"label_smoothing": _FLIP}),
     "orpo": LossSpec(reference_free.orpo_loss, reference="free", scores_prompt=True),
     "kto": LossSpec(unpaired.kto_loss, unpaired=True),
     "apo_zero_unpaired": LossSpec(unpaired.apo_zero_unpaired_loss, unpaired=True),
@@ -71,6 +73,14 @@ class Objective:
     @property
     def unpaired(self) -> bool:
         return any(spec.unpaired for spec in self.specs)
+
+    def check_rows(self, unpaired: bool) -> None:
+        """Refuse rows of the other form: pairs for unpaired losses, or unpaired rows for the others."""
+        if unpaired != self.unpaired:
+            raise InputError(
+                "loss_type kto / apo_zero_unpaired need unpaired rows (prompt, completion, label), and unpaired rows "
+                f"need one of them; got loss_type={','.join(self.names)} with {'un' if unpaired else ''}paired rows"
+            )
 
     def __call__(self, lp: Logps, beta: float) -> LossOutput:
         outputs = [spec.fn(lp, beta, **self._options_of(spec)) for spec in self.specs]

@@ -18,7 +18,7 @@ def test_reads_every_format(tmp_path, standard_rows, write_jsonl):
     datasets.Dataset.from_list(rows).to_csv(str(tmp_path / "d.csv"), index=False)
     datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "saved"))
     for path in (jsonl, tmp_path / "d.json", tmp_path / "d.parquet", tmp_path / "d.csv", tmp_path / "saved"):
-        got = read_rows(str(path))
+        got = read_rows(str(path)).rows
         assert [{k: getattr(r, k) for k in ("prompt", "chosen", "rejected")} for r in got] == rows, path
         assert all(isinstance(r, PairRow) for r in got)
 
@@ -28,20 +28,22 @@ def test_reads_a_folder_of_data_files_by_split(tmp_path, standard_rows, write_js
     folder.mkdir()
     write_jsonl(folder / "train.jsonl", standard_rows(3))
     write_jsonl(folder / "test.jsonl", standard_rows(2, seed=1))
-    assert len(read_rows(str(folder))) == 3
-    assert [r.prompt for r in read_rows(str(folder), split="test")] == [r["prompt"] for r in standard_rows(2, seed=1)]
+    assert len(read_rows(str(folder)).rows) == 3
+    assert [r.prompt for r in read_rows(str(folder), split="test").rows] == [
+        r["prompt"] for r in standard_rows(2, seed=1)
+    ]
 
 
 def test_row_numbers_are_line_numbers(tmp_path, standard_rows):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps(standard_rows(1)[0]) + "\n\n" + json.dumps(standard_rows(1)[0]) + "\n")
-    assert [r.row for r in read_rows(str(path))] == [1, 3]
+    assert [r.row for r in read_rows(str(path)).rows] == [1, 3]
 
 
 def test_conversational_and_implicit_prompt(tmp_path, chat_rows, write_jsonl):
     rows = chat_rows(2)
     implicit = [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in rows]
-    got = read_rows(write_jsonl(tmp_path / "d.jsonl", implicit))
+    got = read_rows(write_jsonl(tmp_path / "d.jsonl", implicit)).rows
     assert [(g.prompt, g.chosen, g.rejected) for g in got] == [(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
 
 
@@ -90,3 +92,177 @@ def test_csv_errors_name_the_line(tmp_path):
     path.write_text('prompt,chosen\n"p","c"\n')
     with pytest.raises(DataError, match=r"d.csv, row 2, field 'rejected': missing"):
         read_rows(str(path))
+
+
+# --- real data sets as users download them ---------------------------------------------------------------------
+
+HH = [  # Anthropic hh-rlhf: the prompt is implicit in both strings
+    {
+        "chosen": "\n\nHuman: What is the capital of France?\n\nAssistant: Paris.",
+        "rejected": "\n\nHuman: What is the capital of France?\n\nAssistant: I don't know, maybe Lyon.",
+    },
+    {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."},
+    {"chosen": "Say yes: yes", "rejected": "Say yes: yes please"},  # one string is a prefix of the other
+]
+
+
+def test_implicit_prompt_in_strings_splits_as_trl(tmp_path, write_jsonl):
+    from trl.data_utils import extract_prompt
+
+    got = read_rows(write_jsonl(tmp_path / "hh.jsonl", HH)).rows
+    assert got[0].prompt == "\n\nHuman: What is the capital of France?\n\nAssistant:"
+    assert got[0].chosen == " Paris." and got[0].rejected == " I don't know, maybe Lyon."  # the space goes with them
+    for row, record in zip(got, HH):
+        assert (row.prompt, row.chosen, row.rejected) == tuple(extract_prompt(record).values())
+
+
+def test_implicit_prompt_needs_shared_text(tmp_path, write_jsonl):
+    path = write_jsonl(tmp_path / "hh.jsonl", HH[:1] + [{"chosen": "Yes.", "rejected": "No."}])
+    with pytest.raises(
+        DataError, match=r"hh.jsonl, row 2, field 'prompt': missing, and chosen/rejected share no leading text"
+    ):
+        read_rows(path)
+
+
+SYSTEM = {"role": "system", "content": "Be brief."}
+
+
+def test_multi_turn_conversations_keep_their_system_message_and_history(tmp_path, write_jsonl):
+    turns = [SYSTEM, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    turns += [{"role": "user", "content": "2 + 2?"}]
+    record = {
+        "chosen": turns + [{"role": "assistant", "content": "4"}],
+        "rejected": turns + [{"role": "assistant", "content": "5"}],
+    }
+    (row,) = read_rows(write_jsonl(tmp_path / "chat.jsonl", [record])).rows
+    assert row.prompt == turns and row.chosen == [{"role": "assistant", "content": "4"}]
+
+
+def test_content_parts_are_joined_and_other_parts_refused(tmp_path, write_jsonl):
+    parts = [{"type": "text", "text": "first line"}, {"type": "text", "text": "second line"}]
+    record = {"prompt": [{"role": "user", "content": parts}], "chosen": [{"role": "assistant", "content": "a"}]}
+    record["rejected"] = [{"role": "assistant", "content": [{"type": "text", "text": "b"}]}]
+    (row,) = read_rows(write_jsonl(tmp_path / "parts.jsonl", [record])).rows
+    assert row.prompt == [{"role": "user", "content": "first line\nsecond line"}] and row.rejected[0]["content"] == "b"
+    image = {"type": "image_url", "image_url": {"url": "http://x/cat.png"}}
+    record["prompt"] = [{"role": "user", "content": [image, parts[0]]}]
+    with pytest.raises(DataError, match=r"row 1, field 'prompt': message 1 has a content part of type 'image_url'"):
+        read_rows(write_jsonl(tmp_path / "image.jsonl", [record]))
+
+
+def test_unusual_roles_are_refused_or_mapped(tmp_path, write_jsonl):
+    from lit_dpo.data.rows import RowFormat
+
+    record = {
+        "prompt": [{"role": "human", "content": "hi"}],
+        "chosen": [{"role": "gpt", "content": "hello"}],
+        "rejected": [{"role": "gpt", "content": "go away"}],
+    }
+    path = write_jsonl(tmp_path / "sharegpt.jsonl", [record])
+    with pytest.raises(
+        DataError, match=r"sharegpt.jsonl, row 1, field 'prompt': message 1 has role 'human', not one of"
+    ):
+        read_rows(path)
+    (row,) = read_rows(path, fmt=RowFormat(roles={"human": "user", "gpt": "assistant"})).rows
+    assert row.prompt[0]["role"] == "user" and row.chosen[0]["role"] == "assistant"
+
+
+def test_tools_column_as_list_or_json_string(tmp_path, chat_rows, write_jsonl):
+    tool = {"type": "function", "function": {"name": "add", "description": "add two numbers", "parameters": {}}}
+    rows = chat_rows(2)
+    rows[0]["tools"], rows[1]["tools"] = [tool], json.dumps([tool])
+    assert [r.tools for r in read_rows(write_jsonl(tmp_path / "tools.jsonl", rows)).rows] == [[tool], [tool]]
+    bad = [{"prompt": "p", "chosen": "a", "rejected": "b", "tools": [tool]}]
+    with pytest.raises(DataError, match=r"row 1, field 'tools': needs conversational rows"):
+        read_rows(write_jsonl(tmp_path / "bad.jsonl", bad))
+
+
+def test_columns_are_mapped(tmp_path, write_jsonl):
+    from lit_dpo.data.rows import RowFormat
+
+    records = [{"question": "what is it", "response_j": " yes", "response_k": " no"}]
+    fmt = RowFormat(columns={"prompt": "question", "chosen": "response_j", "rejected": "response_k"})
+    (row,) = read_rows(write_jsonl(tmp_path / "se.jsonl", records), fmt=fmt).rows
+    assert (row.prompt, row.chosen, row.rejected) == ("what is it", " yes", " no")
+    with pytest.raises(DataError, match=r"row 1, field 'prompt': missing \(mapped to column 'title'"):
+        read_rows(write_jsonl(tmp_path / "se.jsonl", records), fmt=RowFormat(columns={"prompt": "title"}))
+
+
+def test_empty_and_identical_completions_are_dropped_and_counted(tmp_path, write_jsonl):
+    records = [GOOD, GOOD | {"chosen": "  "}, GOOD | {"rejected": "c"}, GOOD]
+    got = read_rows(write_jsonl(tmp_path / "d.jsonl", records))
+    assert [r.row for r in got.rows] == [1, 4]
+    assert got.dropped == {"empty completion": [2], "identical completions": [3]}
+    blank = {"prompt": MSG, "chosen": [{"role": "assistant", "content": " \n"}], "rejected": MSG}
+    assert read_rows(write_jsonl(tmp_path / "e.jsonl", [blank])).dropped == {"empty completion": [1]}
+
+
+# --- bytes and files as they come ------------------------------------------------------------------------------
+
+
+def test_invalid_utf8_names_row_and_field(tmp_path):
+    path = tmp_path / "bytes.jsonl"
+    path.write_bytes(json.dumps(GOOD).encode() + b'\n{"prompt": "p", "chosen": "caf\xe9", "rejected": "r"}\n')
+    with pytest.raises(DataError, match=r"bytes.jsonl, row 2, field 'chosen': holds bytes that are not valid UTF-8"):
+        read_rows(str(path))
+    csv_path = tmp_path / "bytes.csv"
+    csv_path.write_bytes(b"prompt,chosen,rejected\np,c,r\np,c,caf\xe9\n")
+    with pytest.raises(DataError, match=r"bytes.csv, row 3, field 'rejected': holds bytes that are not valid UTF-8"):
+        read_rows(str(csv_path))
+
+
+def test_unicode_line_separators_inside_strings_are_text(tmp_path):
+    path = tmp_path / "seps.jsonl"
+    text = "line\u2028break\u0085next\u2029para"
+    path.write_text(json.dumps(GOOD | {"chosen": text}, ensure_ascii=False) + "\n" + json.dumps(GOOD) + "\n")
+    got = read_rows(str(path)).rows
+    assert [r.row for r in got] == [1, 2] and got[0].chosen == text
+
+
+def test_csv_with_a_bom_and_a_huge_field_loads(tmp_path):
+    path = tmp_path / "bom.csv"
+    long = "word " * 60_000  # 300 KB: over the csv module's default field size limit
+    path.write_text("\ufeffprompt,chosen,rejected\np," + long + ",r\n", encoding="utf-8")
+    (row,) = read_rows(str(path)).rows
+    assert row.prompt == "p" and row.chosen == long
+
+
+def test_corrupt_parquet_is_one_line(tmp_path):
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"PAR1 this is not a parquet file")
+    with pytest.raises(DataError, match=r"broken.parquet: not a readable Parquet file"):
+        read_rows(str(path))
+
+
+@pytest.mark.parametrize("path", ["./missing", "~/missing_lit_dpo_data", "/no/such/dir", "train.parquet"])
+def test_a_missing_local_path_is_never_looked_up_on_the_hub(path, monkeypatch, tmp_path):
+    import datasets
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("looked up on the Hub"))
+    with pytest.raises(DataError, match=r"(file not found|no such file or folder)$"):
+        read_rows(path)
+
+
+def test_a_saved_dataset_without_the_split_lists_its_splits(tmp_path, standard_rows):
+    import datasets
+
+    rows = datasets.Dataset.from_list(standard_rows(3))
+    datasets.DatasetDict({"train_prefs": rows, "test_prefs": rows}).save_to_disk(str(tmp_path / "uf"))
+    with pytest.raises(DataError, match=r"uf: has no split 'train'; its splits: train_prefs, test_prefs"):
+        read_rows(str(tmp_path / "uf"))
+    assert len(read_rows(str(tmp_path / "uf"), split="test_prefs").rows) == 3
+
+
+def test_a_data_set_configuration_is_read_by_name(tmp_path, standard_rows, write_jsonl):
+    """A folder whose dataset card declares configurations, as Hub data sets do (load_dataset(path, name))."""
+    folder = tmp_path / "multi"
+    for config, seed in (("en", 0), ("fr", 1)):
+        (folder / config).mkdir(parents=True)
+        write_jsonl(folder / config / "train.jsonl", standard_rows(3, seed))
+    card = "---\nconfigs:\n" + "".join(
+        f"- config_name: {c}\n  data_files:\n  - split: train\n    path: {c}/train.jsonl\n" for c in ("en", "fr")
+    )
+    (folder / "README.md").write_text(card + "---\n")
+    got = read_rows(str(folder), "train", config_name="fr").rows
+    assert [r.prompt for r in got] == [r["prompt"] for r in standard_rows(3, 1)]

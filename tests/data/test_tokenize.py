@@ -1,6 +1,11 @@
 """lit_dpo/data/tokenize.py: boundary-safe tokenization of pairs and unpaired rows, and the length limits."""
 
+import copy
+
+import pytest
+
 from lit_dpo.data import Pair, UnpairedExample, fit_length, tokenize_row, validate
+from lit_dpo.errors import DataError
 
 
 def test_standard_row_shares_prompt_and_ends_with_eos(tokenizer):
@@ -62,5 +67,43 @@ def test_fit_length_keep_start_and_drop():
     assert out == Pair([2, 3, 4], [5, 6], [7, 8, 9])
     out, _ = fit_length(EX, 5, None, "keep_start")
     assert out == Pair([1, 2, 3, 4], [5], [7])
-    assert fit_length(EX, 4, None, "keep_start")[0] is None  # the prompt alone fills max_length
+    # the prompt alone fills max_length: its end is kept, half of max_length, and the completions get the rest
+    assert fit_length(EX, 4, None, "keep_start")[0] == Pair([3, 4], [5, 6], [7, 8])
     assert fit_length(EX, 6, None, "drop") == (None, ("rejected", "prompt + rejected is 7 tokens > max_length 6"))
+
+
+def _with_template(tokenizer, old, new):
+    """A copy of the tokenizer whose chat template has ``old`` replaced by ``new``."""
+    changed = copy.deepcopy(tokenizer)
+    assert old in changed.chat_template
+    changed.chat_template = changed.chat_template.replace(old, new)
+    return changed
+
+
+CHAT = {
+    "prompt": [{"role": "user", "content": "what is it"}],
+    "chosen": [{"role": "assistant", "content": "yes"}],
+    "rejected": [{"role": "assistant", "content": "no"}],
+}
+
+
+def test_tools_reach_the_chat_template(tokenizer):
+    tool = {"type": "function", "function": {"name": "add", "description": "adds", "parameters": {}}}
+    loop = "{% for m in messages %}"
+    with_tools = _with_template(
+        tokenizer, loop, "{% for t in tools or [] %}{{ t['function']['name'] }} {% endfor %}" + loop
+    )
+    pair = tokenize_row(with_tools, validate(CHAT | {"tools": [tool]}))
+    assert with_tools.decode(pair.prompt_ids).startswith("add <|im_start|>user")
+    assert with_tools.decode(pair.chosen_ids) == "yes<|im_end|>\n"
+
+
+def test_a_template_that_rewrites_earlier_turns_is_named_at_the_first_row(tokenizer):
+    """A thinking-style template: the generation prompt opens a <think> block that the rendered turn does not
+    have, so the prompt alone is not where prompt + completion starts."""
+    generation = "<|im_start|>assistant\n{% endif %}"
+    thinking = _with_template(tokenizer, generation, "<|im_start|>assistant\n<think>{% endif %}")
+    with pytest.raises(
+        DataError, match=r"chat.jsonl, row 7, field 'chosen': the chat template renders the prompt alone"
+    ):
+        tokenize_row(thinking, validate(CHAT, source="chat.jsonl", row=7))

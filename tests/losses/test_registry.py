@@ -85,6 +85,10 @@ def test_build_objective_refuses_bad_options():
         build_objective("exo_pair")
     with pytest.raises(InputError, match="one weight per loss_type"):
         build_objective(["sigmoid", "sft"], [1.0])
+    for name in ("aot", "aot_unpaired", "simpo"):  # label smoothing as a flip probability: at most 1/2
+        with pytest.raises(InputError, match=f"loss_type='{name}' needs 0 <= label_smoothing <= 0.5, got 0.7"):
+            build_objective(name, label_smoothing=0.7)
+        build_objective(name, label_smoothing=0.5)
 
 
 def test_what_the_objective_needs():

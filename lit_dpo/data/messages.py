@@ -1,0 +1,81 @@
+"""Conversational fields: message lists checked and normalised for the chat template, and implicit prompts.
+
+A message is ``{"role": ..., "content": ...}``. Content is a string, or a list of parts as chat APIs write them
+(``[{"type": "text", "text": ...}]``): text parts are joined with newlines (as vLLM does for text-only models);
+other parts (images, audio) are refused by name. Roles outside the usual set are refused unless the user maps
+them (``--data.roles='{human: user, gpt: assistant}'``), never passed on into the text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from lit_dpo.errors import DataError
+
+USUAL_ROLES = ("system", "developer", "user", "assistant", "tool", "function", "ipython")
+
+
+def normalized_messages(
+    value: list, source: str, row: int, field: str, roles: Optional[Mapping[str, str]] = None
+) -> list[dict[str, Any]]:
+    """``value`` (a non-empty list) as messages with a usual role and string content, or a ``DataError``."""
+    out = []
+    for number, message in enumerate(value, start=1):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str)):
+            raise DataError.at(source, row, field, f"each message needs a string 'role', got {message!r:.80}")
+        role = (roles or {}).get(message["role"], message["role"])
+        if role not in USUAL_ROLES:
+            raise DataError.at(
+                source, row, field,
+                f"message {number} has role {role!r}, not one of {', '.join(USUAL_ROLES)}; "
+                f"to rename it, pass --data.roles='{{{role}: assistant}}' (or user, ...)",
+            )  # fmt: skip
+        content = _content(message, source, row, field, number)
+        out.append({**message, "role": role, "content": content})
+    return out
+
+
+def _content(message: dict, source: str, row: int, field: str, number: int) -> str:
+    content = message.get("content")
+    if content is None and message.get("tool_calls"):
+        return ""  # an assistant turn that only calls tools
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise DataError.at(source, row, field, f"each message needs a string 'content', got {message!r:.80}")
+    texts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind != "text" or not isinstance(part.get("text"), str):
+            raise DataError.at(
+                source, row, field, f"message {number} has a content part of type {kind!r}; lit_dpo trains on text"
+            )
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def split_shared_messages(chosen: list, rejected: list) -> tuple[list, list, list]:
+    """``(prompt, chosen, rejected)``: the leading messages both share, and the rest (at least one message each)."""
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+        shared += 1
+    return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
+def split_shared_text(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """``(prompt, chosen, rejected)`` as TRL's ``extract_prompt`` splits strings: the longest common prefix is the
+    prompt, except that a space ending it goes to the completions (hh-rlhf: "...Assistant:" | " answer")."""
+    idx = 0
+    for idx in range(min(len(chosen), len(rejected))):
+        if chosen[idx] != rejected[idx]:
+            if chosen[idx - 1] == " ":
+                idx -= 1
+            break
+    return chosen[:idx], chosen[idx:], rejected[idx:]
+
+
+def is_blank(value: Any) -> bool:
+    """Whether a completion holds no text: an empty or whitespace-only string, or messages whose contents are."""
+    if isinstance(value, str):
+        return not value.strip()
+    return all(not str(message.get("content") or "").strip() and not message.get("tool_calls") for message in value)
