@@ -6,16 +6,18 @@ import contextlib
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import lightning as L
-import torch
 import yaml
 from jsonargparse import Namespace
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_only
 
+from lit_dpo.checkpoints import LAST, AtomicCheckpointIO, ResumableCheckpoint, checkpoint_step, resumable_checkpoint
 from lit_dpo.data import PreferenceDataModule
 from lit_dpo.errors import InputError, TrainingDiverged
 from lit_dpo.module import DPOModule
@@ -35,7 +37,18 @@ TRAINER_DEFAULTS = {
 
 
 class LoggerSaveConfigCallback(SaveConfigCallback):
-    """Write ``config.yaml`` to the run directory and send the resolved config to the logger (e.g. W&B)."""
+    """Write ``config.yaml`` to the run directory and send the resolved config to the logger (e.g. W&B), once the
+    run has loaded its models and checked what it resumes: a refused resume leaves the run directory as it was."""
+
+    def setup(self, trainer: Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        pass  # see on_fit_start
+
+    def on_fit_start(self, trainer: Trainer, pl_module: L.LightningModule) -> None:
+        super().setup(trainer, pl_module, "fit")
+
+    def on_validation_start(self, trainer: Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            super().setup(trainer, pl_module, "validate")
 
     def save_config(self, trainer: Trainer, pl_module: L.LightningModule, stage: str) -> None:
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
@@ -61,11 +74,20 @@ class DPOCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.model_name_or_path", "data.tokenizer_name_or_path")
+        parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.add_argument(
             "--ckpt_path",
             type=Optional[str],
             default=None,
-            help="Checkpoint to resume or validate ('last' for the newest).",
+            help="Checkpoint to resume or validate: a path; 'last', the newest run's resumable checkpoint (an error "
+            "when there is none); 'auto', the same or a fresh start (for requeued cluster jobs).",
+        )
+        parser.add_argument(
+            "--allow_changed",
+            type=Optional[list[Literal["data", "reference"]]],
+            default=None,
+            help="Resume although the training data or the reference changed since the checkpoint was saved.",
         )
         parser.add_argument(
             "--export_dir",
@@ -81,17 +103,25 @@ class DPOCLI(LightningCLI):
             isinstance(c, ProgressBar) for c in user_callbacks
         ):
             callbacks = [*callbacks, RichProgressBar()]
-        return super()._instantiate_trainer(config, callbacks)
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ResumableCheckpoint)]
+        trainer = super()._instantiate_trainer(config, callbacks)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the user chose
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def before_instantiate_classes(self) -> None:
-        trainer = self.config.trainer
+        trainer, ckpt_path = self.config.trainer, self.config.get("ckpt_path")
+        run = None
+        if ckpt_path in ("last", "auto"):
+            run, self.config.ckpt_path = _resolve_resume(Path(trainer.default_root_dir), ckpt_path)
         # CSV is the default logger, under --trainer.default_root_dir (Lightning's own default would be
         # TensorBoard whenever it happens to be installed)
         if trainer.logger in (None, True):
+            # resuming: continue in the run directory of the checkpoint, keeping its metrics up to its step
             logs = Path(trainer.default_root_dir) / "lightning_logs"
-            # resuming `last`: continue in the newest run directory, where it lives, keeping its metrics
-            version = _latest_version(logs) if self.config.get("ckpt_path") == "last" else None
-            resume_step = None if version is None else _checkpoint_step(logs / f"version_{version}" / "checkpoints")
+            version = int(run.name.split("_")[1]) if run is not None and run.parent == logs else None
+            resume_step = None if version is None else checkpoint_step(Path(self.config.ckpt_path))
             trainer.logger = Namespace(
                 class_path="lit_dpo.loggers.ResumableCSVLogger",
                 init_args=Namespace(
@@ -100,18 +130,36 @@ class DPOCLI(LightningCLI):
             )
 
 
-def _latest_version(logs: Path) -> int | None:
-    versions = [int(p.name.split("_")[1]) for p in logs.glob("version_*") if p.name.split("_")[1].isdigit()]
-    return max(versions, default=None)
+def _resolve_resume(root: Path, mode: str) -> tuple[Optional[Path], Optional[str]]:
+    """``--ckpt_path=last|auto``: the run directory and checkpoint to resume, the newest resumable one under
+    ``root`` (a run's ``checkpoints/last.ckpt``, or Lightning's SLURM ``hpc_ckpt_*.ckpt`` if it has more steps)."""
+    runs = [
+        c.parent for pattern in ("*/checkpoints", "*/*/checkpoints", "*/*/*/checkpoints") for c in root.glob(pattern)
+    ]
+    found = [(run, path) for run in runs if (path := resumable_checkpoint(run)) is not None]
+    found.sort(key=lambda item: item[1].stat().st_mtime_ns)
+    best = found[-1] if found else None
+    for hpc in root.glob("hpc_ckpt_*.ckpt"):  # SLURM requeue: in the newest run directory
+        newest_run = (
+            best[0] if best else max((c for c in root.glob("lightning_logs/version_*")), default=None, key=_mtime)
+        )
+        if newest_run is not None and (best is None or checkpoint_step(hpc) > checkpoint_step(best[1])):
+            best = (newest_run, hpc)
+    if best is None:
+        if mode == "last":
+            raise InputError(f"--ckpt_path=last: no run under {root} has a resumable checkpoint (checkpoints/{LAST})")
+        return None, None  # auto: a fresh start
+    _announce(f"lit_dpo: resuming {best[1]} at step {checkpoint_step(best[1])}")
+    return best[0], str(best[1])
 
 
-def _checkpoint_step(directory: Path) -> int | None:
-    last = directory / "last.ckpt"
-    if last.is_dir():  # a distributed checkpoint (FSDP): its loop state is in meta.pt
-        last = last / "meta.pt"
-    if not last.is_file():
-        return None
-    return int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+def _mtime(path: Path) -> int:
+    return path.stat().st_mtime_ns
+
+
+@rank_zero_only
+def _announce(line: str) -> None:
+    print(line, flush=True)
 
 
 def run_dir(cli: DPOCLI) -> Path:

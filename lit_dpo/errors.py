@@ -42,3 +42,32 @@ def raise_if_not_finite(terms: dict[str, Tensor], step: int, agree: Optional[Cal
         f"step {step}: {where} is not finite; no update was made with it "
         "(lower --model.learning_rate, or set --trainer.gradient_clip_val)"
     )
+
+
+def nonfinite_gradients(model: torch.nn.Module) -> list[str]:
+    """The parameters of ``model`` whose gradient holds a NaN or an infinity (one sync for all of them)."""
+    grads = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+    if not grads:
+        return []
+    local = [g.to_local() if hasattr(g, "to_local") else g for _, g in grads]  # FSDP: this rank's shard
+    finite = torch.stack([torch.isfinite(g).all() for g in local]).tolist()
+    return [name for (name, _), ok in zip(grads, finite) if not ok]
+
+
+def raise_if_gradients_not_finite(names: list[str], step: int, agree: Optional[Callable[..., bool]] = None) -> None:
+    """Raise ``TrainingDiverged`` naming the step and the first parameter whose gradient is not finite, on every
+    rank together (``agree``), before the gradients reach the weights."""
+    finite = not names
+    if agree is not None:
+        finite = agree(finite, all=True)
+    if finite:
+        return
+    where = (
+        f"the gradient of {names[0]}" + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
+        if names
+        else "a gradient on another rank"
+    )
+    raise TrainingDiverged(
+        f"step {step}: {where} is not finite; no update was made with it "
+        "(lower --model.learning_rate, or set --trainer.gradient_clip_val)"
+    )

@@ -2,29 +2,47 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_dpo.cli import DPOCLI, run_dir, user_errors
-from lit_dpo.hf import export_policy
+from lit_dpo.hf import check_export_dir, export_policy
 
 
 def main(args: Optional[list[str]] = None) -> None:
     with user_errors():
         cli = DPOCLI(args)
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
-        trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path)
+        if cli.config.export_dir:
+            check_export_dir(Path(cli.config.export_dir))  # before hours of training, not after
+        model.resume_from, model.allowed_changes = cli.config.ckpt_path, set(cli.config.allow_changed or [])
+        try:
+            trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path)
+        except SIGTERMException:  # preempted: the checkpoint of this step is saved (ResumableCheckpoint)
+            _stopped(cli)
+            raise SystemExit(143) from None  # 128 + SIGTERM, as a process killed by it would report
         if trainer.interrupted:
             return
         if model.last_val_step != trainer.global_step and data.val_examples:
             # max_steps can stop mid-epoch after the last scheduled validation; every run ends with final metrics
             trainer.validate(model, datamodule=data, verbose=False)
-        export_dir = Path(cli.config.export_dir or run_dir(cli) / "hf_model")
-        export_policy(model.policy, data.tokenizer, export_dir, trainer.is_global_zero)
-        trainer.strategy.barrier()
+        export_dir = Path(cli.config.export_dir or run_dir(cli) / "hf_model")  # a W&B run's folder exists by now
+        check_export_dir(export_dir)
+        export_policy(model.policy, data.tokenizer, export_dir, trainer.strategy)
         _report(cli, export_dir)
+
+
+@rank_zero_only
+def _stopped(cli: DPOCLI) -> None:
+    checkpoint = cli.trainer.checkpoint_callback
+    saved = getattr(checkpoint, "last_model_path", "") if checkpoint is not None else ""
+    where = f"checkpoint {saved}" if saved else "no checkpoint (checkpointing is off)"
+    print(f"\nlit_dpo: stopped by SIGTERM at step {cli.trainer.global_step}; {where}; continue with --ckpt_path=last",
+          file=sys.stderr, flush=True)  # fmt: skip
 
 
 @rank_zero_only

@@ -11,13 +11,14 @@ import contextlib
 import importlib.util
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_dpo import lora
+from lit_dpo.checkpoints import write_atomically
 from lit_dpo.errors import InputError
 from lit_dpo.parallel import full_state_dict
 
@@ -29,12 +30,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LIT_DPO_CACHE", Path.home() / ".cache" / "lit_dpo"))
 
 
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder, creating it and lit_dpo's cache folder above it readable by this user only (0700)."""
+    for folder in (cache_dir(), path):
+        if not folder.exists():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
 def resolve(name_or_path: str) -> str:
     """A path ``from_pretrained`` accepts: the converted bundled model, a local directory, or a Hub id."""
     if name_or_path != BUNDLED:
         return name_or_path
     target = _converted()
-    target.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(target.parent)
     with FileLock(str(target) + ".lock"):  # DDP ranks on one node must not convert concurrently
         if not (target / "model.safetensors").exists():
             # the conversion initialises a model at random: on the seeded global RNG, it would make the first
@@ -122,11 +132,11 @@ def load_policy(
     return policy
 
 
-def export_policy(
-    policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, directory: str | Path, is_global_zero: bool
-) -> None:
+def export_policy(policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, directory: Path, strategy: Any) -> None:
     """Write the trained policy as a plain Hugging Face folder: gathered when sharded (a collective: call it on
-    every rank; rank 0 writes), LoRA adapters merged into the base weights."""
+    every rank), LoRA adapters merged into the base weights. Rank 0 writes it into ``<directory>.partial`` and
+    renames it into place, so a kill leaves the previous export or the new one, never a mix; every rank learns
+    whether that worked, and a failure is one ``InputError`` on all of them."""
     state_dict = full_state_dict(policy)  # None when not sharded; empty off rank 0 when sharded
     if lora.is_lora(policy):
         if state_dict is None:
@@ -134,8 +144,30 @@ def export_policy(
         if state_dict:  # local arithmetic on full tensors: never on shards, where matmuls would be collectives
             state_dict = lora.merged_state_dict(state_dict, lora.scaling(policy))
         policy = policy.get_base_model()
-    if is_global_zero:
-        export_hf(policy, tokenizer, directory, state_dict)
+    error = None
+    if strategy.is_global_zero:
+        try:
+            write_atomically(directory, lambda partial: _export_checked(policy, tokenizer, partial, state_dict))
+        except OSError as err:
+            error = f"could not write the trained policy to {directory}: {err}"
+    error = strategy.broadcast(error, src=0)
+    if error is not None:
+        raise InputError(error)
+
+
+def check_export_dir(directory: Path) -> None:
+    """Refuse, before any training, an export folder that cannot be one: an existing file, or under a file."""
+    for path in (directory, *directory.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise InputError(f"--export_dir {directory}: {path} is a file; name a folder for the trained policy")
+            return
+
+
+def _export_checked(policy: Any, tokenizer: PreTrainedTokenizerBase, directory: Path, state_dict: Any) -> None:
+    export_hf(policy, tokenizer, directory, state_dict)
+    if not (directory / "config.json").is_file() or not any(directory.glob("*.safetensors")):
+        raise OSError(f"the export in {directory} is incomplete (no config.json or weights)")
 
 
 def export_hf(

@@ -6,16 +6,17 @@ import csv
 import os
 from typing import Any, Optional
 
-from lightning.fabric.loggers.csv_logs import _ExperimentWriter
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 
 class ResumableCSVLogger(CSVLogger):
-    """Lightning's ``CSVLogger``; with ``resume_step`` it keeps the rows of ``metrics.csv`` logged before that step.
+    """Lightning's ``CSVLogger``; with ``resume_step`` it continues the run's ``metrics.csv``, keeping the rows
+    logged before that step and dropping those the interrupted run logged after its checkpoint (they are redone).
 
-    Lightning's own writer deletes an existing ``metrics.csv``; a run resumed from a checkpoint at step N keeps the
-    history up to N and drops what the interrupted run logged after its last checkpoint (it is redone).
+    Lightning's own writer deletes an existing ``metrics.csv`` as soon as it is created, before the run has even
+    checked its checkpoint; this one leaves the file alone until the resumed run saves its first rows.
     """
 
     def __init__(self, *args: Any, resume_step: Optional[int] = None, **kwargs: Any) -> None:
@@ -24,23 +25,39 @@ class ResumableCSVLogger(CSVLogger):
 
     @property
     @rank_zero_experiment
-    def experiment(self) -> _ExperimentWriter:
-        if self._experiment is None:
-            kept = _rows_before(os.path.join(self.log_dir, _ExperimentWriter.NAME_METRICS_FILE), self._resume_step)
-            super().experiment  # noqa: B018 - creates the writer, which removes the old file
-            if kept:
-                header, rows = kept
-                self._experiment.metrics_keys = header
-                with open(self._experiment.metrics_file_path, "w", newline="") as handle:
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None and self._resume_step is not None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(self.log_dir, self._resume_step)
+        return super().experiment
+
+
+class _ContinuingWriter(ExperimentWriter):
+    def __init__(self, log_dir: str, resume_step: int) -> None:
+        self._resume_step: Optional[int] = resume_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        pass  # keep the metrics of the run being continued
+
+    def save(self) -> None:
+        if self._resume_step is not None and self.metrics:  # the first save: trim, then append as usual
+            header, rows = _rows_before(self.metrics_file_path, self._resume_step)
+            self._resume_step = None
+            if rows:
+                self.metrics_keys = header
+                with open(self.metrics_file_path, "w", newline="") as handle:
                     writer = csv.DictWriter(handle, fieldnames=header)
                     writer.writeheader()
                     writer.writerows(rows)
-        return self._experiment
+            elif os.path.isfile(self.metrics_file_path):
+                os.remove(self.metrics_file_path)
+        super().save()
 
 
-def _rows_before(path: str, step: Optional[int]) -> Optional[tuple[list[str], list[dict[str, str]]]]:
-    if step is None or not os.path.isfile(path):
-        return None
+def _rows_before(path: str, step: int) -> tuple[list[str], list[dict[str, str]]]:
+    if not os.path.isfile(path):
+        return [], []
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         rows = [row for row in reader if int(row["step"]) < step]

@@ -15,8 +15,9 @@ import torch
 from torch import Tensor
 
 from lit_dpo import lora, optim
+from lit_dpo.checkpoints import check_resume
 from lit_dpo.data.collate import Batch
-from lit_dpo.errors import InputError, raise_if_not_finite
+from lit_dpo.errors import InputError, nonfinite_gradients, raise_if_gradients_not_finite, raise_if_not_finite
 from lit_dpo.hf import BUNDLED, load_model, load_policy
 from lit_dpo.losses import build_objective
 from lit_dpo.losses.unpaired import kl_reference_point
@@ -136,6 +137,8 @@ class DPOModule(L.LightningModule):
         self.last_sync_step = 0
         self.last_val_step = -1  # global step of the last validation, so a fit can end with a fresh one
         self.train_metrics, self.val_metrics = PreferenceMetrics(), PreferenceMetrics()
+        self.resume_from: Optional[str] = None  # the checkpoint a fit resumes (Lightning knows it only later)
+        self.allowed_changes: set[str] = set()  # --allow_changed: what a resumed run may find changed
         self.val_sources: dict[str, int] = {}  # with several validation sources: name -> source id
         self.val_source_metrics = torch.nn.ModuleList()  # one PreferenceMetrics per validation source
 
@@ -151,6 +154,7 @@ class DPOModule(L.LightningModule):
         if self.policy is None:
             self._load_models()
         frozen = self.reference.model if self.reference is not None else None
+        check_resume(self._trainer, self.resume_from, self._fingerprints(), self.allowed_changes)  # before any write
         if self.device_mesh is not None and not is_sharded(self.policy):  # ModelParallelStrategy: FSDP2
             for model in (self.policy, frozen):
                 if model is not None:
@@ -174,7 +178,10 @@ class DPOModule(L.LightningModule):
             hp.precompute_ref_log_probs, needs_reference, separate, self.objective.unpaired, bool(hp.ref_sync_steps),
             self._trainer,
         )  # fmt: skip
-        if self.caches_reference:  # before sharding and adapters: every rank hashes the full reference weights
+        # before sharding and adapters, every rank hashes the full reference weights: the cache key, and what a
+        # resumed run checks it still trains against
+        fingerprint = None
+        if needs_reference:
             fingerprint = weights_fingerprint((self.reference.model if separate else self.policy).state_dict())
         if hp.lora_r:
             self.policy = lora.add_adapters(
@@ -182,7 +189,7 @@ class DPOModule(L.LightningModule):
             )
             if needs_reference and not separate:
                 self.reference = AdapterReference(self.policy, hp.ld_alpha)
-        if self.caches_reference:
+        if self.reference is not None:
             self.reference.fingerprint = fingerprint
         if separate and hp.ref_sync_steps:
             # a synced reference is training state: in the module tree, so checkpoints (distributed ones too) hold it
@@ -257,7 +264,21 @@ class DPOModule(L.LightningModule):
             self.reference.sync(self.policy, self.hparams.ref_sync_alpha)
             self.last_sync_step = step
 
+    def _fingerprints(self) -> dict[str, Optional[str]]:
+        """What a checkpoint records so that a resumed run can check it trains on the same things."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        data = datamodule.fingerprint() if hasattr(datamodule, "fingerprint") else None
+        return {"data": data, "reference": self.reference.fingerprint if self.reference is not None else None}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lit_dpo"] = self._fingerprints()
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        agree = self.trainer.strategy.reduce_boolean_decision
+        if self.hooked_optimizer is not None:  # updated in the backward; a non-finite gradient was skipped
+            raise_if_gradients_not_finite(self.hooked_optimizer.nonfinite_parameters(), self.global_step, agree)
+        else:
+            raise_if_gradients_not_finite(nonfinite_gradients(self.policy), self.global_step, agree)
         # once per optimizer step, so train/ metrics mean the same with or without gradient accumulation:
         # the exact mean over every pair of the step, on every rank
         values = {f"train/{k}": v for k, v in self.train_metrics.compute().items()}
@@ -289,8 +310,9 @@ class DPOModule(L.LightningModule):
         params = [p for p in self.policy.parameters() if p.requires_grad]
         if self.hooked_optimizer is not None:
             self.hooked_optimizer.remove_hooks()  # a second fit: the previous optimizer must not step too
+        names = [n for n, p in self.policy.named_parameters() if p.requires_grad]
         in_backward = optim.in_backward(self._trainer, hp.optimizer_in_backward)
-        optimizer = optim.adamw(params, hp.learning_rate, hp.weight_decay, is_sharded(self.policy), in_backward)
+        optimizer = optim.adamw(params, hp.learning_rate, hp.weight_decay, is_sharded(self.policy), in_backward, names)
         self.hooked_optimizer = optimizer if in_backward else None
         schedule = optim.lr_lambda(hp.warmup_steps, hp.lr_schedule, self._total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

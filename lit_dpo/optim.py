@@ -14,12 +14,17 @@ from lit_dpo.errors import InputError
 
 
 def adamw(
-    params: list[Tensor], lr: float, weight_decay: float, sharded: bool, in_backward: bool
+    params: list[Tensor],
+    lr: float,
+    weight_decay: float,
+    sharded: bool,
+    in_backward: bool,
+    names: Optional[list[str]] = None,
 ) -> torch.optim.Optimizer:
     # the fused kernel, where the parameters are plain tensors on a CPU or GPU: much faster (README)
     fused = not sharded and all(p.device.type in ("cpu", "cuda") for p in params)
     if in_backward:
-        return AdamWInBackward(params, lr=lr, weight_decay=weight_decay, fused=fused)
+        return AdamWInBackward(params, names, lr=lr, weight_decay=weight_decay, fused=fused)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
 
 
@@ -63,17 +68,33 @@ class AdamWInBackward(torch.optim.Optimizer):
     gradient accumulation, no gradient clipping, no loss scaling, no gradient all-reduce (DDP/FSDP) after the hook.
     """
 
-    def __init__(self, params: list[Tensor], **adamw_kwargs: Any) -> None:
+    def __init__(self, params: list[Tensor], names: Optional[list[str]] = None, **adamw_kwargs: Any) -> None:
         super().__init__(params, {k: v for k, v in adamw_kwargs.items() if k != "fused"})
         self.per_param = {p: torch.optim.AdamW([p], **adamw_kwargs) for p in self.param_groups[0]["params"]}
+        self.names = dict(zip(self.per_param, names or [f"parameter {i}" for i in range(len(self.per_param))]))
+        self.found_inf: dict[Tensor, Tensor] = {}  # per parameter, this step: 1 where its gradient was not finite
         self.hooks = [p.register_post_accumulate_grad_hook(self._update) for p in self.per_param]
 
     def _update(self, param: Tensor) -> None:
         inner = self.per_param[param]
         settings = {k: v for k, v in self.param_groups[0].items() if k != "params"}
         inner.param_groups[0].update({k: v for k, v in settings.items() if k in inner.param_groups[0]})
-        inner.step()
+        # a non-finite gradient must not reach the weights; the fused kernel skips on a device flag (no sync)
+        found_inf = (~torch.isfinite(param.grad).all()).float()
+        self.found_inf[param] = found_inf
+        if inner.defaults.get("fused"):
+            inner.found_inf = found_inf
+            inner.step()
+        elif not found_inf.item():
+            inner.step()
         param.grad = None  # the point: this gradient's memory is free before the next one is computed
+
+    def nonfinite_parameters(self) -> list[str]:
+        """The parameters whose gradient was not finite since the last call (their update was skipped)."""
+        flags = torch.stack(list(self.found_inf.values())).bool().tolist() if self.found_inf else []
+        bad = [self.names[p] for p, flag in zip(self.found_inf, flags) if flag]
+        self.found_inf.clear()
+        return bad
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
+
+from lit_dpo.checkpoints import fresh_partial, put_in_place
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
@@ -70,3 +73,17 @@ class FSDPStrategy(ModelParallelStrategy):
     def setup_environment(self) -> None:
         self._data_parallel_size = self.world_size
         super().setup_environment()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Optional[Any] = None) -> None:
+        """Distributed checkpoints (a folder of shards) written into ``<path>.partial`` by every rank, then put in
+        place by rank 0: a kill during the save leaves the previous checkpoint whole."""
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)  # one file: AtomicCheckpointIO
+        path = Path(self.broadcast(str(filepath)))
+        partial = fresh_partial(path) if self.is_global_zero else path.with_name(path.name + ".partial")
+        self.barrier()
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        self.barrier()
+        if self.is_global_zero:
+            put_in_place(path)
+        self.barrier()

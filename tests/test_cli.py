@@ -265,3 +265,25 @@ def test_bad_options_stop_before_any_model_loads(data, tmp_path, capsys):
             fit.main(_args(tmp_path / "no_model_here", *data, tmp_path, option))
         assert exit_info.value.code == 2
         assert capsys.readouterr().err.strip().splitlines()[-1] == f"lit_dpo: error: {message}"
+
+
+@pytest.mark.parametrize("in_backward", [True, False], ids=["adamw_in_backward", "adamw"])
+def test_a_non_finite_gradient_stops_before_the_update(
+    tiny_model_dir, data, tmp_path, capsys, monkeypatch, in_backward
+):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # killer.py: the fault-injecting callbacks
+    args = _args(
+        tiny_model_dir, *data, tmp_path, "--trainer.max_steps=4", f"--model.optimizer_in_backward={in_backward}"
+    )
+    args += ["--trainer.callbacks+=killer.NanGradientAtStep", "--trainer.callbacks.step=2"]
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(args)
+    assert exit_info.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(
+        "lit_dpo: training stopped: step 2: the gradient of model.layers.1.mlp.up_proj.weight is not finite; no update was made with it"
+    )
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert not (run / "hf_model").exists() and not (run / "checkpoints" / "last.ckpt").exists()

@@ -97,3 +97,18 @@ def test_lr_warmup_then_schedules():
     linear, cosine = lr_lambda(2, "linear", lambda: 6), lr_lambda(2, "cosine", lambda: 6)
     assert [linear(s) for s in range(2, 7)] == [1.0, 0.75, 0.5, 0.25, 0.0]
     assert [round(cosine(s), 6) for s in (2, 4, 6)] == [1.0, 0.5, 0.0]
+
+
+def test_a_non_finite_gradient_never_reaches_its_weights(random_llama):
+    model = random_llama(64, 0)
+    names = [name for name, _ in model.named_parameters()]
+    optimizer = AdamWInBackward(list(model.parameters()), names, lr=1e-2, fused=True)
+    bad = dict(model.named_parameters())["model.layers.0.mlp.up_proj.weight"]
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    bad.register_hook(lambda grad: grad * float("nan"))
+    _train(model, optimizer, 1, [1e-2])
+    assert optimizer.nonfinite_parameters() == ["model.layers.0.mlp.up_proj.weight"]
+    assert torch.equal(bad, before["model.layers.0.mlp.up_proj.weight"])  # not updated, not NaN
+    assert optimizer.per_param[bad].state[bad]["step"] == 0
+    assert not torch.equal(model.model.embed_tokens.weight, before["model.embed_tokens.weight"])  # the rest trained
+    assert optimizer.nonfinite_parameters() == []  # reset once read

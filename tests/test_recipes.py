@@ -23,6 +23,15 @@ def _print_config(capsys, *args):
     return capsys.readouterr().out
 
 
+def test_the_slurm_script_fails_fast_and_resumes_in_its_own_folder():
+    script = (RECIPES / "slurm" / "dpo.sbatch").read_text()
+    assert "srun --kill-on-bad-exit=1 " in script  # one rank failing ends the others
+    assert 'root="runs/slurm-${SLURM_JOB_ID}"' in script and 'mkdir -p "$root"' in script  # one root folder per job
+    assert '--trainer.default_root_dir="$root" --ckpt_path=auto' in script  # a requeued job continues there
+    output = next(line for line in script.splitlines() if line.startswith("#SBATCH --output="))
+    assert "/" not in output  # its log goes to a folder that exists when SLURM opens it
+
+
 def test_base_recipe_is_the_default(capsys):
     assert _print_config(capsys, "--config", str(RECIPES / "base.yaml")) == _print_config(capsys)
 

@@ -3,7 +3,9 @@ batch them per step."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+from array import array
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
@@ -64,6 +66,7 @@ class PreferenceDataModule(L.LightningDataModule):
             over a row, so long rows cost quadratically: ~512 suits short pairs, 0 suits long ones.
         num_workers: DataLoader worker processes (tokenization happens once, up front).
         tokenizer_name_or_path: Tokenizer, linked by the CLI to ``--model.model_name_or_path``.
+        trust_remote_code: Allow tokenizer code from the Hub; linked by the CLI to ``--model.trust_remote_code``.
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class PreferenceDataModule(L.LightningDataModule):
         pack_length: int = 512,
         num_workers: int = 0,
         tokenizer_name_or_path: str = BUNDLED,
+        trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -95,12 +99,13 @@ class PreferenceDataModule(L.LightningDataModule):
         self.val_examples: list[Example] = []
         self.source_names: list[str] = []  # Example.source indexes it
         self.logs: list[SourceLog] = []  # what became of every source's rows
+        self._fingerprint: Optional[str] = None
 
     def setup(self, stage: str) -> None:
         if self.tokenizer is not None:
             return
         hp = self.hparams
-        self.tokenizer = load_tokenizer(hp.tokenizer_name_or_path)
+        self.tokenizer = load_tokenizer(hp.tokenizer_name_or_path, hp.trust_remote_code)
         demo = hp.path == DEMO
         train = as_sources(demo_path("train") if demo else hp.path, hp.split, hp.config_name, hp.columns)
         val_value = demo_path("val") if demo and hp.val_path is None else hp.val_path
@@ -145,6 +150,18 @@ class PreferenceDataModule(L.LightningDataModule):
         if sources and not examples:
             raise DataError(f"{sources[0].path}: no rows left to {stage} on (see the warning above)")
         return [replace(ex, index=first + i) for i, ex in enumerate(examples)]
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the training examples in order (token ids, weights, sources): what a run's sample order and
+        schedule follow from. Checkpoints record it, so that a resumed run can tell its data changed."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for ex in self.train_examples:
+                fields = [ex.prompt_ids, *ex.completions.values(), [ex.source, int(getattr(ex, "desirable", 0))]]
+                for ids in fields:
+                    digest.update(array("q", [len(ids), *ids]).tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     @property
     def unpaired(self) -> bool:

@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+import transformers
 from filelock import FileLock
-from safetensors.torch import load_file, save_file
+from lightning.pytorch.utilities import rank_zero_warn
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from lit_dpo.data.collate import Batch
 from lit_dpo.data.tokenize import Pair
 from lit_dpo.errors import InputError
-from lit_dpo.hf import cache_dir
+from lit_dpo.hf import cache_dir, private_dir
 from lit_dpo.reference.live import Reference
 
 _FORMAT = "lit_dpo-ref-logps-1"  # bump when what is stored changes meaning
@@ -83,8 +87,8 @@ def cache_logps(reference: Reference, trainer: Any, stages: Sequence[str], setti
             continue
         if reference is cached:
             raise RuntimeError(f"no live reference left to compute the {stage} log-probs")
-        key = pairs_fingerprint(examples, reference.fingerprint, settings)
-        logps = load(key)
+        key = pairs_fingerprint(examples, reference.fingerprint, settings | _model_settings(reference))
+        logps = load(key, len(examples))
         if not strategy.reduce_boolean_decision(logps is not None, all=True):  # every rank computes, or none
             logps = _compute_on_ranks(reference, examples, datamodule, trainer)
             if trainer.is_global_zero:
@@ -92,6 +96,19 @@ def cache_logps(reference: Reference, trainer: Any, stages: Sequence[str], setti
         cached.table[torch.tensor([ex.index for ex in examples])] = logps.to(cached.table)
         cached.stages.add(stage)
     return cached
+
+
+def _model_settings(reference: Reference) -> dict[str, Any]:
+    """What the log-probs depend on besides the weights and the token ids: the model's configuration (RoPE,
+    sliding windows, softcapping, ...), its attention implementation, and the library versions computing them."""
+    model = reference.model if reference.model is not None else getattr(reference, "policy", None)
+    config = getattr(model, "config", None)
+    return {
+        "config": hashlib.sha256(config.to_json_string().encode()).hexdigest() if config is not None else None,
+        "attention": getattr(config, "_attn_implementation", None),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 def _compute_on_ranks(reference: Reference, examples: list[Pair], datamodule: Any, trainer: Any) -> Tensor:
@@ -130,19 +147,50 @@ def _path(fingerprint: str) -> Path:
     return cache_dir() / "ref_logps" / f"{fingerprint}.safetensors"
 
 
-def load(fingerprint: str) -> Optional[Tensor]:
-    """The stored ``(N, 2)`` log-probs (chosen, rejected) for this key, or None."""
+def load(fingerprint: str, rows: int) -> Optional[Tensor]:
+    """The stored ``(rows, 2)`` log-probs (chosen, rejected) for this key, or None: none stored, or a file that does
+    not hold what its name promises (truncated, edited, another data set), which is then deleted with a warning."""
     path = _path(fingerprint)
-    return load_file(str(path))["logps"] if path.exists() else None
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata, logps = handle.metadata() or {}, handle.get_tensor("logps")
+        problem = _problem(metadata, logps, fingerprint, rows)
+    except Exception as err:  # safetensors raises several types for a damaged file
+        problem = f"it cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    if problem is None:
+        return logps
+    rank_zero_warn(f"reference log-prob cache {path}: {problem}; computing it again")
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _problem(metadata: dict[str, str], logps: Tensor, fingerprint: str, rows: int) -> Optional[str]:
+    if metadata.get("format") != _FORMAT or metadata.get("key") != fingerprint:
+        return "its key or format is not the one it is named after"
+    if tuple(logps.shape) != (rows, 2) or metadata.get("rows") != str(rows):
+        return f"it holds {tuple(logps.shape)} values where {rows} pairs need ({rows}, 2)"
+    if not bool(torch.isfinite(logps).all()):
+        return "it holds values that are not finite"
+    return None
 
 
 def save(fingerprint: str, logps: Tensor) -> None:
-    path = _path(fingerprint)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        partial = path.with_name(path.name + ".partial")
-        save_file({"logps": logps.contiguous()}, str(partial))
-        partial.rename(path)  # readers never see half a file
+    """Store the log-probs under their key: written whole (fsync, then rename) or not at all. The cache is an
+    optimisation: a failed write (disk full, permissions) warns and training goes on."""
+    try:
+        path = _path(fingerprint)
+        private_dir(path.parent)
+        with FileLock(str(path) + ".lock"):
+            partial = path.with_name(path.name + ".partial")
+            metadata = {"format": _FORMAT, "key": fingerprint, "rows": str(logps.shape[0])}
+            save_file({"logps": logps.contiguous()}, str(partial), metadata=metadata)
+            with open(partial, "rb") as handle:
+                os.fsync(handle.fileno())
+            partial.rename(path)  # readers never see half a file
+    except OSError as err:
+        rank_zero_warn(f"could not save the reference log-prob cache ({err}); training goes on without it")
 
 
 def compute(

@@ -1,6 +1,7 @@
 """lit_dpo/reference/cached.py: cached reference log-probs give the live reference's losses, are reused across runs
 and invalidated by changes."""
 
+import copy
 import shutil
 
 import lightning as L
@@ -124,3 +125,82 @@ def test_auto_caches_only_when_the_fit_covers_every_pair(tiny_dirs, tmp_path, mo
     assert len(_cached_files(tmp_path / "cache")) == 2
     live = _fit(policy, reference, train, val, precompute=False, steps=6)
     torch.testing.assert_close(torch.tensor(epoch.losses), torch.tensor(live.losses), rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture
+def stored(tmp_path, monkeypatch):
+    """A cache entry of 3 pairs written under a fresh $LIT_DPO_CACHE: its key and path."""
+    monkeypatch.setenv("LIT_DPO_CACHE", str(tmp_path / "cache"))
+    key = "k" * 64
+    reference_cache.save(key, torch.tensor([[-1.0, -2.0], [-3.0, -4.0], [-5.0, -6.0]]))
+    return key, tmp_path / "cache" / "ref_logps" / f"{key}.safetensors"
+
+
+def test_a_sound_cache_entry_loads(stored):
+    key, _ = stored
+    assert reference_cache.load(key, 3).tolist() == [[-1.0, -2.0], [-3.0, -4.0], [-5.0, -6.0]]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "nan", "rows", "renamed"])
+def test_a_damaged_cache_entry_is_deleted_and_recomputed(stored, damage):
+    from safetensors.torch import save_file
+
+    key, path = stored
+    if damage == "truncated":  # a kill mid-write on a filesystem without atomic rename
+        path.write_bytes(path.read_bytes()[:40])
+    elif damage == "nan":  # edited
+        save_file(
+            {"logps": torch.tensor([[-1.0, float("nan")]] * 3)},
+            str(path),
+            {"format": reference_cache._FORMAT, "key": key, "rows": "3"},
+        )
+    elif damage == "renamed":  # another entry's file under this name
+        save_file(
+            {"logps": torch.zeros(3, 2)}, str(path), {"format": reference_cache._FORMAT, "key": "x" * 64, "rows": "3"}
+        )
+    rows = 4 if damage == "rows" else 3  # the data set has another size now
+    with pytest.warns(UserWarning, match=f"reference log-prob cache {path}: .*; computing it again"):
+        assert reference_cache.load(key, rows) is None
+    assert not path.exists()
+
+
+def test_cache_folders_are_private(stored, tmp_path):
+    for folder in (tmp_path / "cache", tmp_path / "cache" / "ref_logps"):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+
+
+def test_the_cache_key_covers_config_attention_and_versions(tiny_model_dir, monkeypatch):
+    import transformers
+
+    from lit_dpo.hf import load_model
+    from lit_dpo.reference import ModelReference
+
+    reference = ModelReference(load_model(tiny_model_dir))
+    pairs = [Pair([1, 2], [3], [4])]
+
+    def key():
+        return reference_cache.pairs_fingerprint(pairs, "w", reference_cache._model_settings(reference))
+
+    first, config = key(), reference.model.config
+    reference.model.config = copy.deepcopy(config)
+    reference.model.config.rope_theta = 500_000.0  # another RoPE: other log-probs from the same weights
+    assert key() != first
+    reference.model.config = config
+    assert key() == first
+    reference.model.set_attn_implementation("eager")
+    assert key() != first
+    reference.model.set_attn_implementation("sdpa")
+    monkeypatch.setattr(transformers, "__version__", "0.0.1")
+    assert key() != first
+
+
+def test_an_unwritable_cache_warns_and_training_goes_on(tiny_dirs, tmp_path, monkeypatch, standard_rows, write_jsonl):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("LIT_DPO_CACHE", str(blocker / "cache"))  # no folder can be made under a file
+    policy, reference = tiny_dirs
+    train = write_jsonl(tmp_path / "train.jsonl", standard_rows(8))
+    val = write_jsonl(tmp_path / "val.jsonl", standard_rows(4, 7))
+    with pytest.warns(UserWarning, match="could not save the reference log-prob cache .*; training goes on without it"):
+        recorder = _fit(policy, reference, train, val, precompute=True, steps=2)
+    assert len(recorder.losses) == 2 and not recorder.reference_seen

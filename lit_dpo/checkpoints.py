@@ -1,0 +1,189 @@
+"""Checkpoints a cluster user can trust: a resumable ``last`` checkpoint saved periodically, at the end of every
+epoch and of training, and when SIGTERM (a preemption) stops the run; written atomically and streamed to disk;
+and ``--ckpt_path=last|auto`` resolved to the newest run that has one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lit_dpo.errors import InputError
+
+LAST = "last.ckpt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` straight into a temporary file next to the checkpoint, ``fsync``, then rename over it: a kill
+    during the save leaves the previous checkpoint whole, and no second copy of the checkpoint is built in memory
+    (Lightning's default serialises it into a buffer first). Loads with ``weights_only=True``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        if "://" in str(path):  # remote storage: Lightning's own writer
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        write_atomically(Path(path), lambda partial: _save_synced(checkpoint, partial))
+
+    def load_checkpoint(
+        self, path: Any, map_location: Optional[Any] = None, weights_only: Optional[bool] = None
+    ) -> Any:
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+def _save_synced(checkpoint: dict[str, Any], path: Path) -> None:
+    with open(path, "wb") as handle:
+        torch.save(checkpoint, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_atomically(path: Path, write: Any) -> None:
+    """Let ``write(partial)`` create ``path``'s content (a file or a folder) under a temporary name next to it, then
+    put it in place: readers see the old content or the new, never half of one."""
+    write(fresh_partial(path))
+    put_in_place(path)
+
+
+def fresh_partial(path: Path) -> Path:
+    """``<path>.partial``, emptied: where a new version of ``path`` is written before ``put_in_place``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    _remove(partial)
+    return partial
+
+
+def put_in_place(path: Path) -> None:
+    """Rename ``<path>.partial`` to ``path``. A folder replaces a folder in two renames; between them the old one
+    is at ``<path>.old`` (``resumable_checkpoint`` looks there too)."""
+    partial, old = path.with_name(path.name + ".partial"), path.with_name(path.name + ".old")
+    if path.is_dir() and not path.is_symlink():
+        _remove(old)
+        path.rename(old)
+    os.replace(partial, path)
+    _remove(old)
+    _sync_folder(path.parent)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _sync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)  # the rename itself survives a power loss
+    finally:
+        os.close(descriptor)
+
+
+def _accumulating(trainer: Trainer) -> bool:
+    """Whether the batch that just ended was one of several accumulated into the next optimizer step."""
+    should_accumulate = getattr(trainer.fit_loop.epoch_loop, "_should_accumulate", None)
+    return bool(should_accumulate()) if should_accumulate is not None else False
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """A resumable ``last.ckpt`` in the run's ``checkpoints/``: every ``every_minutes`` of training (and/or every
+    ``every_n_train_steps``), at the end of every epoch and of training, and at the step where SIGTERM (what
+    SLURM and Kubernetes send on preemption) arrives, before the run exits with status 143.
+
+    Args:
+        every_minutes: Save at the first step after this many minutes of training since the last save (0: never).
+        every_n_train_steps: Also save every this many optimizer steps (0: never).
+    """
+
+    def __init__(self, every_minutes: float = 30.0, every_n_train_steps: int = 0) -> None:
+        super().__init__(save_top_k=0, save_last=True, save_on_train_epoch_end=True)
+        self.every_minutes, self.every_steps = every_minutes, every_n_train_steps
+        self._last_save = time.monotonic()
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._last_save = time.monotonic()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if self._should_skip_saving_checkpoint(trainer):
+            return
+        minutes = (time.monotonic() - self._last_save) / 60
+        due = bool(self.every_steps and trainer.global_step % self.every_steps == 0)
+        due |= bool(self.every_minutes and minutes >= self.every_minutes)
+        due |= 0 < trainer.max_steps <= trainer.global_step  # the last step: the end of training
+        due &= not _accumulating(trainer)  # mid-accumulation the partial gradients would be lost
+        # the clock and the signal are rank 0's, as Lightning decides SIGTERM: every rank saves, or none
+        if trainer.world_size > 1:
+            due, stopping = trainer.strategy.broadcast((due, trainer.received_sigterm), src=0)
+        else:
+            stopping = trainer.received_sigterm
+        if due or stopping:
+            self.save_resumable(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self.save_resumable(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        pass  # no checkpoint per validation: the triggers above say when
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        pass  # the last step was saved at its batch end; a save here would not resume mid-epoch
+
+    def save_resumable(self, trainer: Trainer) -> None:
+        if trainer.global_step == self._last_global_step_saved:
+            return
+        path = os.path.join(self.dirpath, LAST)
+        trainer.save_checkpoint(path)
+        self.last_model_path, self._last_global_step_saved = path, trainer.global_step
+        self._last_save = time.monotonic()
+
+
+def resumable_checkpoint(run: Path) -> Optional[Path]:
+    """The run's resumable checkpoint: ``checkpoints/last.ckpt`` (a file, or a distributed checkpoint's folder),
+    or the previous one when a folder save was interrupted between its two renames."""
+    for name in (LAST, LAST + ".old"):
+        path = run / "checkpoints" / name
+        if path.is_file() or (path / "meta.pt").is_file():
+            return path
+    return None
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step a checkpoint (file, or distributed checkpoint folder) was saved at."""
+    meta = path / "meta.pt" if path.is_dir() else path
+    return int(torch.load(meta, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+
+
+_CHANGES = {  # what a checkpoint's fingerprint covers, and what resuming on a changed one would do
+    "data": (
+        "the training data (rows, order, tokenizer or length limits)",
+        "would change the sample order and schedule",
+    ),
+    "reference": ("the reference model's weights", "would change the objective the run optimises"),
+}
+
+
+def check_resume(
+    trainer: Optional[Trainer], checkpoint: Optional[str], current: dict[str, Optional[str]], allowed: set[str]
+) -> None:
+    """Refuse to resume a fit from ``checkpoint`` when the training data or the reference differ from its, unless
+    ``allowed`` (``--allow_changed``) names them. Checkpoints record them in ``checkpoint["lit_dpo"]``."""
+    if trainer is None or trainer.state.fn != "fit" or not checkpoint or not Path(checkpoint).exists():
+        return
+    path = Path(checkpoint)
+    meta = path / "meta.pt" if path.is_dir() else path
+    saved = torch.load(meta, map_location="cpu", weights_only=True, mmap=True).get("lit_dpo", {})
+    for what, value in current.items():
+        before = saved.get(what)
+        if before is not None and value is not None and before != value and what not in allowed:
+            described, consequence = _CHANGES[what]
+            raise InputError(
+                f"{described} changed since {path} was saved (fingerprint {before[:12]} -> {value[:12]}): resuming "
+                f"{consequence}; pass --allow_changed='[{what}]' to resume anyway"
+            )

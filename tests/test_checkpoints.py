@@ -1,0 +1,172 @@
+"""lit_dpo/checkpoints.py: resumable checkpoints written whole, found on resume, checked, and saved on SIGTERM."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_dpo import fit, validate
+from lit_dpo.checkpoints import AtomicCheckpointIO, checkpoint_step, put_in_place, resumable_checkpoint
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def files(tmp_path, standard_rows, write_jsonl):
+    return write_jsonl(tmp_path / "train.jsonl", standard_rows(32)), write_jsonl(
+        tmp_path / "val.jsonl", standard_rows(4, 9)
+    )
+
+
+def _args(model_dir, files, root, *extra):
+    return [f"--model.model_name_or_path={model_dir}", f"--data.path={files[0]}", f"--data.val_path={files[1]}",
+            f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false", *extra]  # fmt: skip
+
+
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
+
+
+def _train_losses(run: Path) -> dict[int, float]:
+    with open(run / "metrics.csv") as handle:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r["train/loss"]}
+
+
+def test_a_kill_during_a_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+    real_save = torch.save
+
+    def dies_halfway(obj, handle, *args, **kwargs):
+        handle.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # as a kill would stop it
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert io.load_checkpoint(path)["global_step"] == 1 and checkpoint_step(path) == 1
+    io.save_checkpoint({"global_step": 3}, path)  # the next save goes through, leaving nothing behind
+    assert checkpoint_step(path) == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_checkpoints_are_streamed_to_disk_not_built_in_memory(tmp_path, monkeypatch):
+    targets, real_save = [], torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: targets.append(f) or real_save(obj, f, *a, **k))
+    AtomicCheckpointIO().save_checkpoint({"w": torch.ones(3)}, tmp_path / "x.ckpt")
+    (target,) = targets
+    assert hasattr(target, "fileno") and target.name.endswith("x.ckpt.partial")  # a file, not an in-memory buffer
+
+
+def test_an_interrupted_folder_swap_still_resumes(tmp_path):
+    """A distributed checkpoint (a folder) replaces the previous one in two renames; killed between them, the
+    previous one is found at last.ckpt.old."""
+    checkpoints = tmp_path / "run" / "checkpoints"
+    for name, step in (("last.ckpt", 4), ("last.ckpt.partial", 6)):
+        (checkpoints / name).mkdir(parents=True)
+        torch.save({"global_step": step}, checkpoints / name / "meta.pt")
+    (checkpoints / "last.ckpt").rename(checkpoints / "last.ckpt.old")  # killed after the first rename
+    assert resumable_checkpoint(tmp_path / "run") == checkpoints / "last.ckpt.old"
+    (checkpoints / "last.ckpt.old").rename(checkpoints / "last.ckpt")
+    put_in_place(checkpoints / "last.ckpt")
+    assert checkpoint_step(resumable_checkpoint(tmp_path / "run")) == 6 and not (checkpoints / "last.ckpt.old").exists()
+
+
+def test_a_default_fit_saves_a_resumable_checkpoint_periodically_and_at_the_end(
+    tiny_model_dir, files, tmp_path, monkeypatch
+):
+    fit.main(_args(tiny_model_dir, files, tmp_path / "end", "--trainer.max_steps=3"))
+    assert checkpoint_step(tmp_path / "end" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt") == 3
+    saved, original = [], AtomicCheckpointIO.save_checkpoint
+
+    def recorded(self, checkpoint, path, *args, **kwargs):
+        saved.append(checkpoint["global_step"])
+        return original(self, checkpoint, path, *args, **kwargs)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", recorded)
+    fit.main(_args(tiny_model_dir, files, tmp_path / "steps", "--trainer.max_steps=5", "--checkpoint.every_minutes=0",
+                   "--checkpoint.every_n_train_steps=2"))  # fmt: skip
+    # by time: any time at all has passed, so every step
+    fit.main(
+        _args(tiny_model_dir, files, tmp_path / "time", "--trainer.max_steps=3", "--checkpoint.every_minutes=1e-9")
+    )
+    assert saved == [2, 4, 5, 1, 2, 3]  # then once at the end; never twice for one step
+
+
+def test_ckpt_path_last_without_a_checkpoint_changes_nothing(tiny_model_dir, files, tmp_path, capsys):
+    validate.main(_args(tiny_model_dir, files, tmp_path))  # a run directory without any checkpoint
+    before = _tree(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(_args(tiny_model_dir, files, tmp_path, "--ckpt_path=last"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"lit_dpo: error: --ckpt_path=last: no run under {tmp_path} has a resumable checkpoint (checkpoints/last.ckpt)"
+    )
+    assert _tree(tmp_path) == before
+
+
+def test_ckpt_path_last_resumes_the_newest_run_that_has_a_checkpoint(tiny_model_dir, files, tmp_path, capsys):
+    fit.main(_args(tiny_model_dir, files, tmp_path, "--trainer.max_steps=2"))  # version_0, last.ckpt at step 2
+    validate.main(_args(tiny_model_dir, files, tmp_path))  # version_1: no checkpoint
+    capsys.readouterr()
+    fit.main(_args(tiny_model_dir, files, tmp_path, "--trainer.max_steps=4", "--ckpt_path=last"))
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert f"lit_dpo: resuming {run / 'checkpoints' / 'last.ckpt'} at step 2" in capsys.readouterr().out
+    assert sorted(_train_losses(run)) == [0, 1, 2, 3] and checkpoint_step(run / "checkpoints" / "last.ckpt") == 4
+    assert not (tmp_path / "lightning_logs" / "version_2").exists()
+
+
+def test_ckpt_path_auto_starts_fresh_or_resumes(tiny_model_dir, files, tmp_path, capsys):
+    fit.main(_args(tiny_model_dir, files, tmp_path, "--trainer.max_steps=2", "--ckpt_path=auto"))
+    fit.main(_args(tiny_model_dir, files, tmp_path, "--trainer.max_steps=3", "--ckpt_path=auto"))
+    assert "resuming" in capsys.readouterr().out
+    assert sorted(_train_losses(tmp_path / "lightning_logs" / "version_0")) == [0, 1, 2]
+
+
+def test_changed_data_or_reference_stops_a_resume(tiny_dirs, files, tmp_path, standard_rows, write_jsonl, capsys):
+    policy, other = tiny_dirs
+    fit.main(_args(policy, files, tmp_path, "--trainer.max_steps=2"))
+    write_jsonl(Path(files[0]), standard_rows(32, seed=5))  # another training set under the same name
+    before = _tree(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(_args(policy, files, tmp_path, "--trainer.max_steps=3", "--ckpt_path=last"))
+    assert exit_info.value.code == 2 and _tree(tmp_path) == before  # refused before anything is written
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("lit_dpo: error: the training data (rows, order, tokenizer or length limits) changed since")
+    assert line.endswith("pass --allow_changed='[data]' to resume anyway")
+    with pytest.raises(SystemExit) as exit_info:  # the data allowed, the reference still checked
+        fit.main(_args(policy, files, tmp_path, "--trainer.max_steps=3", "--ckpt_path=last", "--allow_changed=[data]",
+                       f"--model.ref_model_name_or_path={other}"))  # fmt: skip
+    assert "the reference model's weights changed since" in capsys.readouterr().err.strip().splitlines()[-1]
+    fit.main(_args(policy, files, tmp_path, "--trainer.max_steps=3", "--ckpt_path=last", "--allow_changed=[data]"))
+    assert sorted(_train_losses(tmp_path / "lightning_logs" / "version_0")) == [0, 1, 2]
+
+
+@pytest.mark.integration
+def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_exactly(tiny_model_dir, files, tmp_path):
+    env = os.environ | {"PYTHONWARNINGS": "ignore", "PYTHONPATH": str(TESTS)}
+
+    def run(root, *extra):
+        command = [sys.executable, "-m", "lit_dpo.fit", *_args(tiny_model_dir, files, root, "--trainer.max_steps=6",
+                   "--model.learning_rate=1e-3", *extra)]  # fmt: skip
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+    assert run(tmp_path / "straight").returncode == 0
+    stopped = run(tmp_path / "stopped", "--trainer.callbacks+=killer.TermAtStep", "--trainer.callbacks.step=3")
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    last = tmp_path / "stopped" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"lit_dpo: stopped by SIGTERM at step 4; checkpoint {last}; continue with --ckpt_path=last"
+    )
+    assert checkpoint_step(last) == 4  # the step in flight finished, and was saved
+    resumed = run(tmp_path / "stopped", "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = _train_losses(tmp_path / "straight" / "lightning_logs" / "version_0")
+    again = _train_losses(tmp_path / "stopped" / "lightning_logs" / "version_0")
+    assert sorted(again) == list(range(6))
+    for step, loss in straight.items():
+        assert again[step] == pytest.approx(loss, rel=1e-5), step
