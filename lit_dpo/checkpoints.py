@@ -14,6 +14,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_dpo.errors import InputError
 
@@ -105,6 +106,7 @@ class ResumableCheckpoint(ModelCheckpoint):
         super().__init__(save_top_k=0, save_last=True, save_on_train_epoch_end=True)
         self.every_minutes, self.every_steps = every_minutes, every_n_train_steps
         self._last_save = time.monotonic()
+        self._stop_at_epoch_end = False
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._last_save = time.monotonic()
@@ -122,12 +124,31 @@ class ResumableCheckpoint(ModelCheckpoint):
             due, stopping = trainer.strategy.broadcast((due, trainer.received_sigterm), src=0)
         else:
             stopping = trainer.received_sigterm
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            # the epoch's end, which comes next, saves instead (after its validation); SIGTERM waits for it
+            if stopping:
+                trainer._signal_connector.received_sigterm, self._stop_at_epoch_end = False, True
+            return
         if due or stopping:
             self.save_resumable(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._should_skip_saving_checkpoint(trainer):
             self.save_resumable(trainer)
+        if self._stop_at_epoch_end:
+            raise SIGTERMException  # as Lightning does on SIGTERM: fit.py exits with status 143
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        progress = trainer.fit_loop.epoch_progress.current
+        if "loops" in checkpoint and progress.processed > progress.completed:  # saved by an epoch-end hook
+            _record_between_epochs(checkpoint["loops"]["fit_loop"])
+            checkpoint["epoch"] = progress.processed
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        if fit_loop.get("state_dict", {}).pop(_BETWEEN_EPOCHS, False) and trainer.max_steps != -1:
+            # Lightning, resuming with max_steps, counts a logging step it takes to have been in flight at the save
+            fit_loop["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         pass  # no checkpoint per validation: the triggers above say when
@@ -142,6 +163,22 @@ class ResumableCheckpoint(ModelCheckpoint):
         trainer.save_checkpoint(path)
         self.last_model_path, self._last_global_step_saved = path, trainer.global_step
         self._last_save = time.monotonic()
+
+
+_BETWEEN_EPOCHS = "lit_dpo_between_epochs"
+
+
+def _record_between_epochs(fit_loop: dict[str, Any]) -> None:
+    """Record a fit loop saved in an epoch's end hooks as the finished epoch it is about to be. Restored as saved,
+    Lightning (2.6, with ``max_steps``) runs that epoch's end again, counts it twice and stops an epoch early; and the
+    exhausted dataloader's state would leave the next epoch empty. Without it, the resumed run starts the next epoch
+    afresh, in the order (seed, epoch) gives it, as the uninterrupted run does."""
+    for counts in fit_loop["epoch_progress"].values():
+        counts["completed"] = counts["processed"]
+    batches = fit_loop["epoch_loop.batch_progress"]
+    batches["current"], batches["is_last_batch"] = dict.fromkeys(batches["current"], 0), False
+    fit_loop["state_dict"].pop("combined_loader", None)
+    fit_loop["state_dict"][_BETWEEN_EPOCHS] = True
 
 
 def resumable_checkpoint(run: Path) -> Optional[Path]:

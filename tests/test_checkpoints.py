@@ -147,12 +147,18 @@ def test_changed_data_or_reference_stops_a_resume(tiny_dirs, files, tmp_path, st
 
 
 @pytest.mark.integration
-def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_exactly(tiny_model_dir, files, tmp_path):
+@pytest.mark.parametrize("ranks", [1, 2], ids=["one_process", "ddp_2_ranks"])
+def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_exactly(tiny_model_dir, files, tmp_path, ranks):
     env = os.environ | {"PYTHONWARNINGS": "ignore", "PYTHONPATH": str(TESTS)}
+    recipes = TESTS.parent / "recipes"
+    configs = ["--config", str(recipes / "base.yaml"), "--config", str(recipes / "strategy" / "ddp.yaml")]
+    # 4 steps an epoch either way, SIGTERM in an epoch's last step; Lightning resumes differently with max_steps
+    ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.max_steps=6"]
+    one = ["--data.batch_size=8"]
 
     def run(root, *extra):
-        command = [sys.executable, "-m", "lit_dpo.fit", *_args(tiny_model_dir, files, root, "--trainer.max_steps=6",
-                   "--model.learning_rate=1e-3", *extra)]  # fmt: skip
+        command = [sys.executable, "-m", "lit_dpo.fit", *(configs if ranks == 2 else []), *_args(tiny_model_dir, files,
+                   root, "--trainer.max_epochs=2", "--model.learning_rate=1e-3", *(ddp if ranks == 2 else one), *extra)]  # fmt: skip
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
     assert run(tmp_path / "straight").returncode == 0
@@ -167,6 +173,6 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_exactly(tiny_model_dir
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     straight = _train_losses(tmp_path / "straight" / "lightning_logs" / "version_0")
     again = _train_losses(tmp_path / "stopped" / "lightning_logs" / "version_0")
-    assert sorted(again) == list(range(6))
+    assert sorted(straight) == sorted(again) == list(range(6 if ranks == 2 else 8))  # resumed across the epoch's end
     for step, loss in straight.items():
         assert again[step] == pytest.approx(loss, rel=1e-5), step

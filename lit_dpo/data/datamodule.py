@@ -191,16 +191,16 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # stateful: a checkpoint records the position in the epoch, so a resumed run sees the batches the
-        # interrupted one would have seen next; across ranks that takes a stateful distributed sampler too
-        sampler = None
+        # interrupted one would have seen next. The order is drawn from (seed, epoch) alone, on one process as on
+        # several, so an epoch that starts after a resume is the one the uninterrupted run would have seen
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        ranks = {"num_replicas": 1, "rank": 0}
         if self.trainer is not None and self.trainer.world_size > 1:
-            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-            kwargs = self.trainer.strategy.distributed_sampler_kwargs
-            sampler = StatefulDistributedSampler(self.train_examples, shuffle=self.hparams.shuffle, seed=seed, **kwargs)
+            ranks = self.trainer.strategy.distributed_sampler_kwargs
+        sampler = StatefulDistributedSampler(self.train_examples, shuffle=self.hparams.shuffle, seed=seed, **ranks)
         return StatefulDataLoader(
             self.train_examples,
             batch_size=self.hparams.batch_size,
-            shuffle=self.hparams.shuffle if sampler is None else None,
             sampler=sampler,
             collate_fn=self.collator(),
             num_workers=self.hparams.num_workers,
