@@ -160,7 +160,7 @@ class ResumableCheckpoint(ModelCheckpoint):
         if trainer.global_step == self._last_global_step_saved:
             return
         path = os.path.join(self.dirpath, LAST)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full training state, to resume
         self.last_model_path, self._last_global_step_saved = path, trainer.global_step
         self._last_save = time.monotonic()
 

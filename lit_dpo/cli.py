@@ -3,29 +3,36 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional
 
 import lightning as L
+import torch
 import yaml
 from jsonargparse import Namespace
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_dpo.callbacks import Throughput, TrainingHealth, WinRate
+from lit_dpo.callbacks.progress import DPOModelSummary, DPOProgressBar, quiet_third_party_noise
 from lit_dpo.checkpoints import LAST, AtomicCheckpointIO, ResumableCheckpoint, checkpoint_step, resumable_checkpoint
 from lit_dpo.data import PreferenceDataModule
 from lit_dpo.errors import InputError, TrainingDiverged
 from lit_dpo.module import DPOModule
+from lit_dpo.runs import run_directory
 
 # the frozen reference is in eval mode on purpose; Lightning would warn about it at every fit
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
 # val/ and train/ values come from torchmetrics, already reduced over ranks; Lightning cannot know that
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|train)/")
+
+quiet_third_party_noise()
 
 TRAINER_DEFAULTS = {
     "default_root_dir": "runs",
@@ -76,6 +83,9 @@ class DPOCLI(LightningCLI):
         parser.link_arguments("model.model_name_or_path", "data.tokenizer_name_or_path")
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
         parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(WinRate, "generations")
+        parser.add_lightning_class_args(TrainingHealth, "health")
+        parser.add_lightning_class_args(Throughput, "perf")
         parser.add_argument(
             "--ckpt_path",
             type=Optional[str],
@@ -96,15 +106,30 @@ class DPOCLI(LightningCLI):
             help="Where fit writes the trained policy in HF format (default: <run dir>/hf_model).",
         )
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, ImportError) as err:  # a class whose package is missing: one line, not jsonargparse's dump
+            missing = _missing_package(err)
+            if missing is None:
+                raise
+            raise InputError(missing) from None
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
-        # the Rich progress bar by default, unless turned off or replaced by the user's own
+        # lit_dpo's progress bar and summary by default, unless turned off or replaced by the user's own
         user_callbacks = config.get("callbacks") or []
         if config.get("enable_progress_bar") is not False and not any(
             isinstance(c, ProgressBar) for c in user_callbacks
         ):
-            callbacks = [*callbacks, RichProgressBar()]
+            callbacks = [*callbacks, DPOProgressBar()]
+        if config.get("enable_model_summary") is not False and not any(
+            isinstance(c, ModelSummary) for c in user_callbacks
+        ):
+            callbacks = [*callbacks, DPOModelSummary()]
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ResumableCheckpoint)]
+        if any(isinstance(c, WinRate) for c in user_callbacks):  # --trainer.callbacks+=...WinRate replaces ours
+            callbacks = [c for c in callbacks if not isinstance(c, WinRate)]
         trainer = super()._instantiate_trainer(config, callbacks)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the user chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
@@ -115,6 +140,9 @@ class DPOCLI(LightningCLI):
         run = None
         if ckpt_path in ("last", "auto"):
             run, self.config.ckpt_path = _resolve_resume(Path(trainer.default_root_dir), ckpt_path)
+        if run is not None and str(getattr(trainer.logger, "class_path", "")).endswith("WandbLogger"):
+            # continue the same W&B run (its id names the run directory): one history, steps never go back
+            trainer.logger.init_args.id = trainer.logger.init_args.version = run.name
         # CSV is the default logger, under --trainer.default_root_dir (Lightning's own default would be
         # TensorBoard whenever it happens to be installed)
         if trainer.logger in (None, True):
@@ -128,6 +156,23 @@ class DPOCLI(LightningCLI):
                     save_dir=trainer.default_root_dir, name="lightning_logs", version=version, resume_step=resume_step
                 ),
             )
+
+
+def _missing_package(err: BaseException) -> Optional[str]:
+    """'<class path> needs <what>' when a configured class (an optional logger: W&B, TensorBoard, MLflow, ...)
+    failed because a package is not installed; None for any other parse error."""
+    cause: Optional[BaseException] = err
+    while cause is not None and not isinstance(cause, ImportError):
+        cause = cause.__cause__ or cause.__context__
+    message = str(cause).strip().splitlines()[0] if cause is not None else ""
+    if cause is None:
+        found = re.search(r"(ModuleNotFoundError|ImportError): (.+)", str(err))
+        if found is None and not re.search(r"not (met|available|installed)", str(err)):
+            return None
+        message = found.group(2) if found else str(err).splitlines()[-1]
+    class_path = re.search(r"class_path '([\w.]+)'", str(err))
+    what = class_path.group(1) if class_path else "a configured class"
+    return f"{what} needs a package that is not installed: {message.strip()}"
 
 
 def _resolve_resume(root: Path, mode: str) -> tuple[Optional[Path], Optional[str]]:
@@ -164,12 +209,7 @@ def _announce(line: str) -> None:
 
 def run_dir(cli: DPOCLI) -> Path:
     """The run's directory, holding config, checkpoints and export: the logger's version folder."""
-    logger = cli.trainer.logger
-    if logger is None:
-        return Path(cli.trainer.default_root_dir)
-    if getattr(logger, "log_dir", None):  # CSV, TensorBoard
-        return Path(logger.log_dir)
-    return Path(logger.save_dir or cli.trainer.default_root_dir) / str(logger.name) / str(logger.version)  # W&B
+    return run_directory(cli.trainer)
 
 
 @contextlib.contextmanager
@@ -178,8 +218,23 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except InputError as err:
-        print(f"lit_dpo: error: {err}", file=sys.stderr)
+        say(f"lit_dpo: error: {err}")
         raise SystemExit(2) from None
     except TrainingDiverged as err:
-        print(f"lit_dpo: training stopped: {err}", file=sys.stderr)
+        say(f"lit_dpo: training stopped: {err}")
         raise SystemExit(1) from None
+    finally:
+        end_process_group()
+
+
+def say(line: str) -> None:
+    """One line on stderr in a single write, so that the lines of several ranks sharing it never interleave."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def end_process_group() -> None:
+    """Leave the process group before the interpreter exits: left to exit, gloo's threads can abort the process
+    ("terminate called without an active exception") after a run that succeeded."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_dpo.cli import DPOCLI, run_dir, user_errors
+from lit_dpo.cli import DPOCLI, run_dir, say, user_errors
 from lit_dpo.hf import check_export_dir, export_policy
+from lit_dpo.report import draw_report
 
 
 def main(args: Optional[list[str]] = None) -> None:
@@ -41,8 +41,7 @@ def _stopped(cli: DPOCLI) -> None:
     checkpoint = cli.trainer.checkpoint_callback
     saved = getattr(checkpoint, "last_model_path", "") if checkpoint is not None else ""
     where = f"checkpoint {saved}" if saved else "no checkpoint (checkpointing is off)"
-    print(f"\nlit_dpo: stopped by SIGTERM at step {cli.trainer.global_step}; {where}; continue with --ckpt_path=last",
-          file=sys.stderr, flush=True)  # fmt: skip
+    say(f"\nlit_dpo: stopped by SIGTERM at step {cli.trainer.global_step}; {where}; continue with --ckpt_path=last")
 
 
 @rank_zero_only
@@ -57,6 +56,9 @@ def _report(cli: DPOCLI, export_dir: Path) -> None:
     csv_file = directory / "metrics.csv"
     print(f"lit_dpo: metrics        {csv_file if csv_file.exists() else type(cli.trainer.logger).__name__}")
     print(f"lit_dpo: trained policy {export_dir}  (AutoModelForCausalLM.from_pretrained)")
+    report = draw_report(directory)
+    if report is not None:
+        print(f"lit_dpo: report         {report}  (redraw: python -m lit_dpo.report {directory})")
 
 
 if __name__ == "__main__":

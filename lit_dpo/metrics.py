@@ -26,6 +26,8 @@ PAIR_METRICS = (
     "rewards/accuracies",
     "logps/chosen",
     "logps/rejected",
+    "ref_logps/chosen",
+    "ref_logps/rejected",
     "kl",
 )
 # Per-token metrics: mean over the vocabulary of the logits, averaged over every completion token as TRL does.
@@ -49,7 +51,8 @@ def pair_metrics(lp: PairLogps, output: LossOutput) -> dict[str, Tensor]:
         "logps/chosen": lp.policy_chosen.detach(),
         "logps/rejected": lp.policy_rejected.detach(),
     }
-    if lp.has_reference:
+    if lp.has_reference:  # the reference's too: a policy whose chosen log-probs fall below them is displacing
+        values["ref_logps/chosen"], values["ref_logps/rejected"] = lp.ref_chosen.detach(), lp.ref_rejected.detach()
         values["kl"] = 0.5 * (lp.chosen_logratios + lp.rejected_logratios).detach()
     return values
 

@@ -12,9 +12,11 @@ from typing import Any, Callable, Literal, Optional, Union
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_dpo import lora, optim
+from lit_dpo.callbacks.health import check_start
 from lit_dpo.checkpoints import check_resume
 from lit_dpo.data.collate import Batch
 from lit_dpo.errors import InputError, nonfinite_gradients, raise_if_gradients_not_finite, raise_if_not_finite
@@ -32,7 +34,7 @@ from lit_dpo.reference import (
     weights_fingerprint,
 )
 from lit_dpo.reference.sync import check_sync_options
-from lit_dpo.scoring import Logps, UnpairedLogps, score_sequences, split_scores
+from lit_dpo.scoring import Logps, PairLogps, UnpairedLogps, score_sequences, split_scores
 
 
 class DPOModule(L.LightningModule):
@@ -136,6 +138,8 @@ class DPOModule(L.LightningModule):
         self.hooked_optimizer: Optional[optim.AdamWInBackward] = None
         self.last_sync_step = 0
         self.last_val_step = -1  # global step of the last validation, so a fit can end with a fresh one
+        # before the first update, policy and reference must agree when the reference starts as the policy
+        self.checks_start = ref_model_name_or_path in (None, model_name_or_path)
         self.train_metrics, self.val_metrics = PreferenceMetrics(), PreferenceMetrics()
         self.resume_from: Optional[str] = None  # the checkpoint a fit resumes (Lightning knows it only later)
         self.allowed_changes: set[str] = set()  # --allow_changed: what a resumed run may find changed
@@ -239,6 +243,10 @@ class DPOModule(L.LightningModule):
         """The mean loss of a batch, its metrics added to ``metrics``: one training or validation step."""
         self.objective.check_rows(batch.unpaired)  # before any compute
         lp = self.logps(batch)
+        if self.training and self.global_step == 0 and self.checks_start and isinstance(lp, PairLogps):
+            self.checks_start = False  # the first batch tells; the reference must start as the policy
+            if (mismatch := check_start(lp, batch, next(self.policy.parameters()).dtype)) is not None:
+                rank_zero_warn(mismatch)
         output = self.objective(lp, self.hparams.beta)
         if self.training:  # every rank agrees, so that no rank waits on one that stopped
             agree = self.trainer.strategy.reduce_boolean_decision if self._trainer is not None else None
@@ -284,7 +292,6 @@ class DPOModule(L.LightningModule):
         values = {f"train/{k}": v for k, v in self.train_metrics.compute().items()}
         values["train/lr"] = optimizer.param_groups[0]["lr"]
         self.log_dict(values, on_step=True, on_epoch=False, prog_bar=False)
-        self.log("loss", values["train/loss"], prog_bar=True, logger=False)
         self.train_metrics.reset()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -297,10 +304,6 @@ class DPOModule(L.LightningModule):
                 values |= {f"val/{name}/{k}": v for k, v in source_metrics.compute().items()}
                 source_metrics.reset()
             self.log_dict(values, on_step=False, on_epoch=True)  # already synced over ranks by torchmetrics
-            if "val/rewards/accuracies" in values:
-                self.log("val_acc", values["val/rewards/accuracies"], prog_bar=True, logger=False)
-            else:  # unpaired rows have no accuracy
-                self.log("val_margin", values["val/rewards/margins"], prog_bar=True, logger=False)
         self.val_metrics.reset()
         if not self.trainer.sanity_checking:
             self.last_val_step = self.global_step

@@ -1,6 +1,7 @@
 """End to end through the command line, on a tiny model: fit, validate, export, and bad input."""
 
 import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -287,3 +288,15 @@ def test_a_non_finite_gradient_stops_before_the_update(
     )
     run = tmp_path / "lightning_logs" / "version_0"
     assert not (run / "hf_model").exists() and not (run / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_logger_whose_package_is_missing_is_one_line(tiny_model_dir, tmp_path, capsys):
+    if importlib.util.find_spec("mlflow") is not None:
+        pytest.skip("mlflow is installed")
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main([f"--model.model_name_or_path={tiny_model_dir}", "--trainer.logger=lightning.pytorch.loggers.MLFlowLogger",
+                  f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("lit_dpo: error: lightning.pytorch.loggers.MLFlowLogger needs a package that is not "
+                                "installed: Requirement 'mlflow")  # fmt: skip

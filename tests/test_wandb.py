@@ -62,3 +62,36 @@ def test_wandb_offline_run_holds_the_margin_history(tiny_model_dir, tmp_path, st
     assert any("val/rewards/accuracies" in row for row in history)
     assert config["config"]["model"]["model_name_or_path"] == tiny_model_dir  # the resolved config
     assert "trained policy" in done.stdout
+    keys = {key for row in history for key in row}
+    for group in ("train/", "val/", "health/", "perf/"):  # W&B sections, by prefix
+        assert any(key.startswith(group) for key in keys), group
+    tables = [row for row in history if "val/generations/_type" in row]  # WinRate's generations, one per prompt
+    assert tables and tables[-1]["val/generations/_type"] == "table-file" and tables[-1]["val/generations/nrows"] == 4
+
+
+def _history_and_run_id(run_file):
+    history, run_id = [], None
+    for record in wandb_records(run_file):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.history.item})  # fmt: skip
+        elif kind == "run":
+            run_id = record.run.run_id
+    return history, run_id
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(tiny_model_dir, tmp_path, standard_rows, write_jsonl):
+    train = write_jsonl(tmp_path / "t.jsonl", standard_rows(32))
+    args = ["--config", str(RECIPES / "base.yaml"), "--config", str(RECIPES / "logging" / "wandb.yaml")]
+    args += [f"--model.model_name_or_path={tiny_model_dir}", f"--data.path={train}", "--data.val_split=0"]
+    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONWARNINGS": "ignore"}
+    for extra in (["--trainer.max_steps=2"], ["--trainer.max_steps=4", "--ckpt_path=last"]):
+        done = subprocess.run([sys.executable, "-m", "lit_dpo.fit", *args, *extra], capture_output=True, text=True,
+                              env=env, cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+    first, second = sorted((tmp_path / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))
+    (history, run_id), (resumed, resumed_id) = _history_and_run_id(first), _history_and_run_id(second)
+    assert run_id == resumed_id  # one W&B run
+    steps = [row["trainer/global_step"] for row in history + resumed if "train/loss" in row]
+    assert steps == [0, 1, 2, 3]  # the optimizer step, monotonic across the resume

@@ -30,7 +30,8 @@ class _Movable:
 
     def to(self, device: torch.device | str) -> "_Movable":
         values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
-        return replace(self, **{k: v.to(device) for k, v in values.items() if v is not None})  # type: ignore[type-var]
+        moved = {k: v.to(device) for k, v in values.items() if isinstance(v, (Tensor, _Movable))}
+        return replace(self, **moved)  # type: ignore[type-var]
 
 
 @dataclass
@@ -56,6 +57,8 @@ class Batch(_Movable):
     indices: Tensor  # (B,) each example's ``index``: the key of cached reference log-probs
     sources: Tensor  # (B,) each example's source (the data module's ``source_names``)
     desirable: Optional[Tensor] = None  # (B,) bool labels of unpaired (KTO) examples; None for pairs
+    tokens: int = 0  # prompt and completion tokens of the examples (a count on the CPU, for throughput)
+    positions: int = 0  # token positions the forward computes (prompts twice when padded): the rest is padding
 
     @property
     def num_pairs(self) -> int:
@@ -85,16 +88,22 @@ class _Collator:
 
     def __call__(self, examples: Sequence[Example]) -> Batch:
         pairs = all(isinstance(ex, Pair) for ex in examples)
+        triples = [_triple(examples, i, self.max_length) for i in range(len(examples))]
         return Batch(
-            *self._lay_out([_triple(examples, i, self.max_length) for i in range(len(examples))]),
+            *self._lay_out(triples),
             weights=torch.tensor([float(ex.weight) for ex in examples]),
             indices=torch.tensor([ex.index for ex in examples], dtype=torch.long),
             sources=torch.tensor([ex.source for ex in examples], dtype=torch.long),
             desirable=None if pairs else torch.tensor([bool(ex.desirable) for ex in examples]),  # type: ignore[union-attr]
+            tokens=sum(len(p) + len(a) + len(b) for p, a, b in triples),
+            positions=sum(self._positions_used(*triple) for triple in triples),
         )
 
     def _lay_out(self, triples: list[Triple]) -> _Layout:
         raise NotImplementedError
+
+    def _positions_used(self, prompt: list[int], first: list[int], second: list[int]) -> int:
+        return len(prompt) + len(first) + len(second)  # the prompt once (prefix sharing)
 
 
 def _triple(examples: Sequence[Example], i: int, max_length: Optional[int]) -> Triple:
@@ -118,6 +127,9 @@ def _positions(index: list[int] | Tensor, target: list[int] | Tensor, seq: list[
 @dataclass
 class PaddedCollator(_Collator):
     """2B rows ``prompt + completion``, first completions first, right-padded."""
+
+    def _positions_used(self, prompt: list[int], first: list[int], second: list[int]) -> int:
+        return 2 * len(prompt) + len(first) + len(second)
 
     def _lay_out(self, triples: list[Triple]) -> _Layout:
         rows = [(prompt, seqs[k]) for k in (0, 1) for prompt, *seqs in triples]

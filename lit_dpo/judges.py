@@ -1,0 +1,119 @@
+"""Judges of generations, in TRL's two conventions, and the win-rate of the policy against the reference.
+
+- A *reward function* ``f(prompts, completions, **columns) -> list[float]`` scores each completion (higher is
+  better); it may also take the row's ``chosen`` and ``rejected`` answers as keyword arguments, as TRL's reward
+  functions take dataset columns.
+- A *pairwise judge*, an object with ``judge(prompts, completions_pairs) -> list[int]``: the index (0 or 1) of the
+  better completion of each pair, -1 for a tie (TRL's ``BasePairwiseJudge``).
+
+Built in: ``reference_answer`` (token F1 against the row's chosen and rejected answers: a cheap, offline proxy)
+and ``reward_model:<folder or Hub id>`` (a Hugging Face sequence-classification reward model).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import random
+import re
+import sys
+from collections import Counter
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from lit_dpo.errors import InputError
+
+Judge = Any  # a reward function or a pairwise judge object
+
+
+def token_f1(text: str, answer: str) -> float:
+    """SQuAD's token F1 of ``text`` against ``answer``: lower-cased words, overlap counted with multiplicity."""
+    words, expected = re.findall(r"\w+", text.lower()), re.findall(r"\w+", answer.lower())
+    common = sum((Counter(words) & Counter(expected)).values())
+    if not common:
+        return 0.0
+    precision, recall = common / len(words), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+def reference_answer(
+    prompts: list[str], completions: list[str], chosen: list[str], rejected: list[str], **_: Any
+) -> list[float]:
+    """Reward: how much closer a completion is to the row's chosen answer than to its rejected one, by token F1
+    (in [-1, 1]). A proxy for the data set's preference that needs no model; it rewards wording, not truth."""
+    return [token_f1(c, good) - token_f1(c, bad) for c, good, bad in zip(completions, chosen, rejected)]
+
+
+class RewardModel:
+    """A Hugging Face sequence-classification reward model (one logit per text; higher is better), applied to
+    each prompt with its completion, through the model's chat template when it has one."""
+
+    def __init__(self, name_or_path: str, batch_size: int = 8, device: Optional[str] = None) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(name_or_path).eval()
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+        scores: list[float] = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = slice(start, start + self.batch_size)
+            texts = [self._text(p, c) for p, c in zip(prompts[chunk], completions[chunk])]
+            inputs = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True).to(self.device)
+            scores += self.model(**inputs).logits[:, 0].float().tolist()
+        return scores
+
+    def _text(self, prompt: str, completion: str) -> str:
+        if self.tokenizer.chat_template:
+            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+        return prompt + completion
+
+
+def load_judge(name: str) -> Judge:
+    """``reference_answer``, ``reward_model:<path or id>``, or a dotted import path (``mypkg.judges.helpful``,
+    importable from the working directory) to a reward function, a pairwise judge, or a class of either."""
+    if name == "reference_answer":
+        return reference_answer
+    if name.startswith("reward_model:"):
+        return RewardModel(name.split(":", 1)[1])
+    module_name, _, attribute = name.rpartition(".")
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # the working directory, as `python -m` has it
+    try:
+        judge = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise InputError(f"judge {name!r}: cannot import it ({err})") from None
+    if inspect.isclass(judge):
+        judge = judge()
+    if not (callable(judge) or callable(getattr(judge, "judge", None))):
+        raise InputError(f"judge {name!r}: neither a reward function nor an object with a judge() method")
+    return judge
+
+
+def wins(
+    judge: Judge, prompts: list[str], policy: list[str], reference: list[str], columns: dict[str, list[str]], seed: int
+) -> list[float]:
+    """Per prompt: 1 if the policy's completion is judged better than the reference's, 0.5 for a tie, else 0.
+    A pairwise judge sees each pair in a random (seeded) order, so that a bias for one position cancels out."""
+    if callable(getattr(judge, "judge", None)):
+        flips = [random.Random(seed + i).random() < 0.5 for i in range(len(prompts))]
+        pairs = [[r, p] if flip else [p, r] for p, r, flip in zip(policy, reference, flips)]
+        picks = judge.judge(prompts, pairs)
+        return [0.5 if pick not in (0, 1) else float(pick == (1 if flip else 0)) for pick, flip in zip(picks, flips)]
+    scores_policy = _call(judge, prompts, policy, columns)
+    scores_reference = _call(judge, prompts, reference, columns)
+    return [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores_policy, scores_reference)]
+
+
+def _call(function: Callable, prompts: list[str], completions: list[str], columns: dict[str, Sequence]) -> list:
+    parameters = inspect.signature(function).parameters.values()
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    names = {p.name for p in parameters}
+    extra = {k: v for k, v in columns.items() if takes_all or k in names}
+    return list(function(prompts=prompts, completions=completions, **extra))
