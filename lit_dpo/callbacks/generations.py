@@ -135,11 +135,29 @@ class WinRate(Callback):
             width = max(map(len, prompts))
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens,
-                                 pad_token_id=pad, synced_gpus=synced, **self.sampling)  # fmt: skip
+            if synced:  # through the model's own forward, which FSDP hooks: generate() bypasses them under PEFT
+                out = self._lockstep(model, ids, mask)
+            else:
+                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens,
+                                     pad_token_id=pad, **self.sampling)  # fmt: skip
             answers += [_until_eos(row.tolist(), tokenizer.eos_token_id, pad) for row in out[:, width:]]
         model.train(was_training)
         return answers[: len(examples)]
+
+    def _lockstep(self, model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Decoding by full forwards, the same number on every rank (no cache: sharded runs are short here)."""
+        for _ in range(self.max_new_tokens):
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each prompt starts at position 0
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
+            if self.sampling:
+                probs = torch.softmax(logits / self.sampling["temperature"], dim=-1)
+                kept, order = probs.sort(dim=-1, descending=True)
+                kept[kept.cumsum(-1) - kept > self.sampling["top_p"]] = 0  # nucleus
+                token = order.gather(-1, torch.multinomial(kept, 1))
+            else:
+                token = logits.argmax(-1, keepdim=True)
+            ids, mask = torch.cat([ids, token], 1), torch.cat([mask, torch.ones_like(token)], 1)
+        return ids
 
 
 def _until_eos(tokens: list[int], eos: Optional[int], pad: int) -> list[int]:
