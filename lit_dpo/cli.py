@@ -21,11 +21,16 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lit_dpo.callbacks import Throughput, TrainingHealth, WinRate
 from lit_dpo.callbacks.progress import DPOModelSummary, DPOProgressBar, quiet_third_party_noise
-from lit_dpo.checkpoints import LAST, AtomicCheckpointIO, ResumableCheckpoint, checkpoint_step, resumable_checkpoint
+from lit_dpo.checkpoints import (
+    LAST,
+    AtomicCheckpointIO,
+    ResumableCheckpoint,
+    checkpoint_step,
+    resumable_checkpoint,
+)
 from lit_dpo.data import PreferenceDataModule
 from lit_dpo.errors import InputError, TrainingDiverged
 from lit_dpo.module import DPOModule
-from lit_dpo.runs import run_directory
 
 # the frozen reference is in eval mode on purpose; Lightning would warn about it at every fit
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
@@ -205,11 +210,6 @@ def _mtime(path: Path) -> int:
 @rank_zero_only
 def _announce(line: str) -> None:
     print(line, flush=True)
-
-
-def run_dir(cli: DPOCLI) -> Path:
-    """The run's directory, holding config, checkpoints and export: the logger's version folder."""
-    return run_directory(cli.trainer)
 
 
 @contextlib.contextmanager

@@ -8,9 +8,10 @@ from typing import Optional
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_dpo.cli import DPOCLI, run_dir, say, user_errors
+from lit_dpo.cli import DPOCLI, say, user_errors
 from lit_dpo.hf import check_export_dir, export_policy
 from lit_dpo.report import draw_report
+from lit_dpo.runs import run_directory
 
 
 def main(args: Optional[list[str]] = None) -> None:
@@ -30,7 +31,9 @@ def main(args: Optional[list[str]] = None) -> None:
         if model.last_val_step != trainer.global_step and data.val_examples:
             # max_steps can stop mid-epoch after the last scheduled validation; every run ends with final metrics
             trainer.validate(model, datamodule=data, verbose=False)
-        export_dir = Path(cli.config.export_dir or run_dir(cli) / "hf_model")  # a W&B run's folder exists by now
+        export_dir = Path(
+            cli.config.export_dir or run_directory(cli.trainer) / "hf_model"
+        )  # a W&B run's folder exists by now
         check_export_dir(export_dir)
         export_policy(model.policy, data.tokenizer, export_dir, trainer.strategy)
         _report(cli, export_dir)
@@ -50,7 +53,7 @@ def _report(cli: DPOCLI, export_dir: Path) -> None:
     summary = ", ".join(
         f"{k}={final[k]:.4f}" for k in ("val/loss", "val/rewards/accuracies", "val/rewards/margins") if k in final
     )
-    directory = run_dir(cli)
+    directory = run_directory(cli.trainer)
     print(f"\nlit_dpo: {cli.trainer.global_step} steps; {summary}")
     print(f"lit_dpo: run directory  {directory}")
     csv_file = directory / "metrics.csv"

@@ -6,8 +6,9 @@ from typing import Optional
 
 from lightning.pytorch.utilities import rank_zero_only
 
-from lit_dpo.cli import DPOCLI, run_dir, user_errors
+from lit_dpo.cli import DPOCLI, user_errors
 from lit_dpo.errors import InputError
+from lit_dpo.runs import run_directory
 
 
 def main(args: Optional[list[str]] = None) -> None:
@@ -25,7 +26,7 @@ def _report(cli: DPOCLI) -> None:
     for key, value in sorted(cli.trainer.callback_metrics.items()):
         if key.startswith("val/"):
             print(f"{key:24s} {float(value):.6f}")
-    print(f"lit_dpo: metrics {run_dir(cli) / 'metrics.csv'}")
+    print(f"lit_dpo: metrics {run_directory(cli.trainer) / 'metrics.csv'}")
 
 
 if __name__ == "__main__":

@@ -139,6 +139,18 @@ def unpaired_rows() -> Callable[..., list[dict]]:
 
 
 @pytest.fixture(scope="session")
+def fit_args() -> Callable[..., list[str]]:
+    """``fit_args(model_dir, train, val, root, *extra)``: the command line of a quiet fit (or validate) of
+    ``model_dir`` on those files, its run under ``root``."""
+
+    def args(model_dir: str, train: str, val: str, root: Any, *extra: str) -> list[str]:
+        return [f"--model.model_name_or_path={model_dir}", f"--data.path={train}", f"--data.val_path={val}",
+                f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false", *extra]  # fmt: skip
+
+    return args
+
+
+@pytest.fixture(scope="session")
 def write_jsonl() -> Callable[[Path, list], str]:
     """``write_jsonl(path, rows)``: the rows as a JSONL file; returns its path."""
     return _write_jsonl

@@ -22,11 +22,6 @@ def files(tmp_path, standard_rows, write_jsonl):
     )
 
 
-def _args(model_dir, files, root, *extra):
-    return [f"--model.model_name_or_path={model_dir}", f"--data.path={files[0]}", f"--data.val_path={files[1]}",
-            f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false", *extra]  # fmt: skip
-
-
 def _tree(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
 
@@ -77,9 +72,9 @@ def test_an_interrupted_folder_swap_still_resumes(tmp_path):
 
 
 def test_a_default_fit_saves_a_resumable_checkpoint_periodically_and_at_the_end(
-    tiny_model_dir, files, tmp_path, monkeypatch
+    tiny_model_dir, files, tmp_path, monkeypatch, fit_args
 ):
-    fit.main(_args(tiny_model_dir, files, tmp_path / "end", "--trainer.max_steps=3"))
+    fit.main(fit_args(tiny_model_dir, *files, tmp_path / "end", "--trainer.max_steps=3"))
     assert checkpoint_step(tmp_path / "end" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt") == 3
     saved, original = [], AtomicCheckpointIO.save_checkpoint
 
@@ -88,20 +83,20 @@ def test_a_default_fit_saves_a_resumable_checkpoint_periodically_and_at_the_end(
         return original(self, checkpoint, path, *args, **kwargs)
 
     monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", recorded)
-    fit.main(_args(tiny_model_dir, files, tmp_path / "steps", "--trainer.max_steps=5", "--checkpoint.every_minutes=0",
+    fit.main(fit_args(tiny_model_dir, *files, tmp_path / "steps", "--trainer.max_steps=5", "--checkpoint.every_minutes=0",
                    "--checkpoint.every_n_train_steps=2"))  # fmt: skip
     # by time: any time at all has passed, so every step
     fit.main(
-        _args(tiny_model_dir, files, tmp_path / "time", "--trainer.max_steps=3", "--checkpoint.every_minutes=1e-9")
+        fit_args(tiny_model_dir, *files, tmp_path / "time", "--trainer.max_steps=3", "--checkpoint.every_minutes=1e-9")
     )
     assert saved == [2, 4, 5, 1, 2, 3]  # then once at the end; never twice for one step
 
 
-def test_ckpt_path_last_without_a_checkpoint_changes_nothing(tiny_model_dir, files, tmp_path, capsys):
-    validate.main(_args(tiny_model_dir, files, tmp_path))  # a run directory without any checkpoint
+def test_ckpt_path_last_without_a_checkpoint_changes_nothing(tiny_model_dir, files, tmp_path, capsys, fit_args):
+    validate.main(fit_args(tiny_model_dir, *files, tmp_path))  # a run directory without any checkpoint
     before = _tree(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        fit.main(_args(tiny_model_dir, files, tmp_path, "--ckpt_path=last"))
+        fit.main(fit_args(tiny_model_dir, *files, tmp_path, "--ckpt_path=last"))
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"lit_dpo: error: --ckpt_path=last: no run under {tmp_path} has a resumable checkpoint (checkpoints/last.ckpt)"
@@ -109,46 +104,48 @@ def test_ckpt_path_last_without_a_checkpoint_changes_nothing(tiny_model_dir, fil
     assert _tree(tmp_path) == before
 
 
-def test_ckpt_path_last_resumes_the_newest_run_that_has_a_checkpoint(tiny_model_dir, files, tmp_path, capsys):
-    fit.main(_args(tiny_model_dir, files, tmp_path, "--trainer.max_steps=2"))  # version_0, last.ckpt at step 2
-    validate.main(_args(tiny_model_dir, files, tmp_path))  # version_1: no checkpoint
+def test_ckpt_path_last_resumes_the_newest_run_that_has_a_checkpoint(tiny_model_dir, files, tmp_path, capsys, fit_args):
+    fit.main(fit_args(tiny_model_dir, *files, tmp_path, "--trainer.max_steps=2"))  # version_0, last.ckpt at step 2
+    validate.main(fit_args(tiny_model_dir, *files, tmp_path))  # version_1: no checkpoint
     capsys.readouterr()
-    fit.main(_args(tiny_model_dir, files, tmp_path, "--trainer.max_steps=4", "--ckpt_path=last"))
+    fit.main(fit_args(tiny_model_dir, *files, tmp_path, "--trainer.max_steps=4", "--ckpt_path=last"))
     run = tmp_path / "lightning_logs" / "version_0"
     assert f"lit_dpo: resuming {run / 'checkpoints' / 'last.ckpt'} at step 2" in capsys.readouterr().out
     assert sorted(_train_losses(run)) == [0, 1, 2, 3] and checkpoint_step(run / "checkpoints" / "last.ckpt") == 4
     assert not (tmp_path / "lightning_logs" / "version_2").exists()
 
 
-def test_ckpt_path_auto_starts_fresh_or_resumes(tiny_model_dir, files, tmp_path, capsys):
-    fit.main(_args(tiny_model_dir, files, tmp_path, "--trainer.max_steps=2", "--ckpt_path=auto"))
-    fit.main(_args(tiny_model_dir, files, tmp_path, "--trainer.max_steps=3", "--ckpt_path=auto"))
+def test_ckpt_path_auto_starts_fresh_or_resumes(tiny_model_dir, files, tmp_path, capsys, fit_args):
+    fit.main(fit_args(tiny_model_dir, *files, tmp_path, "--trainer.max_steps=2", "--ckpt_path=auto"))
+    fit.main(fit_args(tiny_model_dir, *files, tmp_path, "--trainer.max_steps=3", "--ckpt_path=auto"))
     assert "resuming" in capsys.readouterr().out
     assert sorted(_train_losses(tmp_path / "lightning_logs" / "version_0")) == [0, 1, 2]
 
 
-def test_changed_data_or_reference_stops_a_resume(tiny_dirs, files, tmp_path, standard_rows, write_jsonl, capsys):
+def test_changed_data_or_reference_stops_a_resume(
+    tiny_dirs, files, tmp_path, standard_rows, write_jsonl, capsys, fit_args
+):
     policy, other = tiny_dirs
-    fit.main(_args(policy, files, tmp_path, "--trainer.max_steps=2"))
+    fit.main(fit_args(policy, *files, tmp_path, "--trainer.max_steps=2"))
     write_jsonl(Path(files[0]), standard_rows(32, seed=5))  # another training set under the same name
     before = _tree(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        fit.main(_args(policy, files, tmp_path, "--trainer.max_steps=3", "--ckpt_path=last"))
+        fit.main(fit_args(policy, *files, tmp_path, "--trainer.max_steps=3", "--ckpt_path=last"))
     assert exit_info.value.code == 2 and _tree(tmp_path) == before  # refused before anything is written
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("lit_dpo: error: the training data (rows, order, tokenizer or length limits) changed since")
     assert line.endswith("pass --allow_changed='[data]' to resume anyway")
     with pytest.raises(SystemExit) as exit_info:  # the data allowed, the reference still checked
-        fit.main(_args(policy, files, tmp_path, "--trainer.max_steps=3", "--ckpt_path=last", "--allow_changed=[data]",
+        fit.main(fit_args(policy, *files, tmp_path, "--trainer.max_steps=3", "--ckpt_path=last", "--allow_changed=[data]",
                        f"--model.ref_model_name_or_path={other}"))  # fmt: skip
     assert "the reference model's weights changed since" in capsys.readouterr().err.strip().splitlines()[-1]
-    fit.main(_args(policy, files, tmp_path, "--trainer.max_steps=3", "--ckpt_path=last", "--allow_changed=[data]"))
+    fit.main(fit_args(policy, *files, tmp_path, "--trainer.max_steps=3", "--ckpt_path=last", "--allow_changed=[data]"))
     assert sorted(_train_losses(tmp_path / "lightning_logs" / "version_0")) == [0, 1, 2]
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("ranks", [1, 2], ids=["one_process", "ddp_2_ranks"])
-def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_exactly(tiny_model_dir, files, tmp_path, ranks):
+def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_exactly(tiny_model_dir, files, tmp_path, ranks, fit_args):
     env = os.environ | {"PYTHONWARNINGS": "ignore", "PYTHONPATH": str(TESTS)}
     recipes = TESTS.parent / "recipes"
     configs = ["--config", str(recipes / "base.yaml"), "--config", str(recipes / "strategy" / "ddp.yaml")]
@@ -157,7 +154,7 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_exactly(tiny_model_dir
     one = ["--data.batch_size=8"]
 
     def run(root, *extra):
-        command = [sys.executable, "-m", "lit_dpo.fit", *(configs if ranks == 2 else []), *_args(tiny_model_dir, files,
+        command = [sys.executable, "-m", "lit_dpo.fit", *(configs if ranks == 2 else []), *fit_args(tiny_model_dir, *files,
                    root, "--trainer.max_epochs=2", "--model.learning_rate=1e-3", *(ddp if ranks == 2 else one), *extra)]  # fmt: skip
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 

@@ -18,25 +18,14 @@ def data(tmp_path_factory, standard_rows, write_jsonl):
     return write_jsonl(root / "train.jsonl", standard_rows(64)), write_jsonl(root / "val.jsonl", standard_rows(16, 9))
 
 
-def _args(model_dir, train, val, root, *extra):
-    return [
-        f"--model.model_name_or_path={model_dir}",
-        f"--data.path={train}",
-        f"--data.val_path={val}",
-        f"--trainer.default_root_dir={root}",
-        "--trainer.enable_progress_bar=false",
-        *extra,
-    ]
-
-
 def _rows(path):
     with open(path) as handle:
         return list(csv.DictReader(handle))
 
 
 @pytest.mark.integration
-def test_fit_then_validate_from_the_command_line(tiny_model_dir, data, tmp_path):
-    args = _args(
+def test_fit_then_validate_from_the_command_line(tiny_model_dir, data, tmp_path, fit_args):
+    args = fit_args(
         tiny_model_dir,
         *data,
         tmp_path,
@@ -63,7 +52,7 @@ def test_fit_then_validate_from_the_command_line(tiny_model_dir, data, tmp_path)
     assert exported.num_parameters() > 0
 
     # validate the exported policy against the same reference: the same val/ numbers
-    val_args = _args(run / "hf_model", *data, tmp_path / "v", f"--model.ref_model_name_or_path={tiny_model_dir}")
+    val_args = fit_args(run / "hf_model", *data, tmp_path / "v", f"--model.ref_model_name_or_path={tiny_model_dir}")
     done = subprocess.run(
         [sys.executable, "-m", "lit_dpo.validate", *val_args], capture_output=True, text=True, env=env
     )
@@ -73,18 +62,18 @@ def test_fit_then_validate_from_the_command_line(tiny_model_dir, data, tmp_path)
         assert float(validated[key]) == pytest.approx(float(final[key]), rel=1e-4)
 
 
-def test_validate_a_checkpoint(tiny_model_dir, data, tmp_path):
-    fit.main(_args(tiny_model_dir, *data, tmp_path, "--trainer.max_steps=2"))
+def test_validate_a_checkpoint(tiny_model_dir, data, tmp_path, fit_args):
+    fit.main(fit_args(tiny_model_dir, *data, tmp_path, "--trainer.max_steps=2"))
     ckpt = next((tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt"))
-    validate.main(_args(tiny_model_dir, *data, tmp_path / "v", f"--ckpt_path={ckpt}"))
+    validate.main(fit_args(tiny_model_dir, *data, tmp_path / "v", f"--ckpt_path={ckpt}"))
     first = [r for r in _rows(tmp_path / "lightning_logs" / "version_0" / "metrics.csv") if r["val/loss"]][-1]
     again = [r for r in _rows(tmp_path / "v" / "lightning_logs" / "version_0" / "metrics.csv") if r["val/loss"]][-1]
     assert float(again["val/loss"]) == pytest.approx(float(first["val/loss"]), rel=1e-5)
 
 
-def test_chat_rows_and_val_split(tiny_model_dir, tmp_path, chat_rows, write_jsonl):
+def test_chat_rows_and_val_split(tiny_model_dir, tmp_path, chat_rows, write_jsonl, fit_args):
     train = write_jsonl(tmp_path / "chat.jsonl", chat_rows(40))
-    fit.main(_args(tiny_model_dir, train, "null", tmp_path, "--data.val_split=0.1", "--trainer.max_steps=2"))
+    fit.main(fit_args(tiny_model_dir, train, "null", tmp_path, "--data.val_split=0.1", "--trainer.max_steps=2"))
     rows = _rows(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
     assert any(r["val/loss"] for r in rows)
 
@@ -134,37 +123,37 @@ BAD = {"prompt": "what is it", "chosen": None, "rejected": " no"}
         ),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(tiny_model_dir, data, tmp_path, capsys, content, extra, message):
+def test_bad_input_is_one_line_and_exit_2(tiny_model_dir, data, tmp_path, capsys, content, extra, message, fit_args):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(content)
     with pytest.raises(SystemExit) as exit_info:
-        fit.main(_args(tiny_model_dir, bad, data[1], tmp_path, *extra))
+        fit.main(fit_args(tiny_model_dir, bad, data[1], tmp_path, *extra))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lit_dpo: error: ") and "Traceback" not in "\n".join(err)
     assert __import__("re").search(message, err[-1]), err[-1]
 
 
-def test_missing_file_and_bad_option(tiny_model_dir, data, tmp_path, capsys):
+def test_missing_file_and_bad_option(tiny_model_dir, data, tmp_path, capsys, fit_args):
     with pytest.raises(SystemExit) as exit_info:
-        fit.main(_args(tiny_model_dir, tmp_path / "nope.jsonl", data[1], tmp_path))
+        fit.main(fit_args(tiny_model_dir, tmp_path / "nope.jsonl", data[1], tmp_path))
     assert exit_info.value.code == 2
     assert "nope.jsonl: file not found" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        fit.main(_args(tiny_model_dir, *data, tmp_path, "--model.loss_type=sigmoid", "--model.label_smoothing=0.1"))
+        fit.main(fit_args(tiny_model_dir, *data, tmp_path, "--model.loss_type=sigmoid", "--model.label_smoothing=0.1"))
     assert exit_info.value.code == 2
     assert "label_smoothing=0.1 has no effect" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        fit.main(_args(tmp_path / "no_model", *data, tmp_path))
+        fit.main(fit_args(tmp_path / "no_model", *data, tmp_path))
     assert exit_info.value.code == 2
     assert f"cannot load model '{tmp_path / 'no_model'}'" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_truncation_is_counted_in_a_warning(tiny_model_dir, data, tmp_path, standard_rows, write_jsonl):
+def test_truncation_is_counted_in_a_warning(tiny_model_dir, data, tmp_path, standard_rows, write_jsonl, fit_args):
     long = write_jsonl(tmp_path / "long.jsonl", [BAD | {"chosen": " yes " * 40}] + standard_rows(8))
     with pytest.warns(UserWarning, match=r"long\.jsonl: [1-9] of 9 pairs truncated and 0 dropped to fit max_length=40"):
         fit.main(
-            _args(
+            fit_args(
                 tiny_model_dir,
                 long,
                 data[1],
@@ -176,7 +165,7 @@ def test_truncation_is_counted_in_a_warning(tiny_model_dir, data, tmp_path, stan
         )
 
 
-def test_a_diverging_run_stops_naming_step_and_term(tiny_model_dir, data, tmp_path, capsys):
+def test_a_diverging_run_stops_naming_step_and_term(tiny_model_dir, data, tmp_path, capsys, fit_args):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -185,7 +174,7 @@ def test_a_diverging_run_stops_naming_step_and_term(tiny_model_dir, data, tmp_pa
         broken.lm_head.weight[5] = float("nan")  # one vocabulary row: every log-softmax turns NaN
     broken.save_pretrained(tmp_path / "broken")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "broken")
-    args = _args(tmp_path / "broken", *data, tmp_path, f"--model.ref_model_name_or_path={tiny_model_dir}")
+    args = fit_args(tmp_path / "broken", *data, tmp_path, f"--model.ref_model_name_or_path={tiny_model_dir}")
     with pytest.raises(SystemExit) as exit_info:
         fit.main(args)
     assert exit_info.value.code == 1
@@ -207,11 +196,11 @@ def unpaired(rows):
     return out
 
 
-def test_kto_from_the_command_line(tiny_model_dir, tmp_path, capsys, standard_rows, write_jsonl):
+def test_kto_from_the_command_line(tiny_model_dir, tmp_path, capsys, standard_rows, write_jsonl, fit_args):
     train = write_jsonl(tmp_path / "train.jsonl", unpaired(standard_rows(40)))
     val = write_jsonl(tmp_path / "val.jsonl", unpaired(standard_rows(8, 9)))
     extra = ["--model.loss_type=kto", "--model.learning_rate=2e-3", "--trainer.max_steps=16"]
-    fit.main(_args(tiny_model_dir, train, val, tmp_path, *extra))
+    fit.main(fit_args(tiny_model_dir, train, val, tmp_path, *extra))
     rows = _rows(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
     train_rows = [r for r in rows if r["train/loss"]]
     assert len(train_rows) == 16 and all(r["train/kl"] for r in train_rows)
@@ -222,7 +211,7 @@ def test_kto_from_the_command_line(tiny_model_dir, tmp_path, capsys, standard_ro
     # a loss for pairs on unpaired rows, and the other way round: one line, exit 2
     for loss_type, path in (("sigmoid", train), ("kto", write_jsonl(tmp_path / "pairs.jsonl", standard_rows(8)))):
         with pytest.raises(SystemExit) as exit_info:
-            fit.main(_args(tiny_model_dir, path, "null", tmp_path / loss_type, f"--model.loss_type={loss_type}"))
+            fit.main(fit_args(tiny_model_dir, path, "null", tmp_path / loss_type, f"--model.loss_type={loss_type}"))
         assert exit_info.value.code == 2
         assert "need unpaired rows (prompt, completion, label)" in capsys.readouterr().err.strip().splitlines()[-1]
 
@@ -259,23 +248,23 @@ def test_mixed_sources_and_metrics_per_validation_source(
     assert float(final["val/loss"]) == pytest.approx(overall, rel=1e-5)
 
 
-def test_bad_options_stop_before_any_model_loads(data, tmp_path, capsys):
+def test_bad_options_stop_before_any_model_loads(data, tmp_path, capsys, fit_args):
     for option, message in (("--data.batch_size=0", "--data.batch_size must be >= 1, got 0"),
                             ("--model.beta=0", "--model.beta must be > 0, got 0.0")):  # fmt: skip
         with pytest.raises(SystemExit) as exit_info:
-            fit.main(_args(tmp_path / "no_model_here", *data, tmp_path, option))
+            fit.main(fit_args(tmp_path / "no_model_here", *data, tmp_path, option))
         assert exit_info.value.code == 2
         assert capsys.readouterr().err.strip().splitlines()[-1] == f"lit_dpo: error: {message}"
 
 
 @pytest.mark.parametrize("in_backward", [True, False], ids=["adamw_in_backward", "adamw"])
 def test_a_non_finite_gradient_stops_before_the_update(
-    tiny_model_dir, data, tmp_path, capsys, monkeypatch, in_backward
+    tiny_model_dir, data, tmp_path, capsys, monkeypatch, in_backward, fit_args
 ):
     from pathlib import Path
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent))  # killer.py: the fault-injecting callbacks
-    args = _args(
+    args = fit_args(
         tiny_model_dir, *data, tmp_path, "--trainer.max_steps=4", f"--model.optimizer_in_backward={in_backward}"
     )
     args += ["--trainer.callbacks+=killer.NanGradientAtStep", "--trainer.callbacks.step=2"]

@@ -23,11 +23,6 @@ def files(tmp_path, standard_rows, write_jsonl):
     )
 
 
-def _args(model_dir, files, root, *extra):
-    return [f"--model.model_name_or_path={model_dir}", f"--data.path={files[0]}", f"--data.val_path={files[1]}",
-            f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false", "--trainer.max_steps=1", *extra]  # fmt: skip
-
-
 def test_an_export_replaces_the_previous_one_whole(tiny_model_dir, tmp_path):
     target = tmp_path / "hf_model"
     target.mkdir()
@@ -37,12 +32,16 @@ def test_an_export_replaces_the_previous_one_whole(tiny_model_dir, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(target).num_parameters() > 0
 
 
-def test_an_export_dir_that_is_a_file_stops_before_training(tiny_model_dir, files, tmp_path, capsys):
+def test_an_export_dir_that_is_a_file_stops_before_training(tiny_model_dir, files, tmp_path, capsys, fit_args):
     taken = tmp_path / "taken"
     taken.write_text("a file")
     for export_dir in (taken, taken / "policy"):
         with pytest.raises(SystemExit) as exit_info:
-            fit.main(_args(tiny_model_dir, files, tmp_path / "run", f"--export_dir={export_dir}"))
+            fit.main(
+                fit_args(
+                    tiny_model_dir, *files, tmp_path / "run", "--trainer.max_steps=1", f"--export_dir={export_dir}"
+                )
+            )
         assert exit_info.value.code == 2
         line = capsys.readouterr().err.strip().splitlines()[-1]
         assert (
@@ -52,7 +51,7 @@ def test_an_export_dir_that_is_a_file_stops_before_training(tiny_model_dir, file
     assert not (tmp_path / "run").exists()  # nothing trained
 
 
-def test_a_failed_export_is_one_line_and_exit_2(tiny_model_dir, files, tmp_path, capsys, monkeypatch):
+def test_a_failed_export_is_one_line_and_exit_2(tiny_model_dir, files, tmp_path, capsys, monkeypatch, fit_args):
     import lit_dpo.hf
 
     def disk_full(model, tokenizer, directory, state_dict=None):  # gets as far as the config, then the disk is full
@@ -62,7 +61,9 @@ def test_a_failed_export_is_one_line_and_exit_2(tiny_model_dir, files, tmp_path,
 
     monkeypatch.setattr(lit_dpo.hf, "export_hf", disk_full)
     with pytest.raises(SystemExit) as exit_info:
-        fit.main(_args(tiny_model_dir, files, tmp_path, f"--export_dir={tmp_path / 'policy'}"))
+        fit.main(
+            fit_args(tiny_model_dir, *files, tmp_path, "--trainer.max_steps=1", f"--export_dir={tmp_path / 'policy'}")
+        )
     assert exit_info.value.code == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert (

@@ -61,9 +61,9 @@ class WinRate(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # a cached reference keeps no model: before the first update, the policy is the reference
-        if self._prompts(trainer) and _starts_as_policy(pl_module) and self.reference_answers is None:
-            if trainer.global_step == 0:
-                self.reference_answers = self._generate(pl_module.policy, trainer)
+        fresh = trainer.global_step == 0 and self.reference_answers is None
+        if fresh and _starts_as_policy(pl_module) and self._prompts(trainer):
+            self.reference_answers = self._generate(pl_module.policy, trainer)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or not (examples := self._prompts(trainer)):

@@ -16,21 +16,18 @@ def files(tmp_path, standard_rows, write_jsonl):
     )
 
 
-def _args(model, files, root, *extra):
-    return [f"--model.model_name_or_path={model}", f"--data.path={files[0]}", f"--data.val_path={files[1]}",
-            f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false", *extra]  # fmt: skip
-
-
 def _rows(run: Path) -> list[dict]:
     with open(run / "metrics.csv") as handle:
         return list(csv.DictReader(handle))
 
 
-def test_win_rate_judges_policy_against_reference_with_the_users_judge(tiny_model_dir, files, tmp_path, monkeypatch):
+def test_win_rate_judges_policy_against_reference_with_the_users_judge(
+    tiny_model_dir, files, tmp_path, monkeypatch, fit_args
+):
     (tmp_path / "my_judges.py").write_text("def shorter(prompts, completions):\n"
                                            "    return [-len(c) for c in completions]\n")  # fmt: skip
     monkeypatch.chdir(tmp_path)  # a judge is importable from the working directory
-    fit.main(_args(tiny_model_dir, files, tmp_path, "--trainer.max_steps=3", "--model.learning_rate=1e-2",
+    fit.main(fit_args(tiny_model_dir, *files, tmp_path, "--trainer.max_steps=3", "--model.learning_rate=1e-2",
                    "--trainer.callbacks+=lit_dpo.callbacks.WinRate", "--trainer.callbacks.judge=my_judges.shorter",
                    "--trainer.callbacks.num_prompts=4", "--trainer.callbacks.max_new_tokens=6"))  # fmt: skip
     run = tmp_path / "lightning_logs" / "version_0"
@@ -48,24 +45,24 @@ def test_win_rate_judges_policy_against_reference_with_the_users_judge(tiny_mode
     assert (run / "report.png").stat().st_size > 10_000
 
 
-def test_before_training_the_policy_answers_as_the_reference(tiny_model_dir, files, tmp_path):
-    validate.main(_args(tiny_model_dir, files, tmp_path, "--generations.max_new_tokens=5"))
+def test_before_training_the_policy_answers_as_the_reference(tiny_model_dir, files, tmp_path, fit_args):
+    validate.main(fit_args(tiny_model_dir, *files, tmp_path, "--generations.max_new_tokens=5"))
     run = tmp_path / "lightning_logs" / "version_0"
     records = [json.loads(line) for line in (run / "generations" / "step_0.jsonl").read_text().splitlines()]
     assert len(records) == 6 and all(r["policy"] == r["reference"] and r["win"] == 0.5 for r in records)
     assert float([r for r in _rows(run) if r["val/win_rate"]][-1]["val/win_rate"]) == 0.5
 
 
-def test_a_separate_reference_answers_with_its_own_weights(tiny_dirs, files, tmp_path):
+def test_a_separate_reference_answers_with_its_own_weights(tiny_dirs, files, tmp_path, fit_args):
     policy, reference = tiny_dirs
-    validate.main(_args(policy, files, tmp_path, f"--model.ref_model_name_or_path={reference}",
+    validate.main(fit_args(policy, *files, tmp_path, f"--model.ref_model_name_or_path={reference}",
                         "--generations.max_new_tokens=5"))  # fmt: skip
     run = tmp_path / "lightning_logs" / "version_0"
     records = [json.loads(line) for line in (run / "generations" / "step_0.jsonl").read_text().splitlines()]
     assert any(r["policy"] != r["reference"] for r in records)
 
 
-def test_generations_can_be_turned_off(tiny_model_dir, files, tmp_path):
-    fit.main(_args(tiny_model_dir, files, tmp_path, "--trainer.max_steps=2", "--generations.num_prompts=0"))
+def test_generations_can_be_turned_off(tiny_model_dir, files, tmp_path, fit_args):
+    fit.main(fit_args(tiny_model_dir, *files, tmp_path, "--trainer.max_steps=2", "--generations.num_prompts=0"))
     run = tmp_path / "lightning_logs" / "version_0"
     assert not (run / "generations").exists() and "val/win_rate" not in _rows(run)[0]
