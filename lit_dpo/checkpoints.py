@@ -14,6 +14,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_dpo.errors import InputError
@@ -122,6 +123,7 @@ class ResumableCheckpoint(ModelCheckpoint):
         # the clock and the signal are rank 0's, as Lightning decides SIGTERM: every rank saves, or none
         if trainer.world_size > 1:
             due, stopping = trainer.strategy.broadcast((due, trainer.received_sigterm), src=0)
+            trainer._signal_connector.received_sigterm = stopping  # every rank stops after this step, together
         else:
             stopping = trainer.received_sigterm
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
@@ -179,6 +181,17 @@ def _record_between_epochs(fit_loop: dict[str, Any]) -> None:
     batches["current"], batches["is_last_batch"] = dict.fromkeys(batches["current"], 0), False
     fit_loop["state_dict"].pop("combined_loader", None)
     fit_loop["state_dict"][_BETWEEN_EPOCHS] = True
+
+
+class QuietSigterm(_SignalConnector):
+    """Lightning's signal handling, whose SIGTERM handler only raises the flag. Lightning's own also broadcasts
+    from inside the handler and forwards the signal to the other ranks, whose handlers broadcast too: collectives
+    begun at whatever point each rank was interrupted, which can pair with another rank's gradient all-reduce and
+    break the run (seen as "Connection reset by peer" on 2 gloo ranks). The ranks agree on rank 0's flag at each
+    step's end (``ResumableCheckpoint``) and at the next step's start (Lightning)."""
+
+    def _sigterm_notifier_fn(self, signum: Any, frame: Any) -> None:
+        self.received_sigterm = True
 
 
 def resumable_checkpoint(run: Path) -> Optional[Path]:

@@ -24,6 +24,7 @@ from lit_dpo.callbacks.progress import DPOModelSummary, DPOProgressBar, quiet_th
 from lit_dpo.checkpoints import (
     LAST,
     AtomicCheckpointIO,
+    QuietSigterm,
     ResumableCheckpoint,
     checkpoint_step,
     resumable_checkpoint,
@@ -136,6 +137,7 @@ class DPOCLI(LightningCLI):
         if any(isinstance(c, WinRate) for c in user_callbacks):  # --trainer.callbacks+=...WinRate replaces ours
             callbacks = [c for c in callbacks if not isinstance(c, WinRate)]
         trainer = super()._instantiate_trainer(config, callbacks)
+        trainer._signal_connector = QuietSigterm(trainer)  # registered at fit start
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the user chose
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
