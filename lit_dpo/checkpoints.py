@@ -35,6 +35,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: Any, map_location: Optional[Any] = None, weights_only: Optional[bool] = None
     ) -> Any:
+        if Path(path).is_dir():  # a distributed checkpoint, which only a sharding strategy reads
+            raise InputError(f"{path} is a distributed (FSDP) checkpoint: load it with the strategy that saved it "
+                             "(e.g. --config recipes/strategy/fsdp.yaml and the same --trainer.devices)")  # fmt: skip
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 

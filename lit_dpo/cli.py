@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import re
 import sys
 import warnings
@@ -76,6 +77,7 @@ class DPOCLI(LightningCLI):
         super().__init__(
             DPOModule,
             PreferenceDataModule,
+            subclass_mode_data=True,  # --data=lit_dpo.data.OnlineDataModule; --data.path alone: preference pairs
             run=False,
             args=args,
             seed_everything_default=42,
@@ -86,8 +88,9 @@ class DPOCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("model.model_name_or_path", "data.tokenizer_name_or_path")
-        parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
+        parser.set_defaults({"data": {"class_path": "lit_dpo.data.PreferenceDataModule"}})
+        parser.link_arguments("model.model_name_or_path", "data.init_args.tokenizer_name_or_path")
+        parser.link_arguments("model.trust_remote_code", "data.init_args.trust_remote_code")
         parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.add_lightning_class_args(WinRate, "generations")
         parser.add_lightning_class_args(TrainingHealth, "health")
@@ -116,6 +119,9 @@ class DPOCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, ImportError) as err:  # a class whose package is missing: one line, not jsonargparse's dump
+            refused = _in_chain(err, InputError)  # a --data option refused (subclass mode wraps it in a ValueError)
+            if refused is not None:
+                raise refused from None
             missing = _missing_package(err)
             if missing is None:
                 raise
@@ -147,6 +153,8 @@ class DPOCLI(LightningCLI):
         run = None
         if ckpt_path in ("last", "auto"):
             run, self.config.ckpt_path = _resolve_resume(Path(trainer.default_root_dir), ckpt_path)
+        if _is_online(self.config.data) and not trainer.reload_dataloaders_every_n_epochs:
+            trainer.reload_dataloaders_every_n_epochs = 1  # each epoch is a round with new pairs
         if run is not None and str(getattr(trainer.logger, "class_path", "")).endswith("WandbLogger"):
             # continue the same W&B run (its id names the run directory): one history, steps never go back
             trainer.logger.init_args.id = trainer.logger.init_args.version = run.name
@@ -165,12 +173,30 @@ class DPOCLI(LightningCLI):
             )
 
 
+def _in_chain(err: BaseException, kind: type) -> Optional[BaseException]:
+    """The first exception of type ``kind`` among ``err`` and its causes."""
+    seen: list[BaseException] = []
+    cause: Optional[BaseException] = err
+    while cause is not None and cause not in seen and not isinstance(cause, kind):
+        seen.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return cause if isinstance(cause, kind) else None
+
+
+def _is_online(data: Any) -> bool:
+    """Whether ``--data`` names an online data module (one that samples its pairs each epoch)."""
+    class_path = str(getattr(data, "class_path", "") or "")
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        return bool(getattr(getattr(importlib.import_module(module_name), name), "online", False))
+    except (ImportError, AttributeError, ValueError):
+        return False  # jsonargparse names the problem when it builds the class
+
+
 def _missing_package(err: BaseException) -> Optional[str]:
     """'<class path> needs <what>' when a configured class (an optional logger: W&B, TensorBoard, MLflow, ...)
     failed because a package is not installed; None for any other parse error."""
-    cause: Optional[BaseException] = err
-    while cause is not None and not isinstance(cause, ImportError):
-        cause = cause.__cause__ or cause.__context__
+    cause = _in_chain(err, ImportError)
     message = str(cause).strip().splitlines()[0] if cause is not None else ""
     if cause is None:
         found = re.search(r"(ModuleNotFoundError|ImportError): (.+)", str(err))

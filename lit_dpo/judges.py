@@ -6,8 +6,9 @@
 - A *pairwise judge*, an object with ``judge(prompts, completions_pairs) -> list[int]``: the index (0 or 1) of the
   better completion of each pair, -1 for a tie (TRL's ``BasePairwiseJudge``).
 
-Built in: ``reference_answer`` (token F1 against the row's chosen and rejected answers: a cheap, offline proxy)
-and ``reward_model:<folder or Hub id>`` (a Hugging Face sequence-classification reward model).
+Built in: ``reference_answer`` (token F1 against the row's chosen and rejected answers: a cheap, offline proxy),
+``exact_answer`` (a verifiable reward: the row's ``answer`` column, checked) and ``reward_model:<folder or Hub id>``
+(a Hugging Face sequence-classification reward model).
 """
 
 from __future__ import annotations
@@ -45,6 +46,23 @@ def reference_answer(
     return [token_f1(c, good) - token_f1(c, bad) for c, good, bad in zip(completions, chosen, rejected)]
 
 
+def exact_answer(prompts: list[Any], completions: list[str], answer: list[Any], **_: Any) -> list[float]:
+    """Verifiable reward against the row's ``answer`` column: 1.0 when a numeric answer is the completion's last
+    number (the final answer, as GSM8K is graded) or another answer appears in it as whole words (any case),
+    else 0.0. A rule, not a judge of style: a completion can ramble and still score."""
+    return [float(_has_answer(c, str(a))) for c, a in zip(completions, answer)]
+
+
+def _has_answer(completion: str, answer: str) -> bool:
+    if _NUMBER.fullmatch(answer.strip()):
+        numbers = _NUMBER.findall(completion.replace(",", ""))
+        return bool(numbers) and float(numbers[-1]) == float(answer.strip())
+    return re.search(rf"(?<!\w){re.escape(answer.strip())}(?!\w)", completion, re.IGNORECASE) is not None
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
 class RewardModel:
     """A Hugging Face sequence-classification reward model (one logit per text; higher is better), applied to
     each prompt with its completion, through the model's chat template when it has one."""
@@ -68,18 +86,20 @@ class RewardModel:
             scores += self.model(**inputs).logits[:, 0].float().tolist()
         return scores
 
-    def _text(self, prompt: str, completion: str) -> str:
+    def _text(self, prompt: Any, completion: str) -> str:
         if self.tokenizer.chat_template:
-            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+            asked = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            messages = [*asked, {"role": "assistant", "content": completion}]
             return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        return prompt + completion
+        text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+        return text + completion
 
 
 def load_judge(name: str) -> Judge:
     """``reference_answer``, ``reward_model:<path or id>``, or a dotted import path (``mypkg.judges.helpful``,
     importable from the working directory) to a reward function, a pairwise judge, or a class of either."""
-    if name == "reference_answer":
-        return reference_answer
+    if name in BUILT_IN:
+        return BUILT_IN[name]
     if name.startswith("reward_model:"):
         return RewardModel(name.split(":", 1)[1])
     module_name, _, attribute = name.rpartition(".")
@@ -102,13 +122,19 @@ def wins(
     """Per prompt: 1 if the policy's completion is judged better than the reference's, 0.5 for a tie, else 0.
     A pairwise judge sees each pair in a random (seeded) order, so that a bias for one position cancels out."""
     if callable(getattr(judge, "judge", None)):
-        flips = [random.Random(seed + i).random() < 0.5 for i in range(len(prompts))]
-        pairs = [[r, p] if flip else [p, r] for p, r, flip in zip(policy, reference, flips)]
-        picks = judge.judge(prompts, pairs)
-        return [0.5 if pick not in (0, 1) else float(pick == (1 if flip else 0)) for pick, flip in zip(picks, flips)]
+        return wins_of_first(judge, prompts, policy, reference, seed)
     scores_policy = _call(judge, prompts, policy, columns)
     scores_reference = _call(judge, prompts, reference, columns)
     return [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores_policy, scores_reference)]
+
+
+def wins_of_first(judge: Judge, prompts: list[Any], first: list[str], second: list[str], seed: int) -> list[float]:
+    """A pairwise judge's verdicts as 1 (the first completion is better), 0.5 (a tie) or 0, each pair shown in a
+    random (seeded) order, so that a bias for one position cancels out."""
+    flips = [random.Random(seed + i).random() < 0.5 for i in range(len(prompts))]
+    pairs = [[b, a] if flip else [a, b] for a, b, flip in zip(first, second, flips)]
+    picks = judge.judge(prompts, pairs)
+    return [0.5 if pick not in (0, 1) else float(pick == (1 if flip else 0)) for pick, flip in zip(picks, flips)]
 
 
 def _call(function: Callable, prompts: list[str], completions: list[str], columns: dict[str, Sequence]) -> list:
@@ -117,3 +143,38 @@ def _call(function: Callable, prompts: list[str], completions: list[str], column
     names = {p.name for p in parameters}
     extra = {k: v for k, v in columns.items() if takes_all or k in names}
     return list(function(prompts=prompts, completions=completions, **extra))
+
+
+BUILT_IN = {"reference_answer": reference_answer, "exact_answer": exact_answer}
+
+
+def score_samples(
+    judge: Judge, prompts: list[Any], samples: list[list[str]], columns: list[dict[str, Any]], seed: int
+) -> list[list[float]]:
+    """Scores of each prompt's samples (higher is better). A reward function scores every sample with the row's
+    columns; a pairwise judge compares every two samples of a prompt (in a seeded random order) and a sample
+    scores its wins, ties counting half."""
+    if callable(getattr(judge, "judge", None)):
+        return [_tournament(judge, prompt, group, seed + i) for i, (prompt, group) in enumerate(zip(prompts, samples))]
+    flat_prompts = [p for p, group in zip(prompts, samples) for _ in group]
+    keys = sorted({key for row in columns for key in row})
+    flat_columns = {k: [row.get(k) for row, group in zip(columns, samples) for _ in group] for k in keys}
+    scores = [float(s) for s in _call(judge, flat_prompts, [c for group in samples for c in group], flat_columns)]
+    out, start = [], 0
+    for group in samples:
+        out.append(scores[start : start + len(group)])
+        start += len(group)
+    return out
+
+
+def _tournament(judge: Judge, prompt: Any, samples: list[str], seed: int) -> list[float]:
+    pairs = [(i, j) for i in range(len(samples)) for j in range(i + 1, len(samples))]
+    if not pairs:
+        return [0.0] * len(samples)
+    wins = wins_of_first(judge, [prompt] * len(pairs), [samples[i] for i, _ in pairs], [samples[j] for _, j in pairs],
+                         seed)  # fmt: skip
+    score = [0.0] * len(samples)
+    for (i, j), win in zip(pairs, wins):
+        score[i] += win
+        score[j] += 1 - win
+    return score

@@ -67,6 +67,9 @@ class DPOModule(L.LightningModule):
         ref_sync_steps: TR-DPO: every this many optimizer steps, move the reference towards the policy
             (0: never). Works with LoRA (the adapters are partly merged into the base) and FSDP.
         ref_sync_alpha: TR-DPO mixing weight: ``ref <- alpha * policy + (1 - alpha) * ref``.
+        ref_sync_epochs: Iterative DPO: at the start of every this many epochs (the rounds of online DPO,
+            ``lit_dpo.data.OnlineDataModule``), the reference becomes the policy (a hard update; 0: never, the
+            reference stays the initial model).
         lora_r: Train LoRA adapters of this rank (PEFT) instead of every weight; 0: full fine-tuning. The
             reference is then the base with adapters disabled (no second copy), unless
             ``ref_model_name_or_path`` names another model; the export merges the adapters.
@@ -106,6 +109,7 @@ class DPOModule(L.LightningModule):
         precompute_ref_log_probs: Optional[bool] = None,
         ref_sync_steps: int = 0,
         ref_sync_alpha: float = 0.6,
+        ref_sync_epochs: int = 0,
         lora_r: int = 0,
         lora_alpha: int = 16,
         lora_dropout: float = 0.0,
@@ -129,6 +133,10 @@ class DPOModule(L.LightningModule):
             simpo_gamma=simpo_gamma, desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
         )  # fmt: skip
         check_sync_options(self.objective.needs_reference, precompute_ref_log_probs, ref_sync_steps, ref_sync_alpha)
+        if ref_sync_epochs:
+            check_sync_options(
+                self.objective.needs_reference, precompute_ref_log_probs, ref_sync_epochs, 1.0, "ref_sync_epochs"
+            )
         if beta <= 0:
             raise InputError(f"--model.beta must be > 0, got {beta}")
         self.policy: Optional[torch.nn.Module] = None
@@ -171,6 +179,11 @@ class DPOModule(L.LightningModule):
 
     def _load_models(self) -> None:
         hp, needs_reference = self.hparams, self.objective.needs_reference
+        online = getattr(self._trainer and self.trainer.datamodule, "online", False)
+        if online and hp.precompute_ref_log_probs:
+            raise InputError("--model.precompute_ref_log_probs needs every pair before training; online DPO makes "
+                             "its pairs each round (the reference runs live)")  # fmt: skip
+        moves = bool(hp.ref_sync_steps or hp.ref_sync_epochs)
         self.policy = load_policy(
             hp.model_name_or_path, hp.dtype, hp.trust_remote_code, hp.disable_dropout, hp.activation_checkpointing
         )
@@ -179,7 +192,7 @@ class DPOModule(L.LightningModule):
             model = load_model(hp.ref_model_name_or_path or hp.model_name_or_path, hp.dtype, hp.trust_remote_code)
             self.reference = ModelReference(model, hp.ld_alpha)
         self.caches_reference = should_cache(
-            hp.precompute_ref_log_probs, needs_reference, separate, self.objective.unpaired, bool(hp.ref_sync_steps),
+            hp.precompute_ref_log_probs, needs_reference, separate, self.objective.unpaired, moves or online,
             self._trainer,
         )  # fmt: skip
         # before sharding and adapters, every rank hashes the full reference weights: the cache key, and what a
@@ -195,7 +208,7 @@ class DPOModule(L.LightningModule):
                 self.reference = AdapterReference(self.policy, hp.ld_alpha)
         if self.reference is not None:
             self.reference.fingerprint = fingerprint
-        if separate and hp.ref_sync_steps:
+        if separate and moves:
             # a synced reference is training state: in the module tree, so checkpoints (distributed ones too) hold it
             self.synced_reference = self.reference.model
 
@@ -264,6 +277,12 @@ class DPOModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self.compute_loss(batch, self.train_metrics)
+
+    def on_train_epoch_start(self) -> None:
+        # iterative DPO: each round's reference is the policy it starts from (a resumed round has it restored)
+        epochs = self.hparams.ref_sync_epochs
+        if epochs and self.current_epoch > 0 and self.current_epoch % epochs == 0:
+            self.reference.sync(self.policy, 1.0)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # TR-DPO, after every ref_sync_steps-th optimizer step (once, whatever the gradient accumulation)

@@ -87,3 +87,12 @@ class FSDPStrategy(ModelParallelStrategy):
         if self.is_global_zero:
             put_in_place(path)
         self.barrier()
+
+
+def gather_in_order(trainer: Any, items: list[Any]) -> list[Any]:
+    """Every rank's items, in prompt order (rank r holds prompts r, r + world size, ...)."""
+    if trainer.world_size == 1:
+        return items
+    shares: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(shares, items)
+    return [share[i] for i in range(max(map(len, shares))) for share in shares if i < len(share)]

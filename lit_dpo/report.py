@@ -21,8 +21,15 @@ PANELS = {
         ("train/ref_logps/rejected", "rejected, reference"),
     ],  # fmt: skip
     "KL(policy || reference) per completion": [("train/kl", "train"), ("val/kl", "val")],
-    "Win-rate vs reference (ties half)": [("val/win_rate", "val")],
-    "Generation length (tokens)": [("val/gen_length/policy", "policy"), ("val/gen_length/reference", "reference")],
+    "Win-rate vs reference (ties half); online judge score": [
+        ("val/win_rate", "val win-rate"),
+        ("online/score_mean", "online samples, mean score"),  # one point per round of online DPO
+    ],
+    "Generation length (tokens)": [
+        ("val/gen_length/policy", "policy"),
+        ("val/gen_length/reference", "reference"),
+        ("online/gen_length", "online samples"),
+    ],
     "Throughput (tokens/s)": [("perf/tokens_per_sec", "train")],
 }
 
@@ -58,7 +65,7 @@ def draw_report(run: Path, out: Optional[Path] = None) -> Optional[Path]:
     for ax, (title, curves) in zip(axes.flat, panels):
         for metric, label in curves:
             steps, values = zip(*series[metric])
-            style = {"marker": "o"} if metric.startswith("val/") else {"linewidth": 1.2}
+            style = {"marker": "o"} if metric.startswith(("val/", "online/")) else {"linewidth": 1.2}
             ax.plot(steps, values, label=label, **style)
         if "Win-rate" in title:
             ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)

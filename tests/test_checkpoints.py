@@ -173,3 +173,11 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_exactly(tiny_model_dir
     assert sorted(straight) == sorted(again) == list(range(6 if ranks == 2 else 8))  # resumed across the epoch's end
     for step, loss in straight.items():
         assert again[step] == pytest.approx(loss, rel=1e-5), step
+
+
+def test_a_distributed_checkpoint_given_to_a_single_process_is_one_line(tmp_path):
+    from lit_dpo.errors import InputError
+
+    (tmp_path / "last.ckpt").mkdir()  # an FSDP checkpoint is a folder
+    with pytest.raises(InputError, match="is a distributed \\(FSDP\\) checkpoint: load it with the strategy"):
+        AtomicCheckpointIO().load_checkpoint(tmp_path / "last.ckpt")

@@ -63,3 +63,32 @@ def test_a_reward_model_scores_with_its_sequence_classification_head(tmp_path, t
     assert isinstance(judge, RewardModel)
     scores = judge(["what is red?"] * 3, ["red is a colour", "blue", "red is a colour"])
     assert len(scores) == 3 and scores[0] == pytest.approx(scores[2]) and scores[0] != scores[1]
+
+
+def test_exact_answer_checks_the_last_number_or_the_words():
+    completions = ["3 plus 4 is 7.", "3 + 4 = 8", "It is 7, no, 9", "The capital is new delhi.", "Delhi", "7.0"]
+    answers = ["7", "7", "7", "New Delhi", "New Delhi", "7"]
+    assert load_judge("exact_answer")(["q"] * 6, completions, answer=answers) == [1.0, 0.0, 0.0, 1.0, 0.0, 1.0]
+
+
+def test_score_samples_with_a_reward_function_passes_each_rows_columns():
+    from lit_dpo.judges import score_samples
+
+    def right(prompts, completions, answer):
+        return [float(a in c) for c, a in zip(completions, answer)]
+
+    scores = score_samples(right, ["p1", "p2"], [["a1", "b"], ["x", "a2", "a2!"]], [{"answer": "a1"},
+                           {"answer": "a2"}], seed=0)  # fmt: skip
+    assert scores == [[1.0, 0.0], [0.0, 1.0, 1.0]]
+
+
+def test_score_samples_with_a_pairwise_judge_counts_wins_in_every_order():
+    from lit_dpo.judges import score_samples
+
+    class Longer:  # prefers the longer text, whichever position it is shown in
+        def judge(self, prompts, completions_pairs):
+            return [0 if len(a) > len(b) else 1 if len(b) > len(a) else -1 for a, b in completions_pairs]
+
+    # 3 samples: 3 comparisons; "ccc" beats both (2), "bb" beats "a" (1), "a" none; a tie counts half each
+    assert score_samples(Longer(), ["p"], [["a", "ccc", "bb"]], [{}], seed=3) == [[0.0, 2.0, 1.0]]
+    assert score_samples(Longer(), ["p"], [["x", "y"]], [{}], seed=3) == [[0.5, 0.5]]

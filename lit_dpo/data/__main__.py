@@ -20,6 +20,7 @@ from rich.console import Console
 from lit_dpo.cli import DPOCLI, user_errors
 from lit_dpo.data.datamodule import PreferenceDataModule
 from lit_dpo.data.report import build_report, print_report
+from lit_dpo.errors import InputError
 
 
 class DataReportCLI(DPOCLI):
@@ -30,7 +31,11 @@ class DataReportCLI(DPOCLI):
         parser.add_argument("--output", type=Optional[str], default=None, help="Also write the report as JSON here.")
 
     def instantiate_classes(self) -> None:
-        self.datamodule = PreferenceDataModule(**self.config.data.as_dict())
+        data = self.config.data
+        if data.class_path != "lit_dpo.data.PreferenceDataModule":
+            raise InputError(f"python -m lit_dpo.data reports preference pairs read from files; {data.class_path} "
+                             "makes its pairs during training (they are written to the run directory)")  # fmt: skip
+        self.datamodule = PreferenceDataModule(**data.init_args.as_dict())
 
 
 def main(args: Optional[list[str]] = None) -> None:

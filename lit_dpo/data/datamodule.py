@@ -18,9 +18,10 @@ from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from lit_dpo.data.collate import PaddedCollator, SharedPrefixCollator
 from lit_dpo.data.prepare import Limits, SourceLog, hold_out, read_source, tokenize_rows
+from lit_dpo.data.prompts import Prompt
 from lit_dpo.data.rows import Rows
 from lit_dpo.data.sources import Source, Sources, as_sources, sample
-from lit_dpo.data.tokenize import Example, Truncation, UnpairedExample
+from lit_dpo.data.tokenize import Example, Pair, Truncation, UnpairedExample
 from lit_dpo.errors import DataError, InputError
 from lit_dpo.hf import BUNDLED, load_tokenizer
 
@@ -173,6 +174,16 @@ class PreferenceDataModule(L.LightningDataModule):
     def val_source_names(self) -> list[str]:
         """The sources of the validation examples, in order (Example.source indexes ``source_names``)."""
         return [self.source_names[i] for i in sorted({ex.source for ex in self.val_examples})]
+
+    def held_out_prompts(self, count: int) -> list[Prompt]:
+        """The first ``count`` validation prompts, for generations, with the pair's answers as the judge's columns."""
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        pairs = [ex for ex in self.val_examples if isinstance(ex, Pair) and ex.weight > 0][:count]
+        return [
+            Prompt(ex.prompt_ids, decode(ex.prompt_ids), {"chosen": decode(ex.chosen_ids),
+                   "rejected": decode(ex.rejected_ids)}, row=ex.row)
+            for ex in pairs
+        ]  # fmt: skip
 
     def collator(self) -> PaddedCollator | SharedPrefixCollator:
         hp = self.hparams

@@ -12,14 +12,17 @@ from lit_dpo import lora
 from lit_dpo.errors import InputError
 
 
-def check_sync_options(needs_reference: bool, precompute: Optional[bool], sync_steps: int, sync_alpha: float) -> None:
-    """Refuse TR-DPO settings that cannot work, before anything loads."""
+def check_sync_options(
+    needs_reference: bool, precompute: Optional[bool], sync_steps: int, sync_alpha: float, name: str = "ref_sync_steps"
+) -> None:
+    """Refuse TR-DPO (or, by ``name``, iterative DPO's ``ref_sync_epochs``) settings that cannot work, before
+    anything loads."""
     if sync_steps < 0 or not 0.0 < sync_alpha <= 1.0:
-        raise InputError(f"ref_sync_steps must be >= 0 and 0 < ref_sync_alpha <= 1, got {sync_steps}, {sync_alpha}")
+        raise InputError(f"{name} must be >= 0 and 0 < ref_sync_alpha <= 1, got {sync_steps}, {sync_alpha}")
     if sync_steps and precompute:
-        raise InputError("ref_sync_steps changes the reference during training: it cannot use precompute_ref_log_probs")
+        raise InputError(f"{name} changes the reference during training: it cannot use precompute_ref_log_probs")
     if sync_steps and not needs_reference:
-        raise InputError("ref_sync_steps has no effect with a reference-free loss_type")
+        raise InputError(f"{name} has no effect with a reference-free loss_type")
 
 
 @torch.no_grad()
