@@ -40,7 +40,8 @@ class OnlineDataModule(PreferenceDataModule):
     """Preference pairs sampled from the policy each round (epoch) and paired by a judge: online DPO.
 
     Needs ``--trainer.reload_dataloaders_every_n_epochs=1`` (the CLI sets it). The reference is the initial model;
-    ``--model.ref_sync_epochs=1`` makes it the previous round's policy instead.
+    ``--model.ref_sync_epochs=1`` makes it the previous round's policy instead. Rounds differ in size, so a decaying
+    ``--model.lr_schedule`` takes its length from ``--trainer.max_steps`` when given, else from round 0's pairs.
 
     Args:
         path: Prompts: rows with a ``prompt`` (a string, or a list of messages) and any columns the judge reads,

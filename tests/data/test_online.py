@@ -154,9 +154,10 @@ def test_a_run_stopped_mid_round_resumes_with_the_same_pairs_and_losses(tiny_mod
 
 
 @pytest.mark.integration
-def test_two_ranks_sample_disjoint_shares_of_the_prompts(tiny_model_dir, prompt_files, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])  # FSDP: sharded policy, decoded in lockstep with the KV cache
+def test_two_ranks_sample_disjoint_shares_of_the_prompts(strategy, tiny_model_dir, prompt_files, tmp_path):
     args = _online(tiny_model_dir, *prompt_files, tmp_path, "--data.judge=my_judges.recorded", "--trainer.max_epochs=1",
-                   "--config", str(TESTS.parent / "recipes" / "strategy" / "ddp.yaml"), "--trainer.accelerator=cpu",
+                   "--config", str(TESTS.parent / "recipes" / "strategy" / f"{strategy}.yaml"), "--trainer.accelerator=cpu",
                    "--trainer.devices=2", "--generations.num_prompts=0")  # fmt: skip
     done = _fit(tmp_path, tmp_path, *args)
     assert done.returncode == 0, done.stderr[-3000:]
