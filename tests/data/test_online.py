@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lit_dpo import fit
+from lit_dpo.data import read_rows
 from lit_dpo.data.prompts import Prompt
 from lit_dpo.data.rounds import Judged, best_and_worst, form_pairs, round_stats
 
@@ -77,8 +78,11 @@ def test_each_round_samples_judges_pairs_writes_and_logs(tiny_model_dir, prompt_
     assert [float(r["online/round"]) for r in rounds] == [0.0, 1.0]
     steps = 0
     for number, logged in enumerate(rounds):
-        records = [json.loads(line) for line in (run / "online" / f"round_{number}.jsonl").read_text().splitlines()]
+        path = run / "online" / f"round_{number}.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()]
         assert len(records) == float(logged["online/pairs"]) > 0
+        read_back = read_rows(str(path))  # reusable offline as preference pairs (an empty sample is left out, counted)
+        assert len(read_back.rows) + sum(map(len, read_back.dropped.values())) == len(records)
         assert int(logged["step"]) == steps  # logged as the round starts
         steps += -(-len(records) // 2)  # one epoch of 2 pairs a step over the round's pairs
         scores = [s for r in records for s in r["scores"]]
