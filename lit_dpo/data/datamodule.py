@@ -107,12 +107,7 @@ class PreferenceDataModule(L.LightningDataModule):
             return
         hp = self.hparams
         self.tokenizer = load_tokenizer(hp.tokenizer_name_or_path, hp.trust_remote_code)
-        demo = hp.path == DEMO
-        train = as_sources(demo_path("train") if demo else hp.path, hp.split, hp.config_name, hp.columns)
-        val_value = demo_path("val") if demo and hp.val_path is None else hp.val_path
-        val = as_sources(val_value, hp.val_split_name, hp.config_name, hp.columns) if val_value else []
-        if demo:
-            train[0].name = (val or train)[0].name = DEMO
+        train, val = self._sources()
         train_rows = [read_source(s, s.split, hp.roles) for s in train]
         val_rows = [read_source(s, s.split, hp.roles) for s in val]
         if not val and hp.val_split > 0:  # hold out the same fraction of every source
@@ -129,6 +124,19 @@ class PreferenceDataModule(L.LightningDataModule):
         if len(forms) > 1:
             raise DataError("the sources mix row forms: preference pairs (prompt/chosen/rejected) and unpaired rows "
                             "(prompt/completion/label); use one form per run")  # fmt: skip
+
+    demo_files = ("train", "val")  # what ``path=demo`` reads: the demo's training and held-out files
+
+    def _sources(self) -> tuple[list[Source], list[Source]]:
+        """The training and validation sources of ``path`` and ``val_path`` (``demo``: the files shipped)."""
+        hp = self.hparams
+        demo = hp.path == DEMO
+        train = as_sources(demo_path(self.demo_files[0]) if demo else hp.path, hp.split, hp.config_name, hp.columns)
+        val_value = demo_path(self.demo_files[1]) if demo and hp.val_path is None else hp.val_path
+        val = as_sources(val_value, hp.val_split_name, hp.config_name, hp.columns) if val_value else []
+        if demo:
+            train[0].name = (val or train)[0].name = DEMO
+        return train, val
 
     @property
     def _limits(self) -> Limits:

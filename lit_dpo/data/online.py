@@ -21,13 +21,13 @@ from typing import Any, Optional
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from lit_dpo.data.datamodule import DEMO, PreferenceDataModule, demo_path
+from lit_dpo.data.datamodule import DEMO, PreferenceDataModule
 from lit_dpo.data.prepare import hold_out
-from lit_dpo.data.prompts import Prompt, read_prompts, tokenize_prompt
+from lit_dpo.data.prompts import Prompt, read_prompts
 from lit_dpo.data.rounds import Judged, form_pairs, round_stats
 from lit_dpo.data.rows import RowFormat
-from lit_dpo.data.sources import Source, Sources, as_sources, sample
-from lit_dpo.data.tokenize import Pair
+from lit_dpo.data.sources import Source, Sources, sample
+from lit_dpo.data.tokenize import Pair, tokenize_prompt
 from lit_dpo.errors import DataError, InputError
 from lit_dpo.generation import Sampling, generate
 from lit_dpo.hf import load_tokenizer
@@ -64,6 +64,7 @@ class OnlineDataModule(PreferenceDataModule):
     """
 
     online = True  # the module reads it: pairs are unknown before training, the reference runs live
+    demo_files = ("prompts", "val_prompts")
 
     def __init__(
         self,
@@ -101,10 +102,7 @@ class OnlineDataModule(PreferenceDataModule):
                              "--trainer.reload_dataloaders_every_n_epochs=1")  # fmt: skip
         self.tokenizer = load_tokenizer(hp.tokenizer_name_or_path, hp.trust_remote_code)
         self.judge = load_judge(hp.judge)
-        demo = hp.path == DEMO
-        train = as_sources(demo_path("prompts") if demo else hp.path, hp.split, hp.config_name, hp.columns)
-        val_value = demo_path("val_prompts") if demo and hp.val_path is None else hp.val_path
-        val = as_sources(val_value, hp.val_split_name, hp.config_name, hp.columns) if val_value else []
+        train, val = self._sources()
         read = lambda s: read_prompts(s.path, s.split, s.config_name, RowFormat(s.columns or {}, hp.roles or {}))  # noqa: E731
         train_rows, val_rows = [read(s) for s in train], [read(s) for s in val]
         if not val and hp.val_split > 0:  # hold out the same fraction of every source
@@ -171,9 +169,10 @@ class OnlineDataModule(PreferenceDataModule):
 
     def _new_round(self, number: int) -> list[Pair]:
         started = time.monotonic()
-        pairs, stats = self._pairs(self._round_prompts(number), number, f"round_{number}")
+        prompts = self._round_prompts(number)
+        pairs, stats = self._pairs(prompts, number, f"round_{number}")
         stats |= {"online/round": float(number), "online/generation_seconds": time.monotonic() - started}
-        self._report(number, stats)
+        self._report(number, len(prompts), stats)
         if not pairs:
             rank_zero_warn(f"online round {number}: no prompt gave a pair (every prompt's samples tied under the "
                            "judge), so training stops here; raise temperature or num_samples")  # fmt: skip
@@ -217,10 +216,10 @@ class OnlineDataModule(PreferenceDataModule):
         return sorted(gather_in_order(trainer, judged), key=lambda item: item.prompt)
 
     @rank_zero_only
-    def _report(self, number: int, stats: dict[str, float]) -> None:
+    def _report(self, number: int, prompts: int, stats: dict[str, float]) -> None:
         for logger in self.trainer.loggers:
             logger.log_metrics(stats, step=self.trainer.global_step)
-        print(f"lit_dpo: round {number}: {len(self._round_prompts(number))} prompts x {self.hparams.num_samples} "
+        print(f"lit_dpo: round {number}: {prompts} prompts x {self.hparams.num_samples} "
               f"samples in {stats['online/generation_seconds']:.1f} s, mean score {stats['online/score_mean']:.3f} "
               f"(max {stats['online/score_max']:.3f}), {stats['online/pairs']:.0f} pairs "
               f"({stats['online/pair_fraction']:.0%})", flush=True)  # fmt: skip

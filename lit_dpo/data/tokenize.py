@@ -78,16 +78,21 @@ def tokenize_completions(
 ) -> tuple[list[int], list[list[int]]]:
     """The prompt's token ids, and each completion's token ids after them."""
     texts = [_text(tokenizer, row, name, completion) for name, completion in completions.items()]
-    if isinstance(row.prompt, list):
-        prompt_text = _render(tokenizer, row.prompt, row.tools, generation_prompt=True)
-        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-        full = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-    else:
-        prompt_ids = tokenizer(row.prompt)["input_ids"]
-        full = [tokenizer(text)["input_ids"] for text in texts]
+    prompt_ids = tokenize_prompt(tokenizer, row.prompt, row.tools)
+    special = not isinstance(row.prompt, list)  # a chat template writes its own special tokens
+    full = [tokenizer(text, add_special_tokens=special)["input_ids"] for text in texts]
     # tokens can merge across the prompt/completion boundary; cut every sequence where the first one diverges
     shared = min(_common_prefix(prompt_ids, ids) for ids in full)
     return prompt_ids[:shared], [ids[shared:] for ids in full]
+
+
+def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Text, tools: Optional[list] = None) -> list[int]:
+    """The prompt's token ids as a completion follows them: the chat template with the generation prompt for
+    messages, the tokenizer's own special tokens for text."""
+    if isinstance(prompt, list):
+        text = _render(tokenizer, prompt, tools, generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt)["input_ids"]
 
 
 def _text(tokenizer: PreTrainedTokenizerBase, row: Row, name: str, completion: Text) -> str:
