@@ -223,20 +223,15 @@ _CHANGES = {  # what a checkpoint's fingerprint covers, and what resuming on a c
 
 
 def check_resume(
-    trainer: Optional[Trainer], checkpoint: Optional[str], current: dict[str, Optional[str]], allowed: set[str]
+    saved: dict[str, Optional[str]], current: dict[str, Optional[str]], allowed: set[str], checkpoint: str
 ) -> None:
-    """Refuse to resume a fit from ``checkpoint`` when the training data or the reference differ from its, unless
-    ``allowed`` (``--allow_changed``) names them. Checkpoints record them in ``checkpoint["lit_dpo"]``."""
-    if trainer is None or trainer.state.fn != "fit" or not checkpoint or not Path(checkpoint).exists():
-        return
-    path = Path(checkpoint)
-    meta = path / "meta.pt" if path.is_dir() else path
-    saved = torch.load(meta, map_location="cpu", weights_only=True, mmap=True).get("lit_dpo", {})
+    """Refuse to resume a fit from ``checkpoint`` when the training data or the reference differ from what it
+    recorded (``saved``, its ``checkpoint["lit_dpo"]``), unless ``allowed`` (``--allow_changed``) names them."""
     for what, value in current.items():
         before = saved.get(what)
         if before is not None and value is not None and before != value and what not in allowed:
             described, consequence = _CHANGES[what]
             raise InputError(
-                f"{described} changed since {path} was saved (fingerprint {before[:12]} -> {value[:12]}): resuming "
-                f"{consequence}; pass --allow_changed='[{what}]' to resume anyway"
+                f"{described} changed since {checkpoint} was saved (fingerprint {before[:12]} -> {value[:12]}): "
+                f"resuming {consequence}; pass --allow_changed='[{what}]' to resume anyway"
             )

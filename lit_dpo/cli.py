@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_only
 
-from lit_dpo.callbacks import Throughput, TrainingHealth, WinRate
+from lit_dpo.callbacks import FinishRun, Throughput, TrainingHealth, WinRate
 from lit_dpo.callbacks.progress import DPOModelSummary, DPOProgressBar, quiet_third_party_noise
 from lit_dpo.checkpoints import (
     LAST,
@@ -52,13 +52,14 @@ TRAINER_DEFAULTS = {
 
 class LoggerSaveConfigCallback(SaveConfigCallback):
     """Write ``config.yaml`` to the run directory and send the resolved config to the logger (e.g. W&B), once the
-    run has loaded its models and checked what it resumes: a refused resume leaves the run directory as it was."""
+    run has loaded its models and restored and checked what it resumes (``DPOModule.on_load_checkpoint``): a
+    refused resume leaves the run directory as it was."""
 
     def setup(self, trainer: Trainer, pl_module: L.LightningModule, stage: str) -> None:
         pass  # see on_fit_start
 
-    def on_fit_start(self, trainer: Trainer, pl_module: L.LightningModule) -> None:
-        super().setup(trainer, pl_module, "fit")
+    def on_train_start(self, trainer: Trainer, pl_module: L.LightningModule) -> None:
+        super().setup(trainer, pl_module, "fit")  # after the checkpoint is restored (and checked)
 
     def on_validation_start(self, trainer: Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "validate":
@@ -95,6 +96,7 @@ class DPOCLI(LightningCLI):
         parser.add_lightning_class_args(WinRate, "generations")
         parser.add_lightning_class_args(TrainingHealth, "health")
         parser.add_lightning_class_args(Throughput, "perf")
+        parser.add_lightning_class_args(FinishRun, "finish")
         parser.add_argument(
             "--ckpt_path",
             type=Optional[str],
@@ -114,6 +116,8 @@ class DPOCLI(LightningCLI):
             default=None,
             help="Where fit writes the trained policy in HF format (default: <run dir>/hf_model).",
         )
+        parser.link_arguments("export_dir", "finish.export_dir")
+        parser.link_arguments("allow_changed", "model.allow_changed")
 
     def instantiate_classes(self) -> None:
         try:
@@ -140,8 +144,9 @@ class DPOCLI(LightningCLI):
             callbacks = [*callbacks, DPOModelSummary()]
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ResumableCheckpoint)]
-        if any(isinstance(c, WinRate) for c in user_callbacks):  # --trainer.callbacks+=...WinRate replaces ours
-            callbacks = [c for c in callbacks if not isinstance(c, WinRate)]
+        for kind in (WinRate, FinishRun):  # --trainer.callbacks+=lit_dpo.callbacks.WinRate replaces ours
+            if any(isinstance(c, kind) for c in user_callbacks):
+                callbacks = [c for c in callbacks if not isinstance(c, kind)]
         trainer = super()._instantiate_trainer(config, callbacks)
         trainer._signal_connector = QuietSigterm(trainer)  # registered at fit start
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the user chose

@@ -11,7 +11,7 @@ import contextlib
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 from filelock import FileLock
@@ -132,11 +132,14 @@ def load_policy(
     return policy
 
 
-def export_policy(policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, directory: Path, strategy: Any) -> None:
+def export_policy(
+    policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, directory: Path, strategy: Optional[Any] = None
+) -> None:
     """Write the trained policy as a plain Hugging Face folder: gathered when sharded (a collective: call it on
     every rank), LoRA adapters merged into the base weights. Rank 0 writes it into ``<directory>.partial`` and
     renames it into place, so a kill leaves the previous export or the new one, never a mix; every rank learns
-    whether that worked, and a failure is one ``InputError`` on all of them."""
+    whether that worked (through the Lightning ``strategy``; None: one process), and a failure is one
+    ``InputError`` on all of them."""
     state_dict = full_state_dict(policy)  # None when not sharded; empty off rank 0 when sharded
     if lora.is_lora(policy):
         if state_dict is None:
@@ -145,12 +148,13 @@ def export_policy(policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, d
             state_dict = lora.merged_state_dict(state_dict, lora.scaling(policy))
         policy = policy.get_base_model()
     error = None
-    if strategy.is_global_zero:
+    if strategy is None or strategy.is_global_zero:
         try:
             write_atomically(directory, lambda partial: _export_checked(policy, tokenizer, partial, state_dict))
         except OSError as err:
             error = f"could not write the trained policy to {directory}: {err}"
-    error = strategy.broadcast(error, src=0)
+    if strategy is not None:
+        error = strategy.broadcast(error, src=0)
     if error is not None:
         raise InputError(error)
 

@@ -120,5 +120,31 @@ class PreferenceMetrics(torch.nn.Module):
         return bool(self.means[_key("loss")].update_count)
 
 
+class SourceMetrics(torch.nn.Module):
+    """``PreferenceMetrics`` of each data source, when validation mixes several: ``<source>/<metric>``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: dict[str, int] = {}  # name -> the source id batches carry (``Batch.sources``)
+        self.metrics = torch.nn.ModuleList()
+
+    def track(self, sources: dict[str, int]) -> None:
+        """Follow these sources (once: a second call, as on a second fit, changes nothing)."""
+        if len(sources) > 1 and not self.sources:
+            self.sources = dict(sources)
+            self.metrics.extend(PreferenceMetrics() for _ in sources)
+
+    def update(self, lp: Logps, output: LossOutput, weights: Tensor, sources: Tensor) -> None:
+        for source, metrics in zip(self.sources.values(), self.metrics):
+            metrics.update(lp, output, weights * (sources == source))
+
+    def compute_and_reset(self) -> dict[str, Tensor]:
+        values: dict[str, Tensor] = {}
+        for name, metrics in zip(self.sources, self.metrics):
+            values |= {f"{name}/{k}": v for k, v in metrics.compute().items()}
+            metrics.reset()
+        return values
+
+
 def _key(name: str) -> str:
     return name.replace("/", "__")

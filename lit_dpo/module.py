@@ -2,12 +2,13 @@
 
 Data flow of a step: ``Batch`` (``lit_dpo.data``) -> per-sequence log-probs of the policy (``lit_dpo.scoring``)
 and of the reference (``lit_dpo.reference``) -> per-pair tensors -> ``Objective`` (``lit_dpo.losses``) ->
-losses and rewards -> ``PreferenceMetrics``.
+losses and rewards -> ``PreferenceMetrics``. The models are assembled by ``lit_dpo.models``.
 """
 
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
 import lightning as L
@@ -15,25 +16,18 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lit_dpo import lora, optim
-from lit_dpo.callbacks.health import check_start
+from lit_dpo import optim
 from lit_dpo.checkpoints import check_resume
 from lit_dpo.data.collate import Batch
+from lit_dpo.data.protocol import PreferenceData, preference_data
 from lit_dpo.errors import InputError, nonfinite_gradients, raise_if_gradients_not_finite, raise_if_not_finite
-from lit_dpo.hf import BUNDLED, load_model, load_policy
-from lit_dpo.losses import build_objective
+from lit_dpo.hf import BUNDLED, export_policy, load_tokenizer
+from lit_dpo.losses import OPTIONS, build_objective
 from lit_dpo.losses.unpaired import kl_reference_point
-from lit_dpo.metrics import PreferenceMetrics
+from lit_dpo.metrics import PreferenceMetrics, SourceMetrics
+from lit_dpo.models import MODEL_OPTIONS, ModelSpec, Run, build_models, check_options
 from lit_dpo.parallel import compile_layers, is_sharded, shard
-from lit_dpo.reference import (
-    AdapterReference,
-    ModelReference,
-    Reference,
-    cache_logps,
-    should_cache,
-    weights_fingerprint,
-)
-from lit_dpo.reference.sync import check_sync_options
+from lit_dpo.reference import Reference, cache_logps, check_start
 from lit_dpo.scoring import Logps, PairLogps, UnpairedLogps, score_sequences, split_scores
 
 
@@ -90,6 +84,8 @@ class DPOModule(L.LightningModule):
         compile: ``torch.compile`` each decoder layer: faster steps after a one-off compilation (measured in
             the README); needs a C++ compiler on CPUs, Triton on GPUs.
         trust_remote_code: Allow model code from the Hub (off: only transformers' own architectures).
+        allow_changed: Resume a fit although these changed since its checkpoint was saved: ``data`` (the
+            training examples), ``reference`` (the reference weights). The CLI's ``--allow_changed``.
     """
 
     def __init__(
@@ -124,49 +120,49 @@ class DPOModule(L.LightningModule):
         activation_checkpointing: bool = False,
         compile: bool = False,
         trust_remote_code: bool = False,
+        allow_changed: Optional[list[Literal["data", "reference"]]] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        # refuse bad options before loading anything
+        # refuse bad options before loading anything; every loss option reaches the objective by name
         self.objective = build_objective(
-            loss_type, loss_weights, use_weighting, ld_alpha, label_smoothing, discopop_tau=discopop_tau,
-            simpo_gamma=simpo_gamma, desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
-        )  # fmt: skip
-        check_sync_options(self.objective.needs_reference, precompute_ref_log_probs, ref_sync_steps, ref_sync_alpha)
-        if ref_sync_epochs:
-            check_sync_options(
-                self.objective.needs_reference, precompute_ref_log_probs, ref_sync_epochs, 1.0, "ref_sync_epochs"
-            )
-        if beta <= 0:
-            raise InputError(f"--model.beta must be > 0, got {beta}")
+            loss_type, loss_weights, use_weighting, ld_alpha, **{name: self.hparams[name] for name in OPTIONS}
+        )
+        check_options(self.objective, beta, precompute_ref_log_probs, ref_sync_steps, ref_sync_alpha, ref_sync_epochs)
         self.policy: Optional[torch.nn.Module] = None
         self.reference: Optional[Reference] = None  # None for reference-free losses
         self.caches_reference = False  # decided when the models load, knowing the run (``should_cache``)
         self.compiled = False
         self.hooked_optimizer: Optional[optim.AdamWInBackward] = None
         self.last_sync_step = 0
-        self.last_val_step = -1  # global step of the last validation, so a fit can end with a fresh one
         # before the first update, policy and reference must agree when the reference starts as the policy
         self.checks_start = ref_model_name_or_path in (None, model_name_or_path)
         self.train_metrics, self.val_metrics = PreferenceMetrics(), PreferenceMetrics()
-        self.resume_from: Optional[str] = None  # the checkpoint a fit resumes (Lightning knows it only later)
-        self.allowed_changes: set[str] = set()  # --allow_changed: what a resumed run may find changed
-        self.val_sources: dict[str, int] = {}  # with several validation sources: name -> source id
-        self.val_source_metrics = torch.nn.ModuleList()  # one PreferenceMetrics per validation source
+        self.val_source_metrics = SourceMetrics()  # val/<source>/... with several validation sources
+
+    @property
+    def tokenizer_name_or_path(self) -> str:
+        """The tokenizer of the policy's data (``lit_dpo.data.protocol.TokenizerSource``)."""
+        return self.hparams.model_name_or_path
+
+    @property
+    def trust_remote_code(self) -> bool:
+        return self.hparams.trust_remote_code
+
+    @property
+    def data(self) -> Optional[PreferenceData]:
+        """The attached data module, if it is one of lit_dpo's kind (``PreferenceData``)."""
+        return preference_data(self._trainer)
 
     def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        names = getattr(datamodule, "val_source_names", [])
-        if len(names) > 1 and not self.val_sources:  # val/<source>/... metrics
-            self.val_sources = {name: datamodule.source_names.index(name) for name in names}
-            self.val_source_metrics.extend(PreferenceMetrics() for _ in names)
+        if self.data is not None:
+            self.val_source_metrics.track({n: self.data.source_names.index(n) for n in self.data.val_source_names})
 
     def configure_model(self) -> None:
         # Lightning calls this for fit, validate and again on resume: load once, shard once, compile once
         if self.policy is None:
             self._load_models()
         frozen = self.reference.model if self.reference is not None else None
-        check_resume(self._trainer, self.resume_from, self._fingerprints(), self.allowed_changes)  # before any write
         if self.device_mesh is not None and not is_sharded(self.policy):  # ModelParallelStrategy: FSDP2
             for model in (self.policy, frozen):
                 if model is not None:
@@ -178,45 +174,22 @@ class DPOModule(L.LightningModule):
             self.compiled = True
 
     def _load_models(self) -> None:
-        hp, needs_reference = self.hparams, self.objective.needs_reference
-        online = getattr(self._trainer and self.trainer.datamodule, "online", False)
-        if online and hp.precompute_ref_log_probs:
-            raise InputError("--model.precompute_ref_log_probs needs every pair before training; online DPO makes "
-                             "its pairs each round (the reference runs live)")  # fmt: skip
-        moves = bool(hp.ref_sync_steps or hp.ref_sync_epochs)
-        self.policy = load_policy(
-            hp.model_name_or_path, hp.dtype, hp.trust_remote_code, hp.disable_dropout, hp.activation_checkpointing
+        hp, objective = self.hparams, self.objective
+        spec = ModelSpec(**{name: hp[name] for name in MODEL_OPTIONS}, reference_moves=bool(hp.ref_sync_steps or hp.ref_sync_epochs))  # fmt: skip
+        online = self.data is not None and self.data.online
+        models = build_models(
+            spec, Run(objective.needs_reference, objective.unpaired, online, self._trainer, self.data)
         )
-        separate = needs_reference and (hp.ref_model_name_or_path is not None or not hp.lora_r)
-        if separate:
-            model = load_model(hp.ref_model_name_or_path or hp.model_name_or_path, hp.dtype, hp.trust_remote_code)
-            self.reference = ModelReference(model, hp.ld_alpha)
-        self.caches_reference = should_cache(
-            hp.precompute_ref_log_probs, needs_reference, separate, self.objective.unpaired, moves or online,
-            self._trainer,
-        )  # fmt: skip
-        # before sharding and adapters, every rank hashes the full reference weights: the cache key, and what a
-        # resumed run checks it still trains against
-        fingerprint = None
-        if needs_reference:
-            fingerprint = weights_fingerprint((self.reference.model if separate else self.policy).state_dict())
-        if hp.lora_r:
-            self.policy = lora.add_adapters(
-                self.policy, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.lora_target_modules
-            )
-            if needs_reference and not separate:
-                self.reference = AdapterReference(self.policy, hp.ld_alpha)
-        if self.reference is not None:
-            self.reference.fingerprint = fingerprint
-        if separate and moves:
+        self.policy, self.reference, self.caches_reference = models.policy, models.reference, models.caches_reference
+        if models.synced_reference is not None:
             # a synced reference is training state: in the module tree, so checkpoints (distributed ones too) hold it
-            self.synced_reference = self.reference.model
+            self.synced_reference = models.synced_reference
 
     def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> "DPOModule":
         # a frozen reference model is kept out of the module tree, so Lightning neither checkpoints it nor switches
         # it to train mode; it must still follow the module's moves and casts (devices, --trainer.precision=16-true)
         super()._apply(fn, *args, **kwargs)
-        frozen = getattr(self, "reference", None)
+        frozen = self.__dict__.get("reference")  # None while __init__ is still running
         if frozen is not None and frozen.model is not None and "synced_reference" not in self._modules:
             frozen.model._apply(fn, *args, **kwargs)
         return self
@@ -236,9 +209,18 @@ class DPOModule(L.LightningModule):
             self._cache_reference(["val"])
 
     def _cache_reference(self, stages: list[str]) -> None:
-        hp = self.hparams
+        hp, data = self.hparams, self.data
+        if data is None:
+            raise InputError("precompute_ref_log_probs needs lit_dpo's PreferenceDataModule")
+        if data.unpaired:
+            raise InputError("precompute_ref_log_probs does not apply to unpaired (KTO) rows: their KL completions "
+                             "are drawn from each batch, so the reference runs live")  # fmt: skip
+        examples = {"train": data.train_examples, "val": data.val_examples}
         settings = {"dtype": hp.dtype, "precision": str(self.trainer.precision), "ld_alpha": hp.ld_alpha}
-        self.reference = cache_logps(self.reference, self.trainer, stages, settings)
+        self.reference = cache_logps(
+            self.reference, {s: examples[s] for s in stages}, data.collator(), data.val_batch_size, self.trainer,
+            settings,
+        )  # fmt: skip
         gc.collect()  # the live reference model, now unreferenced, is the largest thing to free
 
     def logps(self, batch: Batch) -> Logps:
@@ -266,8 +248,7 @@ class DPOModule(L.LightningModule):
             raise_if_not_finite({**lp.terms(), "loss": output.losses}, self.global_step, agree)
         metrics.update(lp, output, batch.weights)
         if metrics is self.val_metrics:
-            for source, source_metrics in zip(self.val_sources.values(), self.val_source_metrics):
-                source_metrics.update(lp, output, batch.weights * (batch.sources == source))
+            self.val_source_metrics.update(lp, output, batch.weights, batch.sources)
         return output.losses.mean()
 
     def _mean_over_ranks(self, value: Tensor) -> Tensor:
@@ -291,14 +272,20 @@ class DPOModule(L.LightningModule):
             self.reference.sync(self.policy, self.hparams.ref_sync_alpha)
             self.last_sync_step = step
 
-    def _fingerprints(self) -> dict[str, Optional[str]]:
+    def fingerprints(self) -> dict[str, Optional[str]]:
         """What a checkpoint records so that a resumed run can check it trains on the same things."""
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        data = datamodule.fingerprint() if hasattr(datamodule, "fingerprint") else None
-        return {"data": data, "reference": self.reference.fingerprint if self.reference is not None else None}
+        return {
+            "data": self.data.fingerprint() if self.data is not None else None,
+            "reference": self.reference.fingerprint if self.reference is not None else None,
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["lit_dpo"] = self._fingerprints()
+        checkpoint["lit_dpo"] = self.fingerprints()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.state.fn == "fit":  # resuming: into the same job only
+            allowed = set(self.hparams.allow_changed or [])
+            check_resume(checkpoint.get("lit_dpo", {}), self.fingerprints(), allowed, str(self.trainer.ckpt_path))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         agree = self.trainer.strategy.reduce_boolean_decision
@@ -306,10 +293,13 @@ class DPOModule(L.LightningModule):
             raise_if_gradients_not_finite(self.hooked_optimizer.nonfinite_parameters(), self.global_step, agree)
         else:
             raise_if_gradients_not_finite(nonfinite_gradients(self.policy), self.global_step, agree)
+        self._log_train_metrics(optimizer.param_groups[0]["lr"])
+
+    def _log_train_metrics(self, lr: float) -> None:
         # once per optimizer step, so train/ metrics mean the same with or without gradient accumulation:
         # the exact mean over every pair of the step, on every rank
         values = {f"train/{k}": v for k, v in self.train_metrics.compute().items()}
-        values["train/lr"] = optimizer.param_groups[0]["lr"]
+        values["train/lr"] = lr
         self.log_dict(values, on_step=True, on_epoch=False, prog_bar=False)
         self.train_metrics.reset()
 
@@ -318,29 +308,40 @@ class DPOModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.val_metrics.has_updates:
-            values = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
-            for name, source_metrics in zip(self.val_sources, self.val_source_metrics):
-                values |= {f"val/{name}/{k}": v for k, v in source_metrics.compute().items()}
-                source_metrics.reset()
-            self.log_dict(values, on_step=False, on_epoch=True)  # already synced over ranks by torchmetrics
+            values = self.val_metrics.compute() | self.val_source_metrics.compute_and_reset()
+            self.log_dict(
+                {f"val/{k}": v for k, v in values.items()}, on_step=False, on_epoch=True
+            )  # already synced over ranks by torchmetrics
         self.val_metrics.reset()
-        if not self.trainer.sanity_checking:
-            self.last_val_step = self.global_step
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        params = [p for p in self.policy.parameters() if p.requires_grad]
         if self.hooked_optimizer is not None:
             self.hooked_optimizer.remove_hooks()  # a second fit: the previous optimizer must not step too
-        names = [n for n, p in self.policy.named_parameters() if p.requires_grad]
         in_backward = optim.in_backward(self._trainer, hp.optimizer_in_backward)
-        optimizer = optim.adamw(params, hp.learning_rate, hp.weight_decay, is_sharded(self.policy), in_backward, names)
+        optimizer, scheduler = optim.build(
+            self.policy, hp.learning_rate, hp.weight_decay, hp.warmup_steps, hp.lr_schedule, in_backward,
+            self._total_steps,
+        )  # fmt: skip
         self.hooked_optimizer = optimizer if in_backward else None
-        schedule = optim.lr_lambda(hp.warmup_steps, hp.lr_schedule, self._total_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _total_steps(self) -> int:
         # read lazily, at the first decaying step: asking in configure_optimizers would reset the restored
         # dataloader state on resume (Lightning #20550)
         return self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+
+    def save_pretrained(self, directory: Union[str, Path], tokenizer: Any = None) -> Path:
+        """Write the policy as a plain Hugging Face folder (``AutoModelForCausalLM.from_pretrained`` reads it): LoRA
+        adapters merged, the tokenizer beside it (the data module's, else the model's). Written whole or not at all;
+        inside a distributed fit, call it on every rank (sharded weights are gathered)."""
+        if self.policy is None:
+            raise InputError("save_pretrained: the models are not loaded yet (configure_model, or fit first)")
+        if tokenizer is None:
+            has_own = self.data is not None and self.data.tokenizer is not None
+            tokenizer = (
+                self.data.tokenizer if has_own else load_tokenizer(self.tokenizer_name_or_path, self.trust_remote_code)
+            )
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        export_policy(self.policy, tokenizer, Path(directory), strategy)
+        return Path(directory)

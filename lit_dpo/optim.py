@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from lit_dpo.errors import InputError
+from lit_dpo.parallel import is_sharded
 
 
 def adamw(
@@ -26,6 +27,22 @@ def adamw(
     if in_backward:
         return AdamWInBackward(params, names, lr=lr, weight_decay=weight_decay, fused=fused)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+
+def build(
+    policy: torch.nn.Module,
+    lr: float,
+    weight_decay: float,
+    warmup_steps: int,
+    schedule: str,
+    in_backward: bool,
+    total_steps: Callable[[], int],
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the policy's trainable weights and its learning-rate schedule (``lr_lambda``)."""
+    named = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
+    params, names = [p for _, p in named], [n for n, _ in named]
+    optimizer = adamw(params, lr, weight_decay, is_sharded(policy), in_backward, names)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup_steps, schedule, total_steps))
 
 
 def in_backward(trainer: Optional[Any], wanted: Optional[bool]) -> bool:

@@ -16,7 +16,7 @@ def main(args: Optional[list[str]] = None) -> None:
         cli = DPOCLI(args)
         cli.datamodule.setup("validate")
         # online DPO samples its validation pairs from held-out prompts (or reads them from the checkpoint)
-        if not (cli.datamodule.val_examples or getattr(cli.datamodule, "val_prompts", None)):
+        if not (cli.datamodule.val_examples or cli.datamodule.held_out_prompts(1)):
             raise InputError("no validation pairs: pass --data.val_path or a --data.val_split above 0")
         cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, verbose=False)
         _report(cli)

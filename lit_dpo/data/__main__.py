@@ -10,6 +10,7 @@ it as JSON. Bad input stops it as it stops a fit: one line naming the file, the 
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -32,7 +33,8 @@ class DataReportCLI(DPOCLI):
 
     def instantiate_classes(self) -> None:
         data = self.config.data
-        if data.class_path != "lit_dpo.data.PreferenceDataModule":
+        module_name, _, name = data.class_path.rpartition(".")
+        if getattr(importlib.import_module(module_name), name) is not PreferenceDataModule:
             raise InputError(f"python -m lit_dpo.data reports preference pairs read from files; {data.class_path} "
                              "makes its pairs during training (they are written to the run directory)")  # fmt: skip
         self.datamodule = PreferenceDataModule(**data.init_args.as_dict())

@@ -19,6 +19,7 @@ from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from lit_dpo.data.collate import PaddedCollator, SharedPrefixCollator
 from lit_dpo.data.prepare import Limits, SourceLog, hold_out, read_source, tokenize_rows
 from lit_dpo.data.prompts import Prompt
+from lit_dpo.data.protocol import TokenizerSource
 from lit_dpo.data.rows import Rows
 from lit_dpo.data.sources import Source, Sources, as_sources, sample
 from lit_dpo.data.tokenize import Example, Pair, Truncation, UnpairedExample
@@ -66,8 +67,9 @@ class PreferenceDataModule(L.LightningDataModule):
             diagonal mask), so no compute is spent on padding; 0 keeps one pair per row. Attention is dense
             over a row, so long rows cost quadratically: ~512 suits short pairs, 0 suits long ones.
         num_workers: DataLoader worker processes (tokenization happens once, up front).
-        tokenizer_name_or_path: Tokenizer, linked by the CLI to ``--model.model_name_or_path``.
-        trust_remote_code: Allow tokenizer code from the Hub; linked by the CLI to ``--model.trust_remote_code``.
+        tokenizer_name_or_path: Tokenizer; None: the model's (``DPOModule.model_name_or_path``; the CLI links
+            it to ``--model.model_name_or_path``), or the bundled model's outside a trainer.
+        trust_remote_code: Allow tokenizer code from the Hub; with the model's tokenizer, the model's setting.
     """
 
     def __init__(
@@ -89,7 +91,7 @@ class PreferenceDataModule(L.LightningDataModule):
         prefix_sharing: bool = True,
         pack_length: int = 512,
         num_workers: int = 0,
-        tokenizer_name_or_path: str = BUNDLED,
+        tokenizer_name_or_path: Optional[str] = None,
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
@@ -101,12 +103,15 @@ class PreferenceDataModule(L.LightningDataModule):
         self.source_names: list[str] = []  # Example.source indexes it
         self.logs: list[SourceLog] = []  # what became of every source's rows
         self._fingerprint: Optional[str] = None
+        self.judge: Any = None  # the data's own judge: only online DPO has one
+
+    online = False  # pairs are known before training (``OnlineDataModule`` samples them each round)
 
     def setup(self, stage: str) -> None:
         if self.tokenizer is not None:
             return
         hp = self.hparams
-        self.tokenizer = load_tokenizer(hp.tokenizer_name_or_path, hp.trust_remote_code)
+        self.tokenizer = load_tokenizer(*self.tokenizer_source())
         train, val = self._sources()
         train_rows = [read_source(s, s.split, hp.roles) for s in train]
         val_rows = [read_source(s, s.split, hp.roles) for s in val]
@@ -118,12 +123,22 @@ class PreferenceDataModule(L.LightningDataModule):
         self.train_examples = self._examples(train, train_rows, "train", weigh=True)
         self.val_examples = self._examples(val, val_rows, "val", weigh=False)
         for log in self.logs:
-            if log.warning(self._limits) is not None:
-                rank_zero_warn(log.warning(self._limits))
+            if log.warning(self.limits) is not None:
+                rank_zero_warn(log.warning(self.limits))
         forms = {type(ex) for ex in self.train_examples + self.val_examples}
         if len(forms) > 1:
             raise DataError("the sources mix row forms: preference pairs (prompt/chosen/rejected) and unpaired rows "
                             "(prompt/completion/label); use one form per run")  # fmt: skip
+
+    def tokenizer_source(self) -> tuple[str, bool]:
+        """The tokenizer to load and whether it may run Hub code: the one given, else the model's."""
+        hp = self.hparams
+        if hp.tokenizer_name_or_path is not None:
+            return hp.tokenizer_name_or_path, hp.trust_remote_code
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        if isinstance(model, TokenizerSource):
+            return model.tokenizer_name_or_path, model.trust_remote_code
+        return BUNDLED, hp.trust_remote_code
 
     demo_files = ("train", "val")  # what ``path=demo`` reads: the demo's training and held-out files
 
@@ -139,7 +154,7 @@ class PreferenceDataModule(L.LightningDataModule):
         return train, val
 
     @property
-    def _limits(self) -> Limits:
+    def limits(self) -> Limits:
         return Limits(self.hparams.max_length, self.hparams.max_prompt_length, self.hparams.truncation)
 
     def _examples(self, sources: list[Source], rows: list[Rows], stage: str, weigh: bool) -> list[Example]:
@@ -149,7 +164,7 @@ class PreferenceDataModule(L.LightningDataModule):
         for source, read in zip(sources, rows):
             log = SourceLog(source.name, source.path, stage, len(read.rows) + sum(map(len, read.dropped.values())))
             log.dropped.update(read.dropped)
-            tokenized = tokenize_rows(read.rows, self.tokenizer, self._limits, log)
+            tokenized = tokenize_rows(read.rows, self.tokenizer, self.limits, log)
             if read.rows and not tokenized:
                 raise DataError(f"{source.path}: every row was dropped by the length limits")
             self.logs.append(log)
@@ -203,6 +218,10 @@ class PreferenceDataModule(L.LightningDataModule):
                 self.tokenizer.pad_token_id, max_length=hp.max_length, pack_length=hp.pack_length
             )
         return PaddedCollator(self.tokenizer.pad_token_id, max_length=hp.max_length)
+
+    @property
+    def batch_size(self) -> int:
+        return self.hparams.batch_size
 
     @property
     def val_batch_size(self) -> int:

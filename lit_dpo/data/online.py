@@ -100,7 +100,7 @@ class OnlineDataModule(PreferenceDataModule):
         if stage == "fit" and trainer is not None and trainer.reload_dataloaders_every_n_epochs != 1:
             raise InputError("online DPO samples new pairs every epoch (round): it needs "
                              "--trainer.reload_dataloaders_every_n_epochs=1")  # fmt: skip
-        self.tokenizer = load_tokenizer(hp.tokenizer_name_or_path, hp.trust_remote_code)
+        self.tokenizer = load_tokenizer(*self.tokenizer_source())
         self.judge = load_judge(hp.judge)
         train, val = self._sources()
         read = lambda s: read_prompts(s.path, s.split, s.config_name, RowFormat(s.columns or {}, hp.roles or {}))  # noqa: E731
@@ -136,7 +136,7 @@ class OnlineDataModule(PreferenceDataModule):
             prompts.append(Prompt(ids, prompt, columns, self.source_names.index(source.name), number))
         if cut or dropped:
             rank_zero_warn(f"{source.path}: {len(cut)} prompts truncated and {len(dropped)} dropped to leave "
-                           f"{room} new tokens within {self._limits}")  # fmt: skip
+                           f"{room} new tokens within {self.limits}")  # fmt: skip
         if not prompts:
             raise DataError(f"{source.path}: every prompt was dropped by the length limits")
         return prompts

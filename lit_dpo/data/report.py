@@ -21,9 +21,9 @@ PERCENTILES = (50, 90, 99, 100)
 
 def build_report(data: PreferenceDataModule) -> dict[str, Any]:
     """The report of a set-up data module, as plain data (what ``--output`` writes as JSON)."""
-    limits = data._limits
+    limits = data.limits
     return {
-        "tokenizer": data.hparams.tokenizer_name_or_path,
+        "tokenizer": data.tokenizer_source()[0],
         "limits": {
             "max_length": limits.max_length,
             "max_prompt_length": limits.max_prompt_length,

@@ -24,8 +24,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from lit_dpo.data.collate import Batch
+from lit_dpo.data.protocol import PreferenceData
 from lit_dpo.data.tokenize import Pair
-from lit_dpo.errors import InputError
 from lit_dpo.hf import cache_dir, private_dir
 from lit_dpo.reference.live import Reference
 
@@ -45,8 +45,9 @@ class CachedReference(Reference):
 
 
 def should_cache(
-    wanted: Optional[bool], needs_reference: bool, separate_model: bool, unpaired: bool, syncs: bool, trainer: Any
-) -> bool:
+    wanted: Optional[bool], needs_reference: bool, separate_model: bool, unpaired: bool, syncs: bool, trainer: Any,
+    data: Optional[PreferenceData],
+) -> bool:  # fmt: skip
     """Whether a run uses cached reference log-probs: ``wanted`` (``precompute_ref_log_probs``), or when None,
     for a fit that trains on every pair at least once (the pass then adds no compute) with a ``separate_model``
     as a fixed reference on paired rows (the one case where it frees memory)."""
@@ -54,43 +55,36 @@ def should_cache(
         return bool(needs_reference and wanted)
     if unpaired or syncs or not separate_model:
         return False  # live KL samples, a moving reference, or no second model to free
-    if trainer is None or trainer.state.fn != "fit" or trainer.limit_train_batches != 1.0:
+    if trainer is None or data is None or trainer.state.fn != "fit" or trainer.limit_train_batches != 1.0:
         return False
-    examples = getattr(trainer.datamodule, "train_examples", None)
-    if not examples or getattr(trainer.datamodule, "unpaired", False):
+    if not data.train_examples or data.unpaired:
         return False
     if trainer.max_steps < 0:
         return True  # whole epochs
-    pairs_per_step = trainer.datamodule.hparams.batch_size * trainer.accumulate_grad_batches * trainer.world_size
-    return trainer.max_steps * pairs_per_step >= len(examples)
+    pairs_per_step = data.batch_size * trainer.accumulate_grad_batches * trainer.world_size
+    return trainer.max_steps * pairs_per_step >= len(data.train_examples)
 
 
-def cache_logps(reference: Reference, trainer: Any, stages: Sequence[str], settings: dict[str, Any]) -> CachedReference:
-    """A ``CachedReference`` for the data module's ``{stage}_examples``: from disk, or one pass of the live
-    ``reference`` (each rank computing its share, rank 0 writing the file), which the caller can then free.
-    ``reference`` may be a ``CachedReference`` already, for stages it holds."""
-    datamodule, strategy = trainer.datamodule, trainer.strategy
-    if not hasattr(datamodule, "collator"):
-        raise InputError("precompute_ref_log_probs needs lit_dpo's PreferenceDataModule")
-    if getattr(datamodule, "unpaired", False):
-        raise InputError(
-            "precompute_ref_log_probs does not apply to unpaired (KTO) rows: their KL completions are drawn "
-            "from each batch, so the reference runs live"
-        )
-    every = datamodule.train_examples + datamodule.val_examples
+def cache_logps(
+    reference: Reference, stages: dict[str, list[Pair]], collate: Callable[[list[Pair]], Batch], batch_size: int,
+    trainer: Any, settings: dict[str, Any],
+) -> CachedReference:  # fmt: skip
+    """A ``CachedReference`` for the examples of each stage (``{"train": [...], "val": [...]}``): from disk, or one
+    pass of the live ``reference`` (each rank computing its share of batches of ``batch_size``, rank 0 writing the
+    file), which the caller can then free. ``reference`` may be a ``CachedReference`` already, for stages it holds."""
+    every = [ex for examples in stages.values() for ex in examples]
     cached = reference if isinstance(reference, CachedReference) else None
     if cached is None:
         cached = CachedReference(torch.full((max((ex.index for ex in every), default=-1) + 1, 2), float("nan")), set())
-    for stage in stages:
-        examples = getattr(datamodule, f"{stage}_examples")
+    for stage, examples in stages.items():
         if not examples or stage in cached.stages:
             continue
         if reference is cached:
             raise RuntimeError(f"no live reference left to compute the {stage} log-probs")
         key = pairs_fingerprint(examples, reference.fingerprint, settings | _model_settings(reference))
         logps = load(key, len(examples))
-        if not strategy.reduce_boolean_decision(logps is not None, all=True):  # every rank computes, or none
-            logps = _compute_on_ranks(reference, examples, datamodule, trainer)
+        if not trainer.strategy.reduce_boolean_decision(logps is not None, all=True):  # every rank, or none
+            logps = _compute_on_ranks(reference, examples, collate, batch_size, trainer)
             if trainer.is_global_zero:
                 save(key, logps)
         cached.table[torch.tensor([ex.index for ex in examples])] = logps.to(cached.table)
@@ -111,7 +105,9 @@ def _model_settings(reference: Reference) -> dict[str, Any]:
     }
 
 
-def _compute_on_ranks(reference: Reference, examples: list[Pair], datamodule: Any, trainer: Any) -> Tensor:
+def _compute_on_ranks(
+    reference: Reference, examples: list[Pair], collate: Callable[[list[Pair]], Batch], batch_size: int, trainer: Any
+) -> Tensor:
     device, strategy = trainer.lightning_module.device, trainer.strategy
 
     def batch_logps(batch: Batch) -> Tensor:
@@ -120,7 +116,7 @@ def _compute_on_ranks(reference: Reference, examples: list[Pair], datamodule: An
 
     gather = strategy.all_gather if trainer.world_size > 1 else (lambda t: t[None])
     return compute(
-        examples, datamodule.collator(), batch_logps, datamodule.val_batch_size, trainer.global_rank,
+        examples, collate, batch_logps, batch_size, trainer.global_rank,
         trainer.world_size, gather,
     )  # fmt: skip
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lit_dpo import fit
-from lit_dpo.callbacks import TrainingHealth, WinRate, check_start
+from lit_dpo.callbacks import TrainingHealth, WinRate
+from lit_dpo.reference import check_start
 from lit_dpo.scoring.pairs import PairLogps
 
 

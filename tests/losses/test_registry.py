@@ -1,12 +1,16 @@
 """lit_dpo/losses/registry.py: every registered loss at once, the objective (sums, weights) and what it refuses."""
 
+import inspect
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
+from lit_dpo import fit
 from lit_dpo.errors import InputError
-from lit_dpo.losses import LOSSES, build_objective
+from lit_dpo.losses import LOSSES, OPTIONS, build_objective
+from lit_dpo.module import DPOModule
 from lit_dpo.scoring import PairLogps, UnpairedLogps
 
 LOG2 = math.log(2)
@@ -114,3 +118,38 @@ def test_a_new_loss_is_one_function_and_one_entry(monkeypatch, hand_worked):
     assert objective.needs_reference and LOSSES["margin_sigmoid"].options == {"simpo_gamma": 0.5}
     expected = -F.logsigmoid(torch.tensor([0.3, 0.0, -0.4], dtype=torch.float64) - 0.3)
     torch.testing.assert_close(objective(hand_worked, 0.1).losses, expected)
+
+
+def test_every_loss_option_is_a_module_option_that_reaches_its_loss(monkeypatch, capsys):
+    """Declared once (a loss function's keyword), each option is a ``--model.*`` option with the loss's default,
+    shown in --help, and the value given reaches the loss function that reads it."""
+    module_defaults = {name: p.default for name, p in inspect.signature(DPOModule).parameters.items()}
+    with pytest.raises(SystemExit):
+        fit.main(["--help"])
+    shown = capsys.readouterr().out
+    for name in OPTIONS:
+        for spec in (s for s in LOSSES.values() if name in s.options):
+            assert spec.options[name] == module_defaults[name], (name, spec.fn.__name__)
+        assert f"--model.{name} " in shown
+
+    received = {}
+    for loss_type, spec in LOSSES.items():
+        if spec.options:
+            monkeypatch.setitem(LOSSES, loss_type, _recording(spec, received))
+    for loss_type, spec in LOSSES.items():
+        options = {name: 0.25 for name in spec.options}  # not any default, within every limit
+        module = DPOModule(loss_type=loss_type, **options)
+        received.clear()
+        module.objective(_inputs_for(loss_type, torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0])), 0.5)
+        assert received == options, loss_type
+
+
+def _recording(spec, received):
+    """``spec`` with a loss function that records the options it is called with."""
+
+    def fn(lp, beta, **options):
+        received.update(options)
+        return spec.fn(lp, beta, **options)
+
+    fn.__signature__ = inspect.signature(spec.fn)  # the spec reads its options from the signature
+    return replace(spec, fn=fn)

@@ -1,0 +1,89 @@
+"""``FinishRun``: what the end of every lit_dpo fit does, as one callback a plain ``L.Trainer`` can add.
+
+``python -m lit_dpo.fit`` adds it; in a notebook, ``L.Trainer(callbacks=[FinishRun()])`` gives the same end: a
+last validation when the final step had none, the trained policy exported in Hugging Face format, ``report.png``
+and the summary lines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_only
+
+from lit_dpo.hf import check_export_dir
+from lit_dpo.report import draw_report
+from lit_dpo.runs import run_directory
+
+SUMMARY = ("val/loss", "val/rewards/accuracies", "val/rewards/margins")
+
+
+class FinishRun(Callback):
+    """At the end of a fit that trained to its end (not on SIGTERM or a crash): validate once more if the last
+    step had no validation (``max_steps`` can stop mid-epoch), export the policy (``DPOModule.save_pretrained``),
+    draw ``report.png`` and print where everything is.
+
+    Args:
+        export_dir: Where the trained policy goes in HF format (default: ``<run dir>/hf_model``).
+        report: Draw ``report.png`` in the run directory from the logged metrics.
+    """
+
+    def __init__(self, export_dir: Optional[str] = None, report: bool = True) -> None:
+        if export_dir:
+            check_export_dir(Path(export_dir))  # before hours of training (and before the run folder is made)
+        self.export_dir = export_dir
+        self.report = report
+        self.last_validated_step = -1
+        self.finished = False
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.finished = False
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.last_validated_step = trainer.global_step
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.last_validated_step != trainer.global_step:
+            _validate_in_fit(trainer)  # a no-op without validation data
+        self._finish(trainer, pl_module)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.finished:  # no training batch at all (an online round without pairs): Lightning skipped training
+            trainer.validate(pl_module, datamodule=trainer.datamodule, verbose=False)
+            self._finish(trainer, pl_module)
+
+    def _finish(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.finished = True
+        export_dir = Path(self.export_dir or run_directory(trainer) / "hf_model")  # a W&B run's folder exists by now
+        check_export_dir(export_dir)
+        pl_module.save_pretrained(export_dir)  # every rank: gathering sharded weights is a collective
+        for logger in trainer.loggers:
+            logger.save()  # the report reads what was logged
+        _summary(trainer, export_dir, self.report)
+
+
+def _validate_in_fit(trainer: Trainer) -> None:
+    """Run the fit's own validation loop now, as Lightning does at an epoch's end: the metrics are logged at the
+    final step, by the loggers and callbacks of the fit."""
+    trainer.validating = True
+    trainer.fit_loop.epoch_loop.val_loop.run()
+    trainer.training = True
+
+
+@rank_zero_only
+def _summary(trainer: Trainer, export_dir: Path, report: bool) -> None:
+    final: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    values = ", ".join(f"{k}={final[k]:.4f}" for k in SUMMARY if k in final)
+    directory = run_directory(trainer)
+    print(f"\nlit_dpo: {trainer.global_step} steps; {values}")
+    print(f"lit_dpo: run directory  {directory}")
+    csv_file = directory / "metrics.csv"
+    print(f"lit_dpo: metrics        {csv_file if csv_file.exists() else type(trainer.logger).__name__}")
+    print(f"lit_dpo: trained policy {export_dir}  (AutoModelForCausalLM.from_pretrained)")
+    drawn = draw_report(directory) if report else None
+    if drawn is not None:
+        print(f"lit_dpo: report         {drawn}  (redraw: python -m lit_dpo.report {directory})")

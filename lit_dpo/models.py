@@ -1,0 +1,107 @@
+"""Assembling what a DPO run trains and compares against: the policy (with LoRA adapters if asked) and the
+reference (a separate frozen model, the LoRA base, or none for reference-free losses), decided from a
+``ModelSpec`` and what the run is (``Run``). ``DPOModule.configure_model`` calls ``build_models`` once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Literal, Optional, Union
+
+import torch
+
+from lit_dpo import lora
+from lit_dpo.data.protocol import PreferenceData
+from lit_dpo.errors import InputError
+from lit_dpo.hf import load_model, load_policy
+from lit_dpo.losses import Objective
+from lit_dpo.reference import AdapterReference, ModelReference, Reference, should_cache, weights_fingerprint
+from lit_dpo.reference.sync import check_sync_options
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The ``DPOModule`` options that say which models to load and how (documented there)."""
+
+    model_name_or_path: str
+    ref_model_name_or_path: Optional[str] = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+    disable_dropout: bool = True
+    activation_checkpointing: bool = False
+    lora_r: int = 0
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: Union[str, list[str]] = "all-linear"
+    precompute_ref_log_probs: Optional[bool] = None
+    ld_alpha: Optional[float] = None
+    reference_moves: bool = False  # TR-DPO or iterative DPO: the reference is updated during training
+
+    @property
+    def reference_source(self) -> str:
+        return self.ref_model_name_or_path or self.model_name_or_path
+
+
+# the DPOModule arguments a ModelSpec takes by name (reference_moves is derived from the sync options)
+MODEL_OPTIONS = tuple(f.name for f in fields(ModelSpec) if f.name != "reference_moves")
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the fit being set up is, as far as assembling the models is concerned."""
+
+    needs_reference: bool  # some loss reads the reference (``Objective.needs_reference``)
+    unpaired: bool  # the loss takes unpaired rows (KTO): live KL samples
+    online: bool = False  # pairs are sampled each round (``OnlineDataModule``): not known before training
+    trainer: Any = None  # the Lightning trainer and its data: whether caching reference log-probs pays
+    data: Optional[PreferenceData] = None
+
+
+@dataclass
+class Models:
+    policy: torch.nn.Module
+    reference: Optional[Reference]  # None for reference-free losses
+    caches_reference: bool  # reference log-probs are computed once before training (``lit_dpo.reference.cached``)
+    synced_reference: Optional[torch.nn.Module]  # a separate reference that moves: training state, checkpointed
+
+
+def build_models(spec: ModelSpec, run: Run) -> Models:
+    """Load the policy and, if a loss needs one, the reference; add LoRA adapters; fingerprint the reference."""
+    if run.online and spec.precompute_ref_log_probs:
+        raise InputError("--model.precompute_ref_log_probs needs every pair before training; online DPO makes "
+                         "its pairs each round (the reference runs live)")  # fmt: skip
+    policy = load_policy(
+        spec.model_name_or_path, spec.dtype, spec.trust_remote_code, spec.disable_dropout, spec.activation_checkpointing
+    )
+    reference: Optional[Reference] = None
+    separate = run.needs_reference and (spec.ref_model_name_or_path is not None or not spec.lora_r)
+    if separate:
+        reference = ModelReference(load_model(spec.reference_source, spec.dtype, spec.trust_remote_code), spec.ld_alpha)
+    caches = should_cache(
+        spec.precompute_ref_log_probs, run.needs_reference, separate, run.unpaired, spec.reference_moves or run.online,
+        run.trainer, run.data,
+    )  # fmt: skip
+    # before sharding and adapters, every rank hashes the full reference weights: the cache key, and what a
+    # resumed run checks it still trains against
+    fingerprint = None
+    if run.needs_reference:
+        fingerprint = weights_fingerprint((reference.model if reference is not None else policy).state_dict())
+    if spec.lora_r:
+        policy = lora.add_adapters(policy, spec.lora_r, spec.lora_alpha, spec.lora_dropout, spec.lora_target_modules)
+        if run.needs_reference and not separate:
+            reference = AdapterReference(policy, spec.ld_alpha)
+    if reference is not None:
+        reference.fingerprint = fingerprint
+    synced = reference.model if separate and spec.reference_moves else None
+    return Models(policy, reference, caches, synced)
+
+
+def check_options(
+    objective: Objective, beta: float, precompute: Optional[bool], sync_steps: int, sync_alpha: float, sync_epochs: int
+) -> None:
+    """Refuse options that cannot work together, before any model loads."""
+    check_sync_options(objective.needs_reference, precompute, sync_steps, sync_alpha)
+    if sync_epochs:
+        check_sync_options(objective.needs_reference, precompute, sync_epochs, 1.0, "ref_sync_epochs")
+    if beta <= 0:
+        raise InputError(f"--model.beta must be > 0, got {beta}")
