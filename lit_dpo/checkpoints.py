@@ -5,7 +5,6 @@ and ``--ckpt_path=last|auto`` resolved to the newest run that has one."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -15,8 +14,10 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lit_dpo.atomic import write_atomically
 from lit_dpo.errors import InputError
 
 LAST = "last.ckpt"
@@ -48,48 +49,6 @@ def _save_synced(checkpoint: dict[str, Any], path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def write_atomically(path: Path, write: Any) -> None:
-    """Let ``write(partial)`` create ``path``'s content (a file or a folder) under a temporary name next to it, then
-    put it in place: readers see the old content or the new, never half of one."""
-    write(fresh_partial(path))
-    put_in_place(path)
-
-
-def fresh_partial(path: Path) -> Path:
-    """``<path>.partial``, emptied: where a new version of ``path`` is written before ``put_in_place``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    _remove(partial)
-    return partial
-
-
-def put_in_place(path: Path) -> None:
-    """Rename ``<path>.partial`` to ``path``. A folder replaces a folder in two renames; between them the old one
-    is at ``<path>.old`` (``resumable_checkpoint`` looks there too)."""
-    partial, old = path.with_name(path.name + ".partial"), path.with_name(path.name + ".old")
-    if path.is_dir() and not path.is_symlink():
-        _remove(old)
-        path.rename(old)
-    os.replace(partial, path)
-    _remove(old)
-    _sync_folder(path.parent)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def _sync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)  # the rename itself survives a power loss
-    finally:
-        os.close(descriptor)
-
-
 def _accumulating(trainer: Trainer) -> bool:
     """Whether the batch that just ended was one of several accumulated into the next optimizer step."""
     should_accumulate = getattr(trainer.fit_loop.epoch_loop, "_should_accumulate", None)
@@ -97,9 +56,11 @@ def _accumulating(trainer: Trainer) -> bool:
 
 
 class ResumableCheckpoint(ModelCheckpoint):
-    """A resumable ``last.ckpt`` in the run's ``checkpoints/``: every ``every_minutes`` of training (and/or every
-    ``every_n_train_steps``), at the end of every epoch and of training, and at the step where SIGTERM (what
-    SLURM and Kubernetes send on preemption) arrives, before the run exits with status 143.
+    """Resumable checkpoints (``--checkpoint.*``): ``last.ckpt`` in the run's ``checkpoints/``.
+
+    Saved every ``every_minutes`` of training (and/or every ``every_n_train_steps``), at the end of every epoch and
+    of training, and at the step where SIGTERM (what SLURM and Kubernetes send on preemption) arrives, before the
+    run exits with status 143.
 
     Args:
         every_minutes: Save at the first step after this many minutes of training since the last save (0: never).
@@ -235,3 +196,44 @@ def check_resume(
                 f"{described} changed since {checkpoint} was saved (fingerprint {before[:12]} -> {value[:12]}): "
                 f"resuming {consequence}; pass --allow_changed='[{what}]' to resume anyway"
             )
+
+
+def find_resumable(root: Path, mode: str) -> tuple[Optional[Path], Optional[str]]:
+    """``--ckpt_path=last|auto``: the run directory and checkpoint to resume, the newest resumable one under
+    ``root`` (a run's ``checkpoints/last.ckpt``, or Lightning's SLURM ``hpc_ckpt_*.ckpt`` if it has more steps)."""
+    runs = [
+        c.parent for pattern in ("*/checkpoints", "*/*/checkpoints", "*/*/*/checkpoints") for c in root.glob(pattern)
+    ]
+    found = [(run, path) for run in runs if (path := resumable_checkpoint(run)) is not None]
+    found.sort(key=lambda item: item[1].stat().st_mtime_ns)
+    best = found[-1] if found else None
+    for hpc in root.glob("hpc_ckpt_*.ckpt"):  # SLURM requeue: in the newest run directory
+        newest_run = (
+            best[0] if best else max((c for c in root.glob("lightning_logs/version_*")), default=None, key=_mtime)
+        )
+        if newest_run is not None and (best is None or checkpoint_step(hpc) > checkpoint_step(best[1])):
+            best = (newest_run, hpc)
+    if best is None:
+        if mode == "last":
+            raise InputError(f"--ckpt_path=last: no run under {root} has a resumable checkpoint (checkpoints/{LAST})")
+        return None, None  # auto: a fresh start
+    _announce(f"lit_dpo: resuming {best[1]} at step {checkpoint_step(best[1])}")
+    return best[0], str(best[1])
+
+
+def _mtime(path: Path) -> int:
+    return path.stat().st_mtime_ns
+
+
+@rank_zero_only
+def _announce(line: str) -> None:
+    print(line, flush=True)
+
+
+def _mtime(path: Path) -> int:
+    return path.stat().st_mtime_ns
+
+
+@rank_zero_only
+def _announce(line: str) -> None:
+    print(line, flush=True)

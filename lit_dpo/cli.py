@@ -18,28 +18,20 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.utilities import rank_zero_only
 
 from lit_dpo.callbacks import FinishRun, Throughput, TrainingHealth, WinRate
 from lit_dpo.callbacks.progress import DPOModelSummary, DPOProgressBar, quiet_third_party_noise
 from lit_dpo.checkpoints import (
-    LAST,
     AtomicCheckpointIO,
     QuietSigterm,
     ResumableCheckpoint,
     checkpoint_step,
-    resumable_checkpoint,
+    find_resumable,
 )
 from lit_dpo.data import PreferenceDataModule
 from lit_dpo.errors import InputError, TrainingDiverged
 from lit_dpo.module import DPOModule
-
-# the frozen reference is in eval mode on purpose; Lightning would warn about it at every fit
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
-# val/ and train/ values come from torchmetrics, already reduced over ranks; Lightning cannot know that
-warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|train)/")
-
-quiet_third_party_noise()
+from lit_dpo.parser import DPOArgumentParser
 
 TRAINER_DEFAULTS = {
     "default_root_dir": "runs",
@@ -74,7 +66,9 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
 class DPOCLI(LightningCLI):
     """The CLI of ``python -m lit_dpo.fit`` and ``python -m lit_dpo.validate``: no subcommand, plus ``--ckpt_path``."""
 
-    def __init__(self, args: Optional[list[str]] = None) -> None:
+    def __init__(self, args: Optional[list[str]] = None, command: Literal["fit", "validate", "data"] = "fit") -> None:
+        _quiet_warnings()
+        self._config_files = _config_files(sys.argv[1:] if args is None else args)
         super().__init__(
             DPOModule,
             PreferenceDataModule,
@@ -86,7 +80,14 @@ class DPOCLI(LightningCLI):
             save_config_callback=LoggerSaveConfigCallback,
             save_config_kwargs={"overwrite": True},  # a resumed run rewrites its config (Lightning #17115)
             auto_configure_optimizers=False,
+            parser_class=DPOArgumentParser,
+            parser_kwargs={"command": command},
         )
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        parser = super().init_parser(**kwargs)
+        parser.config_files = self._config_files  # an unknown key is named with its file
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"data": {"class_path": "lit_dpo.data.PreferenceDataModule"}})
@@ -157,7 +158,7 @@ class DPOCLI(LightningCLI):
         trainer, ckpt_path = self.config.trainer, self.config.get("ckpt_path")
         run = None
         if ckpt_path in ("last", "auto"):
-            run, self.config.ckpt_path = _resolve_resume(Path(trainer.default_root_dir), ckpt_path)
+            run, self.config.ckpt_path = find_resumable(Path(trainer.default_root_dir), ckpt_path)
         if _is_online(self.config.data) and not trainer.reload_dataloaders_every_n_epochs:
             trainer.reload_dataloaders_every_n_epochs = 1  # each epoch is a round with new pairs
         if run is not None and str(getattr(trainer.logger, "class_path", "")).endswith("WandbLogger"):
@@ -176,6 +177,20 @@ class DPOCLI(LightningCLI):
                     save_dir=trainer.default_root_dir, name="lightning_logs", version=version, resume_step=resume_step
                 ),
             )
+
+
+def _quiet_warnings() -> None:
+    # the frozen reference is in eval mode on purpose; Lightning would warn about it at every fit
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+    # val/ and train/ values come from torchmetrics, already reduced over ranks; Lightning cannot know that
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|train)/")
+    quiet_third_party_noise()
+
+
+def _config_files(args: list[str]) -> list[str]:
+    """The files given with ``--config FILE``, ``--config=FILE`` or ``-c FILE``."""
+    files = [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+    return files + [value for flag, value in zip(args, args[1:]) if flag in ("--config", "-c")]
 
 
 def _in_chain(err: BaseException, kind: type) -> Optional[BaseException]:
@@ -211,38 +226,6 @@ def _missing_package(err: BaseException) -> Optional[str]:
     class_path = re.search(r"class_path '([\w.]+)'", str(err))
     what = class_path.group(1) if class_path else "a configured class"
     return f"{what} needs a package that is not installed: {message.strip()}"
-
-
-def _resolve_resume(root: Path, mode: str) -> tuple[Optional[Path], Optional[str]]:
-    """``--ckpt_path=last|auto``: the run directory and checkpoint to resume, the newest resumable one under
-    ``root`` (a run's ``checkpoints/last.ckpt``, or Lightning's SLURM ``hpc_ckpt_*.ckpt`` if it has more steps)."""
-    runs = [
-        c.parent for pattern in ("*/checkpoints", "*/*/checkpoints", "*/*/*/checkpoints") for c in root.glob(pattern)
-    ]
-    found = [(run, path) for run in runs if (path := resumable_checkpoint(run)) is not None]
-    found.sort(key=lambda item: item[1].stat().st_mtime_ns)
-    best = found[-1] if found else None
-    for hpc in root.glob("hpc_ckpt_*.ckpt"):  # SLURM requeue: in the newest run directory
-        newest_run = (
-            best[0] if best else max((c for c in root.glob("lightning_logs/version_*")), default=None, key=_mtime)
-        )
-        if newest_run is not None and (best is None or checkpoint_step(hpc) > checkpoint_step(best[1])):
-            best = (newest_run, hpc)
-    if best is None:
-        if mode == "last":
-            raise InputError(f"--ckpt_path=last: no run under {root} has a resumable checkpoint (checkpoints/{LAST})")
-        return None, None  # auto: a fresh start
-    _announce(f"lit_dpo: resuming {best[1]} at step {checkpoint_step(best[1])}")
-    return best[0], str(best[1])
-
-
-def _mtime(path: Path) -> int:
-    return path.stat().st_mtime_ns
-
-
-@rank_zero_only
-def _announce(line: str) -> None:
-    print(line, flush=True)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_dpo import lora
-from lit_dpo.checkpoints import write_atomically
+from lit_dpo.atomic import write_atomically
 from lit_dpo.errors import InputError
 from lit_dpo.parallel import full_state_dict
 
@@ -40,9 +40,12 @@ def private_dir(path: Path) -> Path:
 
 
 def resolve(name_or_path: str) -> str:
-    """A path ``from_pretrained`` accepts: the converted bundled model, a local directory, or a Hub id."""
+    """A path ``from_pretrained`` accepts: the converted bundled model, a local directory, or a Hub id. A name that
+    can only be a local path (``/``, ``./``, ``../``, ``~``, or more than one ``/``) must exist: it is never looked
+    up on the Hub."""
     if name_or_path != BUNDLED:
-        return name_or_path
+        check_local(name_or_path)
+        return str(Path(name_or_path).expanduser()) if name_or_path.startswith("~") else name_or_path
     target = _converted()
     private_dir(target.parent)
     with FileLock(str(target) + ".lock"):  # DDP ranks on one node must not convert concurrently
@@ -52,6 +55,21 @@ def resolve(name_or_path: str) -> str:
             with torch.random.fork_rng(devices=[]):
                 _convert_bundled(target)
     return str(target)
+
+
+def looks_local(name_or_path: str) -> bool:
+    """Whether a model name can only mean a local folder: a Hub id is ``name`` or ``owner/name``."""
+    return (
+        name_or_path.startswith(("/", "./", "../", "~", ".\\")) or name_or_path.count("/") > 1 or "\\" in name_or_path
+    )
+
+
+def check_local(name_or_path: str, option: str = "") -> None:
+    """Refuse a model name that ``looks_local`` but names no folder, before anything is loaded or looked up."""
+    path = Path(name_or_path).expanduser()
+    if name_or_path != BUNDLED and looks_local(name_or_path) and not path.is_dir():
+        problem = "is a file, not a model folder" if path.exists() else "no such folder"
+        raise InputError(f"{option or 'cannot load model'} '{name_or_path}': {problem}")
 
 
 def _converted() -> Path:
@@ -150,7 +168,10 @@ def export_policy(
     error = None
     if strategy is None or strategy.is_global_zero:
         try:
+            check_export_dir(directory)  # on rank 0 alone, which writes: the ranks learn its verdict below
             write_atomically(directory, lambda partial: _export_checked(policy, tokenizer, partial, state_dict))
+        except InputError as err:
+            error = str(err)
         except OSError as err:
             error = f"could not write the trained policy to {directory}: {err}"
     if strategy is not None:

@@ -81,12 +81,12 @@ class RewardModel:
         scores: list[float] = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = slice(start, start + self.batch_size)
-            texts = [self._text(p, c) for p, c in zip(prompts[chunk], completions[chunk])]
+            texts = [self._as_text(p, c) for p, c in zip(prompts[chunk], completions[chunk])]
             inputs = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True).to(self.device)
             scores += self.model(**inputs).logits[:, 0].float().tolist()
         return scores
 
-    def _text(self, prompt: Any, completion: str) -> str:
+    def _as_text(self, prompt: Any, completion: str) -> str:
         if self.tokenizer.chat_template:
             asked = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
             messages = [*asked, {"role": "assistant", "content": completion}]

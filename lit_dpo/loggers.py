@@ -6,7 +6,7 @@ import csv
 import os
 from typing import Any, Optional
 
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
@@ -30,6 +30,31 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _ContinuingWriter(self.log_dir, self._resume_step)
         return super().experiment
+
+
+class MetricsRecorder(Logger):
+    """Keeps every logged metric in memory as ``(step, value)`` points (``series``), whatever the run's own
+    loggers are: what ``report.png`` is drawn from when the run writes no ``metrics.csv`` (W&B, TensorBoard)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.series: dict[str, list[tuple[int, float]]] = {}
+
+    @property
+    def name(self) -> str:
+        return "metrics_recorder"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
+        for key, value in metrics.items():
+            if key != "epoch":
+                self.series.setdefault(key, []).append((int(step or 0), float(value)))
 
 
 class _ContinuingWriter(ExperimentWriter):

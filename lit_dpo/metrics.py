@@ -15,7 +15,7 @@ from torch.nn import ModuleDict
 from torchmetrics import MeanMetric, Metric
 
 from lit_dpo.losses import LossOutput
-from lit_dpo.scoring.pairs import Logps, PairLogps, UnpairedLogps
+from lit_dpo.scoring.logps import Logps, PairLogps, UnpairedLogps
 
 # Per-pair metrics, in the order they are logged.
 PAIR_METRICS = (

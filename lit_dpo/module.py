@@ -21,7 +21,7 @@ from lit_dpo.checkpoints import check_resume
 from lit_dpo.data.collate import Batch
 from lit_dpo.data.protocol import PreferenceData, preference_data
 from lit_dpo.errors import InputError, nonfinite_gradients, raise_if_gradients_not_finite, raise_if_not_finite
-from lit_dpo.hf import BUNDLED, export_policy, load_tokenizer
+from lit_dpo.hf import BUNDLED, check_local, export_policy, load_tokenizer
 from lit_dpo.losses import OPTIONS, build_objective
 from lit_dpo.losses.unpaired import kl_reference_point
 from lit_dpo.metrics import PreferenceMetrics, SourceMetrics
@@ -32,7 +32,7 @@ from lit_dpo.scoring import Logps, PairLogps, UnpairedLogps, score_sequences, sp
 
 
 class DPOModule(L.LightningModule):
-    """DPO on a causal language model.
+    """The policy, its frozen reference, the loss and the optimizer (``--model.*``).
 
     Args:
         model_name_or_path: Policy to train: a Hub id, a local HF folder, or ``bundled:SmolLM2-135M-Instruct``.
@@ -129,6 +129,9 @@ class DPOModule(L.LightningModule):
             loss_type, loss_weights, use_weighting, ld_alpha, **{name: self.hparams[name] for name in OPTIONS}
         )
         check_options(self.objective, beta, precompute_ref_log_probs, ref_sync_steps, ref_sync_alpha, ref_sync_epochs)
+        check_local(model_name_or_path, "--model.model_name_or_path")
+        if ref_model_name_or_path is not None:
+            check_local(ref_model_name_or_path, "--model.ref_model_name_or_path")
         self.policy: Optional[torch.nn.Module] = None
         self.reference: Optional[Reference] = None  # None for reference-free losses
         self.caches_reference = False  # decided when the models load, knowing the run (``should_cache``)

@@ -10,7 +10,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
-from lit_dpo.checkpoints import fresh_partial, put_in_place
+from lit_dpo.atomic import fresh_partial, put_in_place
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

@@ -1,5 +1,6 @@
-"""``report.png``: a run's metrics over optimizer steps on one page, for users without W&B. Drawn at the end of
-every fit from the run's ``metrics.csv``; ``python -m lit_dpo.report RUN_DIR`` redraws it."""
+"""``report.png``: a run's metrics over optimizer steps on one page. Drawn at the end of every fit (``FinishRun``)
+from the run's ``metrics.csv``, or from the metrics it logged when another logger (W&B) writes none;
+``python -m lit_dpo.report RUN_DIR`` redraws it from ``metrics.csv``."""
 
 from __future__ import annotations
 
@@ -45,17 +46,21 @@ def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
-def draw_report(run: Path, out: Optional[Path] = None) -> Optional[Path]:
-    """Draw ``run/report.png`` from ``run/metrics.csv``; None when the run has no CSV metrics."""
+def draw_report(
+    run: Path, out: Optional[Path] = None, series: Optional[dict[str, list[tuple[int, float]]]] = None
+) -> Optional[Path]:
+    """Draw ``run/report.png`` from ``run/metrics.csv``, or from ``series`` (``{metric: [(step, value)]}``, as
+    ``lit_dpo.loggers.MetricsRecorder`` keeps them) when the run has no CSV metrics; None when it has neither."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
     metrics_file = run / "metrics.csv"
-    if not metrics_file.is_file():
+    if metrics_file.is_file():
+        series = read_metrics(metrics_file)
+    if not series:
         return None
-    series = read_metrics(metrics_file)
     panels = [(title, [c for c in curves if c[0] in series]) for title, curves in PANELS.items()]
     panels = [(title, curves) for title, curves in panels if curves]
     columns = 4

@@ -13,7 +13,7 @@ from lit_dpo.runs import run_directory
 
 def main(args: Optional[list[str]] = None) -> None:
     with user_errors():
-        cli = DPOCLI(args)
+        cli = DPOCLI(args, command="validate")
         cli.datamodule.setup("validate")
         # online DPO samples its validation pairs from held-out prompts (or reads them from the checkpoint)
         if not (cli.datamodule.val_examples or cli.datamodule.held_out_prompts(1)):

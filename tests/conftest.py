@@ -160,7 +160,7 @@ def write_jsonl() -> Callable[[Path, list], str]:
 def make_batch(tokenizer: PreTrainedTokenizerFast) -> Callable[..., Any]:
     """``make_batch(rows, layout="shared", tokenizer=...)``: rows as a file holds them -> a ``Batch``, through
     validation, tokenization and the collator of ``layout``: padded, shared (prefix) or packed."""
-    from lit_dpo.data import PaddedCollator, SharedPrefixCollator, tokenize_row, validate
+    from lit_dpo.data import PaddedCollator, SharedPrefixCollator, parse_row, tokenize_row
 
     layouts = {
         "padded": PaddedCollator,
@@ -169,7 +169,7 @@ def make_batch(tokenizer: PreTrainedTokenizerFast) -> Callable[..., Any]:
     }
 
     def make(rows: list[dict], layout: str = "shared", tokenizer: Any = tokenizer) -> Any:
-        examples = [tokenize_row(tokenizer, validate(row)) for row in rows]
+        examples = [tokenize_row(tokenizer, parse_row(row)) for row in rows]
         return layouts[layout](tokenizer.pad_token_id)(examples)
 
     return make

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from lit_dpo import fit, validate
-from lit_dpo.checkpoints import AtomicCheckpointIO, checkpoint_step, put_in_place, resumable_checkpoint
+from lit_dpo.atomic import put_in_place
+from lit_dpo.checkpoints import AtomicCheckpointIO, checkpoint_step, resumable_checkpoint
 
 TESTS = Path(__file__).resolve().parent
 

@@ -146,7 +146,8 @@ def test_missing_file_and_bad_option(tiny_model_dir, data, tmp_path, capsys, fit
     with pytest.raises(SystemExit) as exit_info:
         fit.main(fit_args(tmp_path / "no_model", *data, tmp_path))
     assert exit_info.value.code == 2
-    assert f"cannot load model '{tmp_path / 'no_model'}'" in capsys.readouterr().err.strip().splitlines()[-1]
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == f"lit_dpo: error: --model.model_name_or_path '{tmp_path / 'no_model'}': no such folder"
 
 
 def test_truncation_is_counted_in_a_warning(tiny_model_dir, data, tmp_path, standard_rows, write_jsonl, fit_args):

@@ -62,6 +62,9 @@ def test_wandb_offline_run_holds_the_margin_history(tiny_model_dir, tmp_path, st
     assert any("val/rewards/accuracies" in row for row in history)
     assert config["config"]["model"]["model_name_or_path"] == tiny_model_dir  # the resolved config
     assert "trained policy" in done.stdout
+    # report.png whatever the logger: drawn from the metrics the run logged (no metrics.csv under W&B)
+    report = next(line.split()[2] for line in done.stdout.splitlines() if line.startswith("lit_dpo: report"))
+    assert (tmp_path / report).is_file() and not list(tmp_path.rglob("metrics.csv"))
     keys = {key for row in history for key in row}
     for group in ("train/", "val/", "health/", "perf/"):  # W&B sections, by prefix
         assert any(key.startswith(group) for key in keys), group

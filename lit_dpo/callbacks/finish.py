@@ -14,6 +14,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_dpo.hf import check_export_dir
+from lit_dpo.loggers import MetricsRecorder
 from lit_dpo.report import draw_report
 from lit_dpo.runs import run_directory
 
@@ -21,9 +22,11 @@ SUMMARY = ("val/loss", "val/rewards/accuracies", "val/rewards/margins")
 
 
 class FinishRun(Callback):
-    """At the end of a fit that trained to its end (not on SIGTERM or a crash): validate once more if the last
-    step had no validation (``max_steps`` can stop mid-epoch), export the policy (``DPOModule.save_pretrained``),
-    draw ``report.png`` and print where everything is.
+    """The end of a fit: a last validation, the export, the report and the summary (``--finish.*``).
+
+    At the end of a fit that trained to its end (not on SIGTERM or a crash): validate once more if the last step
+    had no validation (``max_steps`` can stop mid-epoch), export the policy (``DPOModule.save_pretrained``), draw
+    ``report.png`` and print where everything is.
 
     Args:
         export_dir: Where the trained policy goes in HF format (default: ``<run dir>/hf_model``).
@@ -37,10 +40,13 @@ class FinishRun(Callback):
         self.report = report
         self.last_validated_step = -1
         self.finished = False
+        self.recorder = MetricsRecorder()  # what the report is drawn from when no metrics.csv is written
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
             self.finished = False
+            if trainer.loggers and self.recorder not in trainer.loggers:  # last: the run's own logger stays first
+                trainer.loggers = [*trainer.loggers, self.recorder]
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -59,11 +65,10 @@ class FinishRun(Callback):
     def _finish(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.finished = True
         export_dir = Path(self.export_dir or run_directory(trainer) / "hf_model")  # a W&B run's folder exists by now
-        check_export_dir(export_dir)
-        pl_module.save_pretrained(export_dir)  # every rank: gathering sharded weights is a collective
+        pl_module.save_pretrained(export_dir)  # every rank: gathering sharded weights, and agreeing it was written
         for logger in trainer.loggers:
             logger.save()  # the report reads what was logged
-        _summary(trainer, export_dir, self.report)
+        _summary(trainer, export_dir, self.recorder if self.report else None)
 
 
 def _validate_in_fit(trainer: Trainer) -> None:
@@ -75,7 +80,7 @@ def _validate_in_fit(trainer: Trainer) -> None:
 
 
 @rank_zero_only
-def _summary(trainer: Trainer, export_dir: Path, report: bool) -> None:
+def _summary(trainer: Trainer, export_dir: Path, recorder: Optional[MetricsRecorder]) -> None:
     final: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     values = ", ".join(f"{k}={final[k]:.4f}" for k in SUMMARY if k in final)
     directory = run_directory(trainer)
@@ -84,6 +89,7 @@ def _summary(trainer: Trainer, export_dir: Path, report: bool) -> None:
     csv_file = directory / "metrics.csv"
     print(f"lit_dpo: metrics        {csv_file if csv_file.exists() else type(trainer.logger).__name__}")
     print(f"lit_dpo: trained policy {export_dir}  (AutoModelForCausalLM.from_pretrained)")
-    drawn = draw_report(directory) if report else None
+    drawn = draw_report(directory, series=recorder.series) if recorder is not None else None
     if drawn is not None:
-        print(f"lit_dpo: report         {drawn}  (redraw: python -m lit_dpo.report {directory})")
+        redraw = f"  (redraw: python -m lit_dpo.report {directory})" if csv_file.exists() else ""
+        print(f"lit_dpo: report         {drawn}{redraw}")

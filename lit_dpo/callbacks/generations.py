@@ -13,7 +13,9 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
+from lit_dpo import lora
 from lit_dpo.data.prompts import Prompt
+from lit_dpo.data.protocol import preference_data
 from lit_dpo.generation import Sampling, generate
 from lit_dpo.hf import load_model
 from lit_dpo.judges import Judge, load_judge, wins
@@ -22,7 +24,7 @@ from lit_dpo.runs import run_directory
 
 
 class WinRate(Callback):
-    """Generations and win-rate of the policy against the reference, at every validation.
+    """Generations and win-rate of the policy against the reference, at every validation (``--generations.*``).
 
     Args:
         judge: ``reference_answer`` (token F1 against the row's chosen vs rejected answer: a cheap proxy),
@@ -62,7 +64,8 @@ class WinRate(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.num_prompts > 0 and self.judge is None:  # a bad name fails before any training
-            own = getattr(trainer.datamodule, "judge", None)  # online DPO's, already loaded
+            data = preference_data(trainer)
+            own = data.judge if data is not None else None  # online DPO's, already loaded
             if self.judge_name is None and own is not None:
                 self.judge = own
             else:
@@ -124,10 +127,10 @@ class WinRate(Callback):
 
     def _all_prompts(self, trainer: Trainer) -> list[Prompt]:
         """The first ``num_prompts`` held-out prompts."""
-        datamodule = trainer.datamodule
-        if self.num_prompts <= 0 or not hasattr(datamodule, "held_out_prompts"):
+        data = preference_data(trainer)
+        if self.num_prompts <= 0 or data is None:
             return []
-        return datamodule.held_out_prompts(self.num_prompts)
+        return data.held_out_prompts(self.num_prompts)
 
     def _generate(self, model: torch.nn.Module, trainer: Trainer) -> list[list[int]]:
         """Completions of this rank's share of the prompts: rank r answers prompts r, r + world size, ..."""
@@ -156,7 +159,7 @@ def _reference_model(pl_module: LightningModule) -> Iterator[torch.nn.Module]:
     reference = pl_module.reference
     if reference is not None and reference.model is not None:
         yield reference.model
-    elif reference is not None and hasattr(pl_module.policy, "disable_adapter") and _starts_as_policy(pl_module):
+    elif reference is not None and lora.is_lora(pl_module.policy) and _starts_as_policy(pl_module):
         with pl_module.policy.disable_adapter():
             yield pl_module.policy
     else:

@@ -19,7 +19,7 @@ from lit_dpo.callbacks.generations import WinRate
 
 
 class TrainingHealth(Callback):
-    """``health/`` metrics after each optimizer step and validation, and a warning the first time each alarm sets.
+    """Training-health alarms as ``health/`` metrics, and a warning the first time each sets (``--health.*``).
 
     Args:
         displacement_nats: Alarm when the policy's mean chosen log-prob is this far below the reference's while

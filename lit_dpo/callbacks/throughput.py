@@ -41,7 +41,9 @@ def device_peak_tflops(precision: str, override: Optional[float] = None) -> Opti
 
 
 class Throughput(Callback):
-    """``perf/tokens_per_sec`` (prompt and completion tokens, no padding), ``perf/pairs_per_sec``,
+    """Throughput and MFU as ``perf/`` metrics (``--perf.*``).
+
+    ``perf/tokens_per_sec`` (prompt and completion tokens, no padding), ``perf/pairs_per_sec``,
     ``perf/padding_fraction`` (of the positions the forward computes) and, when the device's peak is known,
     ``perf/mfu``: model FLOPs (6 x parameters per computed position for the policy, 2 x for a live reference;
     attention not counted) over the peak, summed over ranks.
@@ -59,7 +61,7 @@ class Throughput(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         policy = sum(p.numel() for p in pl_module.policy.parameters())
-        reference = getattr(getattr(pl_module, "reference", None), "model", None)
+        reference = pl_module.reference.model if pl_module.reference is not None else None
         live = sum(p.numel() for p in reference.parameters()) if reference is not None else 0
         self._flops_per_position = 6.0 * policy + 2.0 * live
         self._since = time.perf_counter()

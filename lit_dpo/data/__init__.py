@@ -8,7 +8,7 @@ from lit_dpo.data.collate import Batch, PaddedCollator, SharedPrefixCollator
 from lit_dpo.data.datamodule import DEMO, PreferenceDataModule, demo_path, pad_for_ranks
 from lit_dpo.data.online import OnlineDataModule
 from lit_dpo.data.prompts import Prompt, read_prompts
-from lit_dpo.data.rows import PairRow, UnpairedRow, read_rows, validate
+from lit_dpo.data.rows import PairRow, UnpairedRow, parse_row, read_rows
 from lit_dpo.data.tokenize import Pair, UnpairedExample, fit_length, tokenize_row
 
 __all__ = [
@@ -29,5 +29,5 @@ __all__ = [
     "read_prompts",
     "read_rows",
     "tokenize_row",
-    "validate",
+    "parse_row",
 ]

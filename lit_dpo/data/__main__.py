@@ -4,7 +4,7 @@
     python -m lit_dpo.data --config recipes/base.yaml --output report.json
 
 It takes the options and configs of ``python -m lit_dpo.fit`` (so a recipe works as it is), reads, validates and
-tokenizes the data as a fit would, and prints the report (``lit_dpo.data.report``); ``--output`` also writes
+tokenizes the data as a fit would, and prints the report (``lit_dpo.data.summary``); ``--output`` also writes
 it as JSON. Bad input stops it as it stops a fit: one line naming the file, the row and the field, exit 2.
 """
 
@@ -20,7 +20,7 @@ from rich.console import Console
 
 from lit_dpo.cli import DPOCLI, user_errors
 from lit_dpo.data.datamodule import PreferenceDataModule
-from lit_dpo.data.report import build_report, print_report
+from lit_dpo.data.summary import build_report, print_report
 from lit_dpo.errors import InputError
 
 
@@ -42,7 +42,7 @@ class DataReportCLI(DPOCLI):
 
 def main(args: Optional[list[str]] = None) -> None:
     with user_errors():
-        cli = DataReportCLI(args)
+        cli = DataReportCLI(args, command="data")
         cli.datamodule.setup("fit")
         report = build_report(cli.datamodule)
         print_report(report, Console())

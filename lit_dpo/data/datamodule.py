@@ -35,7 +35,7 @@ def demo_path(split: str) -> str:
 
 
 class PreferenceDataModule(L.LightningDataModule):
-    """Preference pairs for DPO.
+    """Preference pairs for DPO, read from files, folders or the Hub and tokenized once (``--data.help``: all).
 
     Args:
         path: Training rows: a .jsonl/.json/.parquet/.csv file, a dataset folder, a Hub dataset name, or

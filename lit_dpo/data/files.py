@@ -56,12 +56,12 @@ def _file_records(local: Path, name: str) -> Iterator[tuple[int, Any]]:
     raise DataError.at(name, None, None, f"unsupported file type; use {', '.join(SUFFIXES)}")
 
 
-def _text(path: Path) -> str:
+def _decoded(path: Path) -> str:
     return path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
 
 
 def _json_records(path: Path, name: str) -> Iterator[tuple[int, Any]]:
-    text = _text(path)
+    text = _decoded(path)
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
             records = json.loads(text)

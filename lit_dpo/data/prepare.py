@@ -90,7 +90,7 @@ def tokenize_rows(rows: Sequence[Row], tokenizer: Any, limits: Limits, log: Sour
                 row.source, row.row, field_name,
                 f"{what} (raise --data.max_length, or pass --data.truncation=keep_start or drop)",
             )  # fmt: skip
-        reason = _drop_reason(fitted, problem)
+        reason = _dropped_after_fitting(fitted, problem)
         if reason is not None:
             log.dropped.setdefault(reason, []).append(row.row)
             continue
@@ -100,7 +100,7 @@ def tokenize_rows(rows: Sequence[Row], tokenizer: Any, limits: Limits, log: Sour
     return examples
 
 
-def _drop_reason(fitted: Optional[Example], problem: Optional[tuple[str, str]]) -> Optional[str]:
+def _dropped_after_fitting(fitted: Optional[Example], problem: Optional[tuple[str, str]]) -> Optional[str]:
     if fitted is None:
         return "over a length limit"  # truncation="drop"
     if problem is not None and isinstance(fitted, Pair) and fitted.chosen_ids == fitted.rejected_ids:

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from lit_dpo.data.files import records
 from lit_dpo.data.messages import is_blank
-from lit_dpo.data.rows import RowFormat, Text, _mapped, _value
+from lit_dpo.data.rows import RowFormat, Text, field_value, mapped_columns
 from lit_dpo.errors import DataError
 
 
@@ -36,7 +36,7 @@ def read_prompts(
     for number, record in records(path, split, config_name):
         if not isinstance(record, dict):
             raise DataError.at(path, number, None, f"expected an object with a prompt, got {type(record).__name__}")
-        prompt = _value(_mapped(record, fmt.columns, path, number), "prompt", path, number, fmt)
+        prompt = field_value(mapped_columns(record, fmt.columns, path, number), "prompt", path, number, fmt)
         if is_blank(prompt):
             raise DataError.at(path, number, "prompt", "holds no text")
         columns = {k: v for k, v in record.items() if k != prompt_column}

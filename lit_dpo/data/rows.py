@@ -75,11 +75,11 @@ def read_rows(path: str, split: str = "train", config_name: Optional[str] = None
     """Read and validate every record of ``path``; all rows have one form (pairs, or unpaired examples)."""
     out = Rows([])
     for number, record in records(path, split, config_name):
-        row = validate(record, path, number, fmt)
+        row = parse_row(record, path, number, fmt)
         if out.rows and type(row) is not type(out.rows[0]):
             first = "prompt/completion/label" if isinstance(out.rows[0], UnpairedRow) else "prompt/chosen/rejected"
             raise DataError.at(path, number, None, f"mixes row forms: row {out.rows[0].row} has {first}, this one not")
-        reason = drop_reason(row)
+        reason = unusable_reason(row)
         if reason is None:
             out.rows.append(row)
         else:
@@ -89,7 +89,7 @@ def read_rows(path: str, split: str = "train", config_name: Optional[str] = None
     return out
 
 
-def drop_reason(row: Row) -> Optional[str]:
+def unusable_reason(row: Row) -> Optional[str]:
     """Why a valid row cannot train anything, or None: an empty completion, or two identical ones."""
     completions = [row.completion] if isinstance(row, UnpairedRow) else [row.chosen, row.rejected]
     if any(is_blank(completion) for completion in completions):
@@ -99,33 +99,33 @@ def drop_reason(row: Row) -> Optional[str]:
     return None
 
 
-def validate(record: Any, source: str = "<rows>", row: int = 0, fmt: RowFormat = RowFormat()) -> Row:
+def parse_row(record: Any, source: str = "<rows>", row: int = 0, fmt: RowFormat = RowFormat()) -> Row:
     """One record (a dict read from a file) as a validated row."""
     if not isinstance(record, dict):
         raise DataError.at(source, row, None, f"expected an object with fields {FIELDS}, got {type(record).__name__}")
-    record = _mapped(record, fmt.columns, source, row)
+    record = mapped_columns(record, fmt.columns, source, row)
     tools = _tools(record.get("tools"), source, row)
     if "completion" in record and "chosen" not in record:
-        fields = {name: _value(record, name, source, row, fmt) for name in (*UNPAIRED_FIELDS, "label")}
+        fields = {name: field_value(record, name, source, row, fmt) for name in (*UNPAIRED_FIELDS, "label")}
         _same_kind(fields, UNPAIRED_FIELDS, source, row, tools)
         return UnpairedRow(
             fields["prompt"], fields["completion"], _label(fields["label"], source, row), source, row, tools
         )
     if "prompt" not in record and "chosen" in record and "rejected" in record:
         record = _with_implicit_prompt(record, source, row, fmt)
-    fields = {name: _value(record, name, source, row, fmt) for name in FIELDS}
+    fields = {name: field_value(record, name, source, row, fmt) for name in FIELDS}
     _same_kind(fields, FIELDS, source, row, tools)
     return PairRow(fields["prompt"], fields["chosen"], fields["rejected"], source, row, tools)
 
 
-def _mapped(record: dict[str, Any], columns: Mapping[str, str], source: str, row: int) -> dict[str, Any]:
+def mapped_columns(record: dict[str, Any], columns: Mapping[str, str], source: str, row: int) -> dict[str, Any]:
     for name, column in columns.items():
         if column not in record:
             raise DataError.at(source, row, name, f"missing (mapped to column '{column}' by --data.columns)")
     return {**record, **{name: record[column] for name, column in columns.items()}}
 
 
-def _value(record: dict[str, Any], name: str, source: str, row: int, fmt: RowFormat) -> Any:
+def field_value(record: dict[str, Any], name: str, source: str, row: int, fmt: RowFormat) -> Any:
     if name not in record:
         raise DataError.at(source, row, name, "missing")
     value = record[name]
@@ -157,7 +157,7 @@ def _same_kind(fields: dict[str, Any], names: tuple[str, ...], source: str, row:
 
 def _with_implicit_prompt(record: dict[str, Any], source: str, row: int, fmt: RowFormat) -> dict[str, Any]:
     """The prompt left implicit in ``chosen`` and ``rejected`` (shared leading messages or text), split off."""
-    chosen, rejected = (_value(record, name, source, row, fmt) for name in ("chosen", "rejected"))
+    chosen, rejected = (field_value(record, name, source, row, fmt) for name in ("chosen", "rejected"))
     if isinstance(chosen, list) and isinstance(rejected, list):
         prompt, chosen, rejected = split_shared_messages(chosen, rejected)
         what = "messages"

@@ -77,7 +77,7 @@ def tokenize_completions(
     tokenizer: PreTrainedTokenizerBase, row: Row, completions: dict[str, Text]
 ) -> tuple[list[int], list[list[int]]]:
     """The prompt's token ids, and each completion's token ids after them."""
-    texts = [_text(tokenizer, row, name, completion) for name, completion in completions.items()]
+    texts = [_rendered(tokenizer, row, name, completion) for name, completion in completions.items()]
     prompt_ids = tokenize_prompt(tokenizer, row.prompt, row.tools)
     special = not isinstance(row.prompt, list)  # a chat template writes its own special tokens
     full = [tokenizer(text, add_special_tokens=special)["input_ids"] for text in texts]
@@ -95,7 +95,7 @@ def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Text, tools: Opt
     return tokenizer(prompt)["input_ids"]
 
 
-def _text(tokenizer: PreTrainedTokenizerBase, row: Row, name: str, completion: Text) -> str:
+def _rendered(tokenizer: PreTrainedTokenizerBase, row: Row, name: str, completion: Text) -> str:
     """Prompt + completion as the model reads it: the chat template over both, or the strings with EOS."""
     if not isinstance(row.prompt, list):
         eos = tokenizer.eos_token

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lit_dpo.losses.common import LossOutput, preference_logits, rewards
-from lit_dpo.scoring.pairs import PairLogps
+from lit_dpo.scoring.logps import PairLogps
 
 
 def nca_pair_loss(lp: PairLogps, beta: float) -> LossOutput:

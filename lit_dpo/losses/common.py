@@ -15,7 +15,7 @@ from typing import Callable, Literal, Mapping, NamedTuple
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_dpo.scoring.pairs import PairLogps
+from lit_dpo.scoring.logps import PairLogps
 
 
 class LossOutput(NamedTuple):

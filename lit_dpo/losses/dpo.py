@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lit_dpo.losses.common import LossOutput, preference_logits, rewards, smoothed_sigmoid_loss
-from lit_dpo.scoring.pairs import PairLogps
+from lit_dpo.scoring.logps import PairLogps
 
 
 def sigmoid_loss(lp: PairLogps, beta: float) -> LossOutput:

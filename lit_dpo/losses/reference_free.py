@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_dpo.losses.common import LossOutput, length_averaged, rewards, smoothed_sigmoid_loss
-from lit_dpo.scoring.pairs import PairLogps
+from lit_dpo.scoring.logps import PairLogps
 
 
 def simpo_loss(lp: PairLogps, beta: float, label_smoothing: float = 0.0, simpo_gamma: float = 0.5) -> LossOutput:

@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Union
 from lit_dpo.errors import InputError
 from lit_dpo.losses import absolute, dpo, reference_free, unpaired
 from lit_dpo.losses.common import Between, LossOutput, LossSpec
-from lit_dpo.scoring.pairs import Logps
+from lit_dpo.scoring.logps import Logps
 
 _FLIP = Between(0.0, 0.5, high_inclusive=True)  # label_smoothing as a probability that labels are flipped
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from lit_dpo.losses.common import LossOutput
-from lit_dpo.scoring.pairs import UnpairedLogps
+from lit_dpo.scoring.logps import UnpairedLogps
 
 
 def kl_reference_point(lp: UnpairedLogps, mean_over_ranks: Callable[[Tensor], Tensor] = lambda x: x) -> Tensor:

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from lit_dpo.data.collate import Batch
-from lit_dpo.scoring.pairs import PairLogps
+from lit_dpo.scoring.logps import PairLogps
 
 _TOLERANCE = {torch.float32: (1e-2, 1e-3), torch.float16: (0.5, 2e-2), torch.bfloat16: (1.0, 4e-2)}  # atol, rtol
 

@@ -9,7 +9,7 @@ import torch
 from lit_dpo import fit
 from lit_dpo.callbacks import TrainingHealth, WinRate
 from lit_dpo.reference import check_start
-from lit_dpo.scoring.pairs import PairLogps
+from lit_dpo.scoring.logps import PairLogps
 
 
 def _logps(policy, reference):

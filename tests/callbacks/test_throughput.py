@@ -11,6 +11,7 @@ from lit_dpo.callbacks.throughput import PEAK_TFLOPS, Throughput, device_peak_tf
 class _Module:
     def __init__(self):
         self.policy = torch.nn.Linear(10, 10)  # 110 parameters
+        self.reference = None  # a cached reference: no live model
         self.logged = {}
 
     def log_dict(self, values, **kwargs):

@@ -4,13 +4,13 @@ import copy
 
 import pytest
 
-from lit_dpo.data import Pair, UnpairedExample, fit_length, tokenize_row, validate
+from lit_dpo.data import Pair, UnpairedExample, fit_length, parse_row, tokenize_row
 from lit_dpo.errors import DataError
 
 
 def test_standard_row_shares_prompt_and_ends_with_eos(tokenizer):
     tok = tokenizer
-    pair = tokenize_row(tok, validate({"prompt": "what is the cat", "chosen": " yes", "rejected": " no it is not"}))
+    pair = tokenize_row(tok, parse_row({"prompt": "what is the cat", "chosen": " yes", "rejected": " no it is not"}))
     assert tok.decode(pair.prompt_ids) + tok.decode(pair.chosen_ids) == "what is the cat yes<|im_end|>"
     assert pair.chosen_ids[-1] == pair.rejected_ids[-1] == tok.eos_token_id
     # completions are read off the tokenization of prompt + completion: what the model sees at inference
@@ -21,7 +21,7 @@ def test_standard_row_shares_prompt_and_ends_with_eos(tokenizer):
 def test_boundary_merge_cuts_where_tokens_diverge(tokenizer):
     tok = tokenizer
     # "ca" + "t" merges into "cat" across the boundary: the prompt keeps only the shared tokens
-    pair = tokenize_row(tok, validate({"prompt": "the ca", "chosen": "t sat", "rejected": "r"}))
+    pair = tokenize_row(tok, parse_row({"prompt": "the ca", "chosen": "t sat", "rejected": "r"}))
     assert pair.prompt_ids + pair.chosen_ids == tok("the cat sat<|im_end|>")["input_ids"]
     assert pair.prompt_ids + pair.rejected_ids == tok("the car<|im_end|>")["input_ids"]
     prompt = tok.decode(pair.prompt_ids)
@@ -35,7 +35,7 @@ def test_conversational_row_applies_chat_template(tokenizer):
         "chosen": [{"role": "assistant", "content": "yes"}],
         "rejected": [{"role": "assistant", "content": "no"}],
     }
-    pair = tokenize_row(tok, validate(row))
+    pair = tokenize_row(tok, parse_row(row))
     assert tok.decode(pair.prompt_ids) == "<|im_start|>user\nwhat is it<|im_end|>\n<|im_start|>assistant\n"
     assert tok.decode(pair.chosen_ids) == "yes<|im_end|>\n"
     assert tok.decode(pair.rejected_ids) == "no<|im_end|>\n"
@@ -43,8 +43,8 @@ def test_conversational_row_applies_chat_template(tokenizer):
 
 def test_unpaired_row_takes_the_same_path(tokenizer):
     """An unpaired row's completion has the tokens the same completion gets in a pair: one tokenization rule."""
-    example = tokenize_row(tokenizer, validate({"prompt": "the ca", "completion": "t sat", "label": "false"}))
-    pair = tokenize_row(tokenizer, validate({"prompt": "the ca", "chosen": "t sat", "rejected": "t sat"}))
+    example = tokenize_row(tokenizer, parse_row({"prompt": "the ca", "completion": "t sat", "label": "false"}))
+    pair = tokenize_row(tokenizer, parse_row({"prompt": "the ca", "chosen": "t sat", "rejected": "t sat"}))
     assert example == UnpairedExample(pair.prompt_ids, pair.chosen_ids, desirable=False)
 
 
@@ -93,7 +93,7 @@ def test_tools_reach_the_chat_template(tokenizer):
     with_tools = _with_template(
         tokenizer, loop, "{% for t in tools or [] %}{{ t['function']['name'] }} {% endfor %}" + loop
     )
-    pair = tokenize_row(with_tools, validate(CHAT | {"tools": [tool]}))
+    pair = tokenize_row(with_tools, parse_row(CHAT | {"tools": [tool]}))
     assert with_tools.decode(pair.prompt_ids).startswith("add <|im_start|>user")
     assert with_tools.decode(pair.chosen_ids) == "yes<|im_end|>\n"
 
@@ -106,4 +106,4 @@ def test_a_template_that_rewrites_earlier_turns_is_named_at_the_first_row(tokeni
     with pytest.raises(
         DataError, match=r"chat.jsonl, row 7, field 'chosen': the chat template renders the prompt alone"
     ):
-        tokenize_row(thinking, validate(CHAT, source="chat.jsonl", row=7))
+        tokenize_row(thinking, parse_row(CHAT, source="chat.jsonl", row=7))

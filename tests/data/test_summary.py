@@ -1,4 +1,4 @@
-"""lit_dpo/data/report.py and ``python -m lit_dpo.data``: what a run would train on, before any model loads."""
+"""lit_dpo/data/summary.py and ``python -m lit_dpo.data``: what a run would train on, before any model loads."""
 
 import json
 

@@ -1,0 +1,51 @@
+"""Writes that readers see whole or not at all: the new content goes under ``<path>.partial`` and is renamed over
+the old (checkpoints, the export, the reference cache's folders)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+def write_atomically(path: Path, write: Any) -> None:
+    """Let ``write(partial)`` create ``path``'s content (a file or a folder) under a temporary name next to it, then
+    put it in place: readers see the old content or the new, never half of one."""
+    write(fresh_partial(path))
+    put_in_place(path)
+
+
+def fresh_partial(path: Path) -> Path:
+    """``<path>.partial``, emptied: where a new version of ``path`` is written before ``put_in_place``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    _remove(partial)
+    return partial
+
+
+def put_in_place(path: Path) -> None:
+    """Rename ``<path>.partial`` to ``path``. A folder replaces a folder in two renames; between them the old one
+    is at ``<path>.old`` (``resumable_checkpoint`` looks there too)."""
+    partial, old = path.with_name(path.name + ".partial"), path.with_name(path.name + ".old")
+    if path.is_dir() and not path.is_symlink():
+        _remove(old)
+        path.rename(old)
+    os.replace(partial, path)
+    _remove(old)
+    _sync_folder(path.parent)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _sync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)  # the rename itself survives a power loss
+    finally:
+        os.close(descriptor)
