@@ -1,4 +1,5 @@
-"""The default CSV logger, made to continue a run on resume instead of deleting its metrics."""
+"""Loggers: the default CSV logger, made to continue a run on resume instead of deleting its metrics; and an
+in-memory recorder of what a run logged, for its report whatever the logger."""
 
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
 """lit_dpo/data/datamodule.py: examples numbered across train and val, and validation evened out over ranks."""
 
+import csv
+
 import pytest
 
+from lit_dpo import fit
 from lit_dpo.data import Pair, PreferenceDataModule, UnpairedExample, pad_for_ranks
 from lit_dpo.data.sources import Source
 from lit_dpo.errors import DataError, InputError
@@ -110,3 +113,40 @@ def test_rows_left_out_are_counted_in_one_warning_with_their_rows(tmp_path, tiny
     ):
         data = _setup(tiny_model_dir, path=write_jsonl(tmp_path / "d.jsonl", rows), val_split=0)
     assert [ex.row for ex in data.train_examples] == [1, 2, 3]
+
+
+def _rows(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_hh_rlhf_rows_train_as_they_come(tiny_model_dir, tmp_path, standard_rows, write_jsonl):
+    """Anthropic's hh-rlhf form: no prompt column, the prompt implicit in both strings."""
+    rows = [
+        {"chosen": f"\n\nHuman: {r['prompt']}\n\nAssistant:{r['chosen']}", "rejected": f"\n\nHuman: {r['prompt']}\n\nAssistant:{r['rejected']}"}
+        for r in standard_rows(40)
+    ]  # fmt: skip
+    hh = write_jsonl(tmp_path / "hh.jsonl", rows)
+    fit.main([f"--model.model_name_or_path={tiny_model_dir}", f"--data.path={hh}", f"--trainer.default_root_dir={tmp_path}",
+              "--trainer.max_steps=3", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    metrics = _rows(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
+    assert sum(1 for r in metrics if r["train/loss"]) == 3 and any(r["val/loss"] for r in metrics)
+
+
+def test_mixed_sources_and_metrics_per_validation_source(
+    tiny_model_dir, tmp_path, standard_rows, chat_rows, write_jsonl
+):
+    a = write_jsonl(tmp_path / "a.jsonl", standard_rows(24))
+    b = write_jsonl(
+        tmp_path / "b.jsonl",
+        [{"question": r["prompt"], "good": r["chosen"], "bad": r["rejected"]} for r in standard_rows(24, 1)],
+    )
+    path = f"[{a}, {{path: {b}, name: qa, weight: 0.5, columns: {{prompt: question, chosen: good, rejected: bad}}}}]"
+    fit.main([f"--model.model_name_or_path={tiny_model_dir}", f"--data.path={path}", "--data.val_split=0.25",
+              f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=2", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    final = [r for r in _rows(tmp_path / "lightning_logs" / "version_0" / "metrics.csv") if r["val/loss"]][-1]
+    for name in ("a", "qa"):
+        assert final[f"val/{name}/loss"] and final[f"val/{name}/rewards/margins"], name
+    # every pair once: the overall mean is the pair-weighted mean of the two sources (6 pairs each)
+    overall = (float(final["val/a/loss"]) + float(final["val/qa/loss"])) / 2
+    assert float(final["val/loss"]) == pytest.approx(overall, rel=1e-5)

@@ -1,10 +1,12 @@
 """lit_dpo/losses/unpaired.py: KTO and unpaired APO-zero, worked by hand."""
 
+import csv
 import math
 
 import pytest
 import torch
 
+from lit_dpo import fit
 from lit_dpo.errors import InputError
 from lit_dpo.losses import build_objective
 
@@ -61,3 +63,41 @@ def test_apo_zero_unpaired_hand_worked(three):
 def test_unpaired_losses_do_not_combine():
     with pytest.raises(InputError, match="cannot be combined"):
         build_objective(["kto", "sft"])
+
+
+def _rows(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def unpaired(rows):
+    """Pairs as unpaired rows: each chosen completion desirable, each rejected one not (shuffled together)."""
+    import random
+
+    out = [
+        {"prompt": r["prompt"], "completion": r[k], "label": k == "chosen"}
+        for r in rows
+        for k in ("chosen", "rejected")
+    ]
+    random.Random(0).shuffle(out)
+    return out
+
+
+def test_kto_from_the_command_line(tiny_model_dir, tmp_path, capsys, standard_rows, write_jsonl, fit_args):
+    train = write_jsonl(tmp_path / "train.jsonl", unpaired(standard_rows(40)))
+    val = write_jsonl(tmp_path / "val.jsonl", unpaired(standard_rows(8, 9)))
+    extra = ["--model.loss_type=kto", "--model.learning_rate=2e-3", "--trainer.max_steps=16"]
+    fit.main(fit_args(tiny_model_dir, train, val, tmp_path, *extra))
+    rows = _rows(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
+    train_rows = [r for r in rows if r["train/loss"]]
+    assert len(train_rows) == 16 and all(r["train/kl"] for r in train_rows)
+    assert float(train_rows[0]["train/loss"]) == pytest.approx(0.5, abs=1e-4)  # policy == reference: 1 - sigmoid(0)
+    final = [r for r in rows if r["val/loss"]][-1]
+    assert float(final["val/rewards/margins"]) > 0  # desirable completions gained on undesirable ones
+    assert not final.get("val/rewards/accuracies")  # undefined without pairs
+    # a loss for pairs on unpaired rows, and the other way round: one line, exit 2
+    for loss_type, path in (("sigmoid", train), ("kto", write_jsonl(tmp_path / "pairs.jsonl", standard_rows(8)))):
+        with pytest.raises(SystemExit) as exit_info:
+            fit.main(fit_args(tiny_model_dir, path, "null", tmp_path / loss_type, f"--model.loss_type={loss_type}"))
+        assert exit_info.value.code == 2
+        assert "need unpaired rows (prompt, completion, label)" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -1,0 +1,52 @@
+"""lit_dpo/models.py: which policy and reference a run trains with, decided from its options."""
+
+import pytest
+
+from lit_dpo.errors import InputError
+from lit_dpo.losses import build_objective
+from lit_dpo.models import MODEL_OPTIONS, ModelSpec, Run, build_models, check_options
+from lit_dpo.module import DPOModule
+from lit_dpo.reference import AdapterReference, ModelReference
+
+
+def test_a_separate_frozen_reference_by_default(tiny_dirs):
+    policy, other = tiny_dirs
+    models = build_models(ModelSpec(policy, ref_model_name_or_path=other), Run(needs_reference=True, unpaired=False))
+    assert isinstance(models.reference, ModelReference) and not models.reference.model.training
+    assert not any(p.requires_grad for p in models.reference.model.parameters())
+    assert models.reference.fingerprint and models.synced_reference is None and not models.caches_reference
+
+
+def test_lora_uses_the_base_as_reference_and_a_moving_reference_is_training_state(tiny_model_dir):
+    lora = build_models(ModelSpec(tiny_model_dir, lora_r=4), Run(needs_reference=True, unpaired=False))
+    assert isinstance(lora.reference, AdapterReference) and lora.reference.fingerprint
+    moving = build_models(ModelSpec(tiny_model_dir, reference_moves=True), Run(needs_reference=True, unpaired=False))
+    assert moving.synced_reference is moving.reference.model
+
+
+def test_reference_free_losses_load_no_reference(tiny_model_dir):
+    assert build_models(ModelSpec(tiny_model_dir), Run(needs_reference=False, unpaired=False)).reference is None
+
+
+def test_online_pairs_cannot_be_precomputed(tiny_model_dir):
+    with pytest.raises(InputError, match="precompute_ref_log_probs needs every pair before training"):
+        build_models(ModelSpec(tiny_model_dir, precompute_ref_log_probs=True), Run(True, False, online=True))
+
+
+def test_every_model_option_is_a_module_option():
+    assert set(MODEL_OPTIONS) <= set(DPOModule.__init__.__code__.co_varnames)
+
+
+@pytest.mark.parametrize(
+    "options, problem",
+    [
+        ({"beta": 0.0}, "--model.beta must be > 0"),
+        ({"sync_steps": 2, "precompute": True}, "cannot use precompute_ref_log_probs"),
+        ({"sync_epochs": 1, "loss": "simpo"}, "ref_sync_epochs has no effect with a reference-free loss_type"),
+    ],
+)
+def test_options_that_cannot_work_together_are_refused(options, problem):
+    objective = build_objective(options.get("loss", "sigmoid"))
+    with pytest.raises(InputError, match=problem):
+        check_options(objective, options.get("beta", 0.1), options.get("precompute"), options.get("sync_steps", 0),
+                      0.6, options.get("sync_epochs", 0))  # fmt: skip

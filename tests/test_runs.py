@@ -1,0 +1,18 @@
+"""lit_dpo/runs.py: where a run keeps its files, whatever the logger."""
+
+from types import SimpleNamespace
+
+from lightning.pytorch.loggers import CSVLogger
+
+from lit_dpo.runs import run_directory
+
+
+def test_the_run_directory_of_each_kind_of_logger(tmp_path):
+    csv_logger = CSVLogger(tmp_path, name="lightning_logs", version=3)
+    assert (
+        run_directory(SimpleNamespace(logger=csv_logger, default_root_dir="x"))
+        == tmp_path / "lightning_logs" / "version_3"
+    )
+    assert run_directory(SimpleNamespace(logger=None, default_root_dir=str(tmp_path))) == tmp_path
+    wandb_like = SimpleNamespace(save_dir=str(tmp_path), name="project", version="abc123")  # no log_dir
+    assert run_directory(SimpleNamespace(logger=wandb_like, default_root_dir="x")) == tmp_path / "project" / "abc123"
