@@ -55,7 +55,7 @@ def _pairs(path: str, model: str, n: int) -> tuple[list[dict], int]:
     from lit_dpo.data import read_rows, tokenize_row
     from lit_dpo.hf import load_tokenizer
 
-    rows = read_rows(path)[:n]
+    rows = read_rows(path).rows[:n]
     tokenizer = load_tokenizer(model)
     pairs = [tokenize_row(tokenizer, r) for r in rows]
     tokens = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
@@ -90,8 +90,8 @@ def run_lit_dpo(args: argparse.Namespace, data: str) -> Record:
     from lit_dpo.reference import cached
 
     record = Record()
-    cached.load = lambda key: None  # always compute the pass, as TRL does for an in-memory dataset
-    lit_module.cache_logps = record.timed(lit_module.cache_logps)
+    cached.load = lambda key, rows: None  # always compute the pass, as TRL does for an in-memory dataset
+    lit_module.cache_stages = record.timed(lit_module.cache_stages)
 
     class Clock(L.Callback):
         def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, *_: Any) -> None:
@@ -180,7 +180,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="bundled:SmolLM2-135M-Instruct")
     parser.add_argument("--tiny", action="store_true", help="a 2-layer random Llama instead of --model")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / "lit_dpo" / "demo" / "train.jsonl"))
+    parser.add_argument(
+        "--data", default=str(Path(__file__).resolve().parents[1] / "lit_dpo" / "data" / "demo" / "train.jsonl")
+    )
     parser.add_argument("--steps", type=int, default=24, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--batch", type=int, default=4, help="pairs per step")

@@ -27,7 +27,7 @@ from lit_dpo.losses.unpaired import kl_reference_point
 from lit_dpo.metrics import PreferenceMetrics, SourceMetrics
 from lit_dpo.models import MODEL_OPTIONS, ModelSpec, Run, build_models, check_options
 from lit_dpo.parallel import compile_layers, is_sharded, shard
-from lit_dpo.reference import Reference, cache_logps, check_start
+from lit_dpo.reference import Reference, cache_stages, check_start
 from lit_dpo.scoring import Logps, PairLogps, UnpairedLogps, score_sequences, split_scores
 
 
@@ -212,18 +212,9 @@ class DPOModule(L.LightningModule):
             self._cache_reference(["val"])
 
     def _cache_reference(self, stages: list[str]) -> None:
-        hp, data = self.hparams, self.data
-        if data is None:
-            raise InputError("precompute_ref_log_probs needs lit_dpo's PreferenceDataModule")
-        if data.unpaired:
-            raise InputError("precompute_ref_log_probs does not apply to unpaired (KTO) rows: their KL completions "
-                             "are drawn from each batch, so the reference runs live")  # fmt: skip
-        examples = {"train": data.train_examples, "val": data.val_examples}
+        hp = self.hparams
         settings = {"dtype": hp.dtype, "precision": str(self.trainer.precision), "ld_alpha": hp.ld_alpha}
-        self.reference = cache_logps(
-            self.reference, {s: examples[s] for s in stages}, data.collator(), data.val_batch_size, self.trainer,
-            settings,
-        )  # fmt: skip
+        self.reference = cache_stages(self.reference, self.data, stages, self.trainer, settings)
         gc.collect()  # the live reference model, now unreferenced, is the largest thing to free
 
     def logps(self, batch: Batch) -> Logps:

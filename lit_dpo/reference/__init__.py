@@ -8,7 +8,7 @@
 ``check_start`` checks, at step 0, that a reference starting as the policy scores pairs as the policy does.
 """
 
-from lit_dpo.reference.cached import CachedReference, cache_logps, should_cache, weights_fingerprint
+from lit_dpo.reference.cached import CachedReference, cache_logps, cache_stages, should_cache, weights_fingerprint
 from lit_dpo.reference.live import AdapterReference, ModelReference, Reference
 from lit_dpo.reference.start import check_start
 
@@ -18,6 +18,7 @@ __all__ = [
     "ModelReference",
     "Reference",
     "cache_logps",
+    "cache_stages",
     "check_start",
     "should_cache",
     "weights_fingerprint",

@@ -26,6 +26,7 @@ from torch import Tensor
 from lit_dpo.data.collate import Batch
 from lit_dpo.data.protocol import PreferenceData
 from lit_dpo.data.tokenize import Pair
+from lit_dpo.errors import InputError
 from lit_dpo.hf import cache_dir, private_dir
 from lit_dpo.reference.live import Reference
 
@@ -90,6 +91,20 @@ def cache_logps(
         cached.table[torch.tensor([ex.index for ex in examples])] = logps.to(cached.table)
         cached.stages.add(stage)
     return cached
+
+
+def cache_stages(
+    reference: Reference, data: Optional[PreferenceData], stages: Sequence[str], trainer: Any, settings: dict[str, Any]
+) -> CachedReference:
+    """``cache_logps`` for the data module's examples of ``stages`` (train, val), in its batches."""
+    if data is None:
+        raise InputError("precompute_ref_log_probs needs lit_dpo's PreferenceDataModule")
+    if data.unpaired:
+        raise InputError("precompute_ref_log_probs does not apply to unpaired (KTO) rows: their KL completions "
+                         "are drawn from each batch, so the reference runs live")  # fmt: skip
+    examples = {"train": data.train_examples, "val": data.val_examples}
+    chosen = {stage: examples[stage] for stage in stages}
+    return cache_logps(reference, chosen, data.collator(), data.val_batch_size, trainer, settings)
 
 
 def _model_settings(reference: Reference) -> dict[str, Any]:
