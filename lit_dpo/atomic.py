@@ -1,5 +1,6 @@
 """Writes that readers see whole or not at all: the new content goes under ``<path>.partial`` and is renamed over
-the old (checkpoints, the export, the reference cache's folders)."""
+the old (checkpoints, the export). A folder is replaced only if lit_dpo wrote it (``MARKER``): lit_dpo never
+deletes what it did not write."""
 
 from __future__ import annotations
 
@@ -7,6 +8,25 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+MARKER = ".written_by_lit_dpo"  # in every folder lit_dpo writes and may later replace
+
+
+class NotOurs(OSError):
+    """A folder lit_dpo was to replace holds files it did not write: it is left as it is."""
+
+
+def mark(folder: Path) -> None:
+    """Record that lit_dpo wrote ``folder`` (so that a later run may replace it)."""
+    (folder / MARKER).write_text("This folder was written by lit_dpo, which may replace it.\n")
+
+
+def replaceable(path: Path) -> bool:
+    """Whether lit_dpo may replace ``path``: it is not a folder, or an empty one, or one lit_dpo wrote (``MARKER``,
+    or a distributed checkpoint's ``meta.pt``, as lit_dpo wrote them before it marked its folders)."""
+    if not path.is_dir() or path.is_symlink():
+        return True
+    return (path / MARKER).is_file() or (path / "meta.pt").is_file() or not any(path.iterdir())
 
 
 def write_atomically(path: Path, write: Any) -> None:
@@ -28,6 +48,8 @@ def put_in_place(path: Path) -> None:
     """Rename ``<path>.partial`` to ``path``. A folder replaces a folder in two renames; between them the old one
     is at ``<path>.old`` (``resumable_checkpoint`` looks there too)."""
     partial, old = path.with_name(path.name + ".partial"), path.with_name(path.name + ".old")
+    if not replaceable(path):
+        raise NotOurs(f"{path} holds files lit_dpo did not write; it was left as it is")
     if path.is_dir() and not path.is_symlink():
         _remove(old)
         path.rename(old)

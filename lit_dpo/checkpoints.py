@@ -5,6 +5,7 @@ and ``--ckpt_path=last|auto`` resolved to the newest run that has one."""
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -156,6 +157,35 @@ class QuietSigterm(_SignalConnector):
 
     def _sigterm_notifier_fn(self, signum: Any, frame: Any) -> None:
         self.received_sigterm = True
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles a distributed checkpoint's ``.metadata`` with only the classes torch writes there: its metadata
+    dataclasses and enums, dtypes, sizes and paths. Anything else (a crafted file's payload) is refused."""
+
+    _MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
+    _NAMES = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"),
+              ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"), ("collections", "OrderedDict")}  # fmt: skip
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name) if module in self._MODULES or (module, name) in self._NAMES else None
+        if found is None and module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            found = getattr(torch, name)
+        if module in self._MODULES and not isinstance(found, type):
+            found = None  # classes and enums only, never a function of those modules
+        if found is None:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a distributed checkpoint's metadata")
+        return found
+
+
+def check_distributed_checkpoint(path: Path) -> None:
+    """Refuse a distributed-checkpoint folder whose ``.metadata`` would run code when torch unpickles it: it is read
+    here first with only the classes such metadata holds (``_MetadataUnpickler``), so a checkpoint cannot run code."""
+    try:
+        with open(path / ".metadata", "rb") as handle:
+            _MetadataUnpickler(handle).load()
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError) as err:
+        raise InputError(f"{path}: not a distributed checkpoint lit_dpo will load ({err})") from None
 
 
 def resumable_checkpoint(run: Path) -> Optional[Path]:

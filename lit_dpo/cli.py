@@ -25,6 +25,7 @@ from lit_dpo.checkpoints import (
     AtomicCheckpointIO,
     QuietSigterm,
     ResumableCheckpoint,
+    check_distributed_checkpoint,
     checkpoint_step,
     find_resumable,
 )
@@ -159,6 +160,8 @@ class DPOCLI(LightningCLI):
         run = None
         if ckpt_path in ("last", "auto"):
             run, self.config.ckpt_path = find_resumable(Path(trainer.default_root_dir), ckpt_path)
+        if self.config.ckpt_path and Path(self.config.ckpt_path).is_dir():  # whatever the strategy that loads it
+            check_distributed_checkpoint(Path(self.config.ckpt_path))
         if _is_online(self.config.data) and not trainer.reload_dataloaders_every_n_epochs:
             trainer.reload_dataloaders_every_n_epochs = 1  # each epoch is a round with new pairs
         if run is not None and str(getattr(trainer.logger, "class_path", "")).endswith("WandbLogger"):

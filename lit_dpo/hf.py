@@ -18,7 +18,7 @@ from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_dpo import lora
-from lit_dpo.atomic import write_atomically
+from lit_dpo.atomic import mark, replaceable, write_atomically
 from lit_dpo.errors import InputError
 from lit_dpo.parallel import full_state_dict
 
@@ -31,11 +31,17 @@ def cache_dir() -> Path:
 
 
 def private_dir(path: Path) -> Path:
-    """``path`` as a folder, creating it and lit_dpo's cache folder above it readable by this user only (0700)."""
+    """``path`` as a folder, creating it and lit_dpo's cache folder above it readable by this user only (0700).
+    An existing one that another user owns or may write to is refused: models and reference log-probs are loaded
+    from it, so whoever can write there decides what a run trains on."""
     for folder in (cache_dir(), path):
         if not folder.exists():
             folder.parent.mkdir(parents=True, exist_ok=True)
             folder.mkdir(mode=0o700, exist_ok=True)
+        status = folder.stat()
+        if status.st_mode & 0o022 or status.st_uid != os.getuid():
+            raise InputError(f"cache folder {folder} is writable by other users (mode {status.st_mode & 0o777:o}) or "
+                             "not yours: make it private (chmod 700) or set LIT_DPO_CACHE to a folder of your own")  # fmt: skip
     return path
 
 
@@ -181,16 +187,21 @@ def export_policy(
 
 
 def check_export_dir(directory: Path) -> None:
-    """Refuse, before any training, an export folder that cannot be one: an existing file, or under a file."""
+    """Refuse, before any training, an export folder that cannot be one: an existing file, under a file, or a
+    folder holding files lit_dpo did not write (only a previous export, or an empty folder, is replaced)."""
     for path in (directory, *directory.parents):
         if path.exists():
             if not path.is_dir():
                 raise InputError(f"--export_dir {directory}: {path} is a file; name a folder for the trained policy")
+            if path == directory and not replaceable(directory):
+                raise InputError(f"--export_dir {directory}: a folder holding files lit_dpo did not write; name a new "
+                                 "or empty folder (lit_dpo replaces only its own exports)")  # fmt: skip
             return
 
 
 def _export_checked(policy: Any, tokenizer: PreTrainedTokenizerBase, directory: Path, state_dict: Any) -> None:
     export_hf(policy, tokenizer, directory, state_dict)
+    mark(directory)
     if not (directory / "config.json").is_file() or not any(directory.glob("*.safetensors")):
         raise OSError(f"the export in {directory} is incomplete (no config.json or weights)")
 

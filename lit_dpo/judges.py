@@ -13,13 +13,15 @@ Built in: ``reference_answer`` (token F1 against the row's chosen and rejected a
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+import math
 import random
 import re
 import sys
 from collections import Counter
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -95,6 +97,20 @@ class RewardModel:
         return text + completion
 
 
+@contextlib.contextmanager
+def _working_directory_importable() -> Iterator[None]:
+    """The working directory on ``sys.path`` for one import, as ``python -m`` has it, unless Python runs with
+    ``PYTHONSAFEPATH`` (``-P``); ``sys.path`` is as it was afterwards."""
+    added = not sys.flags.safe_path and "" not in sys.path
+    if added:
+        sys.path.insert(0, "")
+    try:
+        yield
+    finally:
+        if added:
+            sys.path.remove("")
+
+
 def load_judge(name: str) -> Judge:
     """``reference_answer``, ``reward_model:<path or id>``, or a dotted import path (``mypkg.judges.helpful``,
     importable from the working directory) to a reward function, a pairwise judge, or a class of either."""
@@ -103,10 +119,9 @@ def load_judge(name: str) -> Judge:
     if name.startswith("reward_model:"):
         return RewardModel(name.split(":", 1)[1])
     module_name, _, attribute = name.rpartition(".")
-    if "" not in sys.path:
-        sys.path.insert(0, "")  # the working directory, as `python -m` has it
     try:
-        judge = getattr(importlib.import_module(module_name), attribute)
+        with _working_directory_importable():
+            judge = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError, ValueError) as err:
         raise InputError(f"judge {name!r}: cannot import it ({err})") from None
     if inspect.isclass(judge):
@@ -123,8 +138,8 @@ def wins(
     A pairwise judge sees each pair in a random (seeded) order, so that a bias for one position cancels out."""
     if callable(getattr(judge, "judge", None)):
         return wins_of_first(judge, prompts, policy, reference, seed)
-    scores_policy = _call(judge, prompts, policy, columns)
-    scores_reference = _call(judge, prompts, reference, columns)
+    scores_policy = _scores(judge, _call(judge, prompts, policy, columns), len(policy))
+    scores_reference = _scores(judge, _call(judge, prompts, reference, columns), len(reference))
     return [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores_policy, scores_reference)]
 
 
@@ -133,7 +148,7 @@ def wins_of_first(judge: Judge, prompts: list[Any], first: list[str], second: li
     random (seeded) order, so that a bias for one position cancels out."""
     flips = [random.Random(seed + i).random() < 0.5 for i in range(len(prompts))]
     pairs = [[b, a] if flip else [a, b] for a, b, flip in zip(first, second, flips)]
-    picks = judge.judge(prompts, pairs)
+    picks = _picks(judge, judge.judge(prompts, pairs), len(pairs))
     return [0.5 if pick not in (0, 1) else float(pick == (1 if flip else 0)) for pick, flip in zip(picks, flips)]
 
 
@@ -143,6 +158,39 @@ def _call(function: Callable, prompts: list[str], completions: list[str], column
     names = {p.name for p in parameters}
     extra = {k: v for k, v in columns.items() if takes_all or k in names}
     return list(function(prompts=prompts, completions=completions, **extra))
+
+
+def _scores(judge: Judge, values: Any, count: int) -> list[float]:
+    """A reward function's scores, checked: one finite number per completion. NaN is an error, not "skip": a
+    judge that cannot score a completion must say so with a number (e.g. the lowest score)."""
+    values = list(values)
+    if len(values) != count:
+        raise InputError(f"judge {_name(judge)} returned {len(values)} scores for {count} completions")
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) and not _is_number_tensor(value):
+            raise InputError(f"judge {_name(judge)}: score {i} is {value!r:.40}, not a number")
+        if not math.isfinite(float(value)):
+            raise InputError(f"judge {_name(judge)}: score {i} is {float(value)}; every score must be finite")
+    return [float(value) for value in values]
+
+
+def _picks(judge: Judge, values: Any, count: int) -> list[int]:
+    """A pairwise judge's picks, checked: one per pair, 0 (the first), 1 (the second) or -1 (a tie)."""
+    values = list(values)
+    if len(values) != count:
+        raise InputError(f"judge {_name(judge)} returned {len(values)} picks for {count} pairs")
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or value not in (0, 1, -1):
+            raise InputError(f"judge {_name(judge)}: pick {i} is {value!r:.40}; a pairwise judge answers 0, 1 or -1")
+    return [int(value) for value in values]
+
+
+def _is_number_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex
+
+
+def _name(judge: Judge) -> str:
+    return getattr(judge, "__qualname__", None) or type(judge).__name__
 
 
 BUILT_IN = {"reference_answer": reference_answer, "exact_answer": exact_answer}
@@ -159,7 +207,8 @@ def score_samples(
     flat_prompts = [p for p, group in zip(prompts, samples) for _ in group]
     keys = sorted({key for row in columns for key in row})
     flat_columns = {k: [row.get(k) for row, group in zip(columns, samples) for _ in group] for k in keys}
-    scores = [float(s) for s in _call(judge, flat_prompts, [c for group in samples for c in group], flat_columns)]
+    flat = [c for group in samples for c in group]
+    scores = _scores(judge, _call(judge, flat_prompts, flat, flat_columns), len(flat))
     out, start = [], 0
     for group in samples:
         out.append(scores[start : start + len(group)])

@@ -10,7 +10,8 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
-from lit_dpo.atomic import fresh_partial, put_in_place
+from lit_dpo.atomic import fresh_partial, mark, put_in_place
+from lit_dpo.checkpoints import check_distributed_checkpoint
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
@@ -74,6 +75,11 @@ class FSDPStrategy(ModelParallelStrategy):
         self._data_parallel_size = self.world_size
         super().setup_environment()
 
+    def load_checkpoint(self, checkpoint_path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if Path(checkpoint_path).is_dir():  # torch unpickles its .metadata: checked with a restricted unpickler first
+            check_distributed_checkpoint(Path(checkpoint_path))
+        return super().load_checkpoint(checkpoint_path, *args, **kwargs)
+
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Optional[Any] = None) -> None:
         """Distributed checkpoints (a folder of shards) written into ``<path>.partial`` by every rank, then put in
         place by rank 0: a kill during the save leaves the previous checkpoint whole."""
@@ -85,6 +91,7 @@ class FSDPStrategy(ModelParallelStrategy):
         super().save_checkpoint(checkpoint, partial, storage_options)
         self.barrier()
         if self.is_global_zero:
+            mark(partial)
             put_in_place(path)
         self.barrier()
 

@@ -2,14 +2,14 @@
 
 import pytest
 
-from lit_dpo.atomic import write_atomically
+from lit_dpo.atomic import MARKER, NotOurs, mark, write_atomically
 
 
 def test_a_folder_is_replaced_whole(tmp_path):
     target = tmp_path / "export"
-    write_atomically(target, lambda partial: (partial.mkdir(), (partial / "a.txt").write_text("1")))
-    write_atomically(target, lambda partial: (partial.mkdir(), (partial / "b.txt").write_text("2")))
-    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    write_atomically(target, lambda partial: (partial.mkdir(), (partial / "a.txt").write_text("1"), mark(partial)))
+    write_atomically(target, lambda partial: (partial.mkdir(), (partial / "b.txt").write_text("2"), mark(partial)))
+    assert sorted(p.name for p in target.iterdir()) == [MARKER, "b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no .partial or .old left behind
 
 
@@ -24,3 +24,12 @@ def test_a_failed_write_leaves_the_previous_content(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         write_atomically(target, fail)
     assert target.read_text() == "old"
+
+
+def test_a_folder_lit_dpo_did_not_write_is_never_replaced(tmp_path):
+    target = tmp_path / "users"
+    target.mkdir()
+    (target / "precious.txt").write_text("mine")
+    with pytest.raises(NotOurs, match="holds files lit_dpo did not write"):
+        write_atomically(target, lambda partial: (partial.mkdir(), (partial / "a.txt").write_text("1")))
+    assert [p.name for p in target.iterdir()] == ["precious.txt"]

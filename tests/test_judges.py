@@ -1,11 +1,13 @@
 """lit_dpo/judges.py: the built-in judges, TRL's two judge conventions, and win-rate with ties and shuffling."""
 
+import re
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from lit_dpo.errors import InputError
-from lit_dpo.judges import RewardModel, load_judge, reference_answer, token_f1, wins
+from lit_dpo.judges import RewardModel, load_judge, reference_answer, score_samples, token_f1, wins
 
 
 def test_token_f1_by_hand():
@@ -92,3 +94,38 @@ def test_score_samples_with_a_pairwise_judge_counts_wins_in_every_order():
     # 3 samples: 3 comparisons; "ccc" beats both (2), "bb" beats "a" (1), "a" none; a tie counts half each
     assert score_samples(Longer(), ["p"], [["a", "ccc", "bb"]], [{}], seed=3) == [[0.0, 2.0, 1.0]]
     assert score_samples(Longer(), ["p"], [["x", "y"]], [{}], seed=3) == [[0.5, 0.5]]
+
+
+@pytest.mark.parametrize(
+    "returned, problem",
+    [
+        ([1.0] * 31, "returned 31 scores for 32 completions"),
+        ([1.0] * 31 + [float("nan")], "score 31 is nan; every score must be finite"),
+        (["good"] + [1.0] * 31, "score 0 is 'good', not a number"),
+        (["1"] + [1.0] * 31, "score 0 is '1', not a number"),
+        ([True] + [1.0] * 31, "score 0 is True, not a number"),
+    ],
+)
+def test_a_reward_functions_output_is_checked(returned, problem):
+    """Count, type and finiteness: one line naming the judge and the first bad value (NaN is an error)."""
+
+    def my_reward(prompts, completions):
+        return returned
+
+    separator = " " if problem.startswith("returned") else ": "
+    with pytest.raises(InputError, match=rf"^judge \S*my_reward{separator}{re.escape(problem)}$"):
+        score_samples(my_reward, ["p"] * 8, [["a", "b", "c", "d"]] * 8, [{}] * 8, seed=0)
+
+
+def test_win_rate_checks_its_judges_too():
+    def too_few(prompts, completions):
+        return [1.0] * (len(completions) - 1)
+
+    class Pairwise:
+        def judge(self, prompts, completions_pairs):
+            return [0, 2]
+
+    with pytest.raises(InputError, match="returned 1 scores for 2 completions"):
+        wins(too_few, ["p", "q"], ["a", "b"], ["c", "d"], {}, seed=0)
+    with pytest.raises(InputError, match="judge Pairwise: pick 1 is 2; a pairwise judge answers 0, 1 or -1"):
+        wins(Pairwise(), ["p", "q"], ["a", "b"], ["c", "d"], {}, seed=0)

@@ -75,3 +75,64 @@ def test_ci_can_only_read_and_keeps_no_credentials():
         step for job in workflow["jobs"].values() for step in job["steps"] if "checkout" in step.get("uses", "")
     ]
     assert checkouts and all(step["with"]["persist-credentials"] is False for step in checkouts)
+
+
+class _RunsCode:
+    """What a crafted distributed checkpoint's .metadata unpickles to: a call of the attacker's choosing."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "the payload ran"))
+
+
+def test_a_crafted_distributed_checkpoint_is_refused_without_running_its_payload(tmp_path, capsys, fit_args):
+    import torch.distributed.checkpoint as dcp
+
+    from lit_dpo import fit
+    from lit_dpo.checkpoints import check_distributed_checkpoint
+
+    real = tmp_path / "real.ckpt"
+    dcp.save({"w": torch.randn(3, 4), "extra": {"step": 3}}, checkpoint_id=str(real))
+    check_distributed_checkpoint(real)  # torch's own metadata passes
+    crafted = tmp_path / "crafted.ckpt"
+    crafted.mkdir()
+    marker = tmp_path / "ran.txt"
+    (crafted / ".metadata").write_bytes(pickle.dumps(_RunsCode(str(marker))))
+    (crafted / "meta.pt").write_bytes((real / ".metadata").read_bytes())
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(fit_args("./no_model_needed", "a.jsonl", "b.jsonl", tmp_path / "run", f"--ckpt_path={crafted}"))
+    assert exit_info.value.code == 2 and not marker.exists()
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"lit_dpo: error: {crafted}: not a distributed checkpoint lit_dpo will load (")
+    assert "is not allowed in a distributed checkpoint's metadata" in line
+
+
+def test_a_judge_import_leaves_sys_path_as_it_was(tmp_path, monkeypatch):
+    import sys
+
+    from lit_dpo.judges import load_judge
+
+    (tmp_path / "my_rewards.py").write_text(
+        "def short(prompts, completions, **columns):\n    return [0.0] * len(prompts)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != ""])
+    before = list(sys.path)
+    assert callable(load_judge("my_rewards.short"))  # importable from the working directory, as python -m has it
+    assert sys.path == before
+
+
+def test_a_cache_folder_others_can_write_to_is_refused(tmp_path, monkeypatch):
+    from lit_dpo.errors import InputError
+    from lit_dpo.hf import private_dir
+
+    shared = tmp_path / "shared_cache"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("LIT_DPO_CACHE", str(shared))
+    with pytest.raises(InputError, match=rf"cache folder {shared} is writable by other users \(mode 777\)"):
+        private_dir(shared / "ref_logps")
+    shared.chmod(0o700)
+    assert private_dir(shared / "ref_logps").is_dir() and (shared / "ref_logps").stat().st_mode & 0o777 == 0o700

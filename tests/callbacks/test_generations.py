@@ -24,11 +24,11 @@ def _rows(run: Path) -> list[dict]:
 def test_win_rate_judges_policy_against_reference_with_the_users_judge(
     tiny_model_dir, files, tmp_path, monkeypatch, fit_args
 ):
-    (tmp_path / "my_judges.py").write_text("def shorter(prompts, completions):\n"
+    (tmp_path / "win_rate_judges.py").write_text("def shorter(prompts, completions):\n"
                                            "    return [-len(c) for c in completions]\n")  # fmt: skip
     monkeypatch.chdir(tmp_path)  # a judge is importable from the working directory
     fit.main(fit_args(tiny_model_dir, *files, tmp_path, "--trainer.max_steps=3", "--model.learning_rate=1e-2",
-                   "--trainer.callbacks+=lit_dpo.callbacks.WinRate", "--trainer.callbacks.judge=my_judges.shorter",
+                   "--trainer.callbacks+=lit_dpo.callbacks.WinRate", "--trainer.callbacks.judge=win_rate_judges.shorter",
                    "--trainer.callbacks.num_prompts=4", "--trainer.callbacks.max_new_tokens=6"))  # fmt: skip
     run = tmp_path / "lightning_logs" / "version_0"
     records = [json.loads(line) for line in (run / "generations" / "step_3.jsonl").read_text().splitlines()]
