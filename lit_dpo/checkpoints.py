@@ -204,30 +204,6 @@ def checkpoint_step(path: Path) -> int:
     return int(torch.load(meta, map_location="cpu", weights_only=True, mmap=True)["global_step"])
 
 
-_CHANGES = {  # what a checkpoint's fingerprint covers, and what resuming on a changed one would do
-    "data": (
-        "the training data (rows, order, tokenizer or length limits)",
-        "would change the sample order and schedule",
-    ),
-    "reference": ("the reference model's weights", "would change the objective the run optimises"),
-}
-
-
-def check_resume(
-    saved: dict[str, Optional[str]], current: dict[str, Optional[str]], allowed: set[str], checkpoint: str
-) -> None:
-    """Refuse to resume a fit from ``checkpoint`` when the training data or the reference differ from what it
-    recorded (``saved``, its ``checkpoint["lit_dpo"]``), unless ``allowed`` (``--allow_changed``) names them."""
-    for what, value in current.items():
-        before = saved.get(what)
-        if before is not None and value is not None and before != value and what not in allowed:
-            described, consequence = _CHANGES[what]
-            raise InputError(
-                f"{described} changed since {checkpoint} was saved (fingerprint {before[:12]} -> {value[:12]}): "
-                f"resuming {consequence}; pass --allow_changed='[{what}]' to resume anyway"
-            )
-
-
 def find_resumable(root: Path, mode: str) -> tuple[Optional[Path], Optional[str]]:
     """``--ckpt_path=last|auto``: the run directory and checkpoint to resume, the newest resumable one under
     ``root`` (a run's ``checkpoints/last.ckpt``, or Lightning's SLURM ``hpc_ckpt_*.ckpt`` if it has more steps)."""

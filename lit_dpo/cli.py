@@ -52,6 +52,8 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
         pass  # see on_fit_start
 
     def on_train_start(self, trainer: Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path:  # the run's recorded config.yaml stays as it was; the resumed run's goes beside it
+            self.config_filename = f"config_resumed_at_step_{trainer.global_step}.yaml"
         super().setup(trainer, pl_module, "fit")  # after the checkpoint is restored (and checked)
 
     def on_validation_start(self, trainer: Trainer, pl_module: L.LightningModule) -> None:
@@ -79,7 +81,7 @@ class DPOCLI(LightningCLI):
             seed_everything_default=42,
             trainer_defaults=TRAINER_DEFAULTS,
             save_config_callback=LoggerSaveConfigCallback,
-            save_config_kwargs={"overwrite": True},  # a resumed run rewrites its config (Lightning #17115)
+            save_config_kwargs={"overwrite": True},  # validate after fit in one run dir (Lightning #17115)
             auto_configure_optimizers=False,
             parser_class=DPOArgumentParser,
             parser_kwargs={"command": command},
@@ -108,9 +110,10 @@ class DPOCLI(LightningCLI):
         )
         parser.add_argument(
             "--allow_changed",
-            type=Optional[list[Literal["data", "reference"]]],
+            type=Optional[list[str]],
             default=None,
-            help="Resume although the training data or the reference changed since the checkpoint was saved.",
+            help="Resume although these changed since the checkpoint was saved: data (the training examples), "
+            "reference (its weights), or settings by name as the refusal lists them (data.batch_size, model.beta, ...).",
         )
         parser.add_argument(
             "--export_dir",

@@ -61,6 +61,8 @@ class MetricsRecorder(Logger):
 class _ContinuingWriter(ExperimentWriter):
     def __init__(self, log_dir: str, resume_step: int) -> None:
         self._resume_step: Optional[int] = resume_step
+        # the run's recorded hparams.yaml stays as it was; the resumed run's go beside it
+        self.NAME_HPARAMS_FILE = f"hparams_resumed_at_step_{resume_step}.yaml"
         super().__init__(log_dir)
 
     def _check_log_dir_exists(self) -> None:

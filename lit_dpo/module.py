@@ -17,7 +17,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_dpo import optim
-from lit_dpo.checkpoints import check_resume
 from lit_dpo.data.collate import Batch
 from lit_dpo.data.protocol import PreferenceData, preference_data
 from lit_dpo.errors import InputError, nonfinite_gradients, raise_if_gradients_not_finite, raise_if_not_finite
@@ -28,6 +27,7 @@ from lit_dpo.metrics import PreferenceMetrics, SourceMetrics
 from lit_dpo.models import MODEL_OPTIONS, ModelSpec, Run, build_models, check_options
 from lit_dpo.parallel import compile_layers, is_sharded, shard
 from lit_dpo.reference import Reference, cache_stages, check_start
+from lit_dpo.resume import check_resume, run_settings
 from lit_dpo.scoring import Logps, PairLogps, UnpairedLogps, score_sequences, split_scores
 
 
@@ -85,7 +85,8 @@ class DPOModule(L.LightningModule):
             the README); needs a C++ compiler on CPUs, Triton on GPUs.
         trust_remote_code: Allow model code from the Hub (off: only transformers' own architectures).
         allow_changed: Resume a fit although these changed since its checkpoint was saved: ``data`` (the
-            training examples), ``reference`` (the reference weights). The CLI's ``--allow_changed``.
+            training examples), ``reference`` (the reference weights), or a setting by its command-line name
+            (``data.batch_size``, ``model.beta``, ...). The CLI's ``--allow_changed``.
     """
 
     def __init__(
@@ -120,7 +121,7 @@ class DPOModule(L.LightningModule):
         activation_checkpointing: bool = False,
         compile: bool = False,
         trust_remote_code: bool = False,
-        allow_changed: Optional[list[Literal["data", "reference"]]] = None,
+        allow_changed: Optional[list[str]] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -266,11 +267,13 @@ class DPOModule(L.LightningModule):
             self.reference.sync(self.policy, self.hparams.ref_sync_alpha)
             self.last_sync_step = step
 
-    def fingerprints(self) -> dict[str, Optional[str]]:
-        """What a checkpoint records so that a resumed run can check it trains on the same things."""
+    def fingerprints(self) -> dict[str, Any]:
+        """What a checkpoint records so that a resumed run can check it is the same job (``lit_dpo.resume``)."""
+        data_settings = self.data.training_settings() if self.data is not None else {}
         return {
             "data": self.data.fingerprint() if self.data is not None else None,
             "reference": self.reference.fingerprint if self.reference is not None else None,
+            "settings": run_settings(self.hparams, data_settings, self.trainer) if self._trainer is not None else None,
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

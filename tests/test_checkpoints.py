@@ -144,6 +144,39 @@ def test_changed_data_or_reference_stops_a_resume(
     assert sorted(_train_losses(tmp_path / "lightning_logs" / "version_0")) == [0, 1, 2]
 
 
+def test_a_resume_with_other_settings_is_refused_listing_old_and_new(tiny_model_dir, files, tmp_path, capsys, fit_args):
+    """The reproduced case: a run at batch size 2, sigmoid, resumed with batch size 4, ipo and beta 0.5. Refused
+    before anything is written, one line naming each change; --allow_changed naming them resumes anyway, and a
+    resume never overwrites the run's recorded config.yaml and hparams.yaml (the resumed run's go beside them)."""
+    run = tmp_path / "lightning_logs" / "version_0"
+    fit.main(fit_args(tiny_model_dir, *files, tmp_path, "--data.batch_size=2", "--trainer.max_steps=2"))
+    recorded = {name: (run / name).read_bytes() for name in ("config.yaml", "hparams.yaml")}
+    changed = ["--data.batch_size=4", "--model.loss_type=ipo", "--model.beta=0.5"]
+    before = _tree(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(fit_args(tiny_model_dir, *files, tmp_path, *changed, "--trainer.max_steps=6", "--ckpt_path=last"))
+    assert exit_info.value.code == 2 and _tree(tmp_path) == before
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"lit_dpo: error: {run / 'checkpoints' / 'last.ckpt'} was saved with other settings: model.loss_type "
+        "'sigmoid' -> 'ipo', model.beta 0.1 -> 0.5, data.batch_size 2 -> 4; resuming would not continue the same "
+        "job. Resume with the recorded settings, or pass --allow_changed='[model.loss_type, model.beta, "
+        "data.batch_size]' to resume anyway"
+    )
+    with pytest.raises(SystemExit):  # a name the checkpoint does not record is refused, not ignored
+        fit.main(fit_args(tiny_model_dir, *files, tmp_path, "--trainer.max_steps=3", "--ckpt_path=last",
+                          "--allow_changed=[model.bta]"))  # fmt: skip
+    assert "--allow_changed names ['model.bta'], which" in capsys.readouterr().err
+    fit.main(
+        fit_args(tiny_model_dir, *files, tmp_path, "--data.batch_size=2", "--trainer.max_steps=3", "--ckpt_path=last")
+    )
+    allowed = "--allow_changed=[model.loss_type, model.beta, data.batch_size]"
+    fit.main(fit_args(tiny_model_dir, *files, tmp_path, *changed, "--trainer.max_steps=4", "--ckpt_path=last", allowed))
+    assert sorted(_train_losses(run)) == [0, 1, 2, 3]  # raising max_steps alone is free; the rest was allowed
+    assert {name: (run / name).read_bytes() for name in recorded} == recorded
+    assert (run / "config_resumed_at_step_2.yaml").is_file() and (run / "config_resumed_at_step_3.yaml").is_file()
+    assert (run / "hparams_resumed_at_step_3.yaml").is_file()
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("ranks", [1, 2], ids=["one_process", "ddp_2_ranks"])
 def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_exactly(tiny_model_dir, files, tmp_path, ranks, fit_args):

@@ -89,7 +89,11 @@ def _summary(trainer: Trainer, export_dir: Path, recorder: Optional[MetricsRecor
     csv_file = directory / "metrics.csv"
     print(f"lit_dpo: metrics        {csv_file if csv_file.exists() else type(trainer.logger).__name__}")
     print(f"lit_dpo: trained policy {export_dir}  (AutoModelForCausalLM.from_pretrained)")
-    drawn = draw_report(directory, series=recorder.series) if recorder is not None else None
+    try:
+        drawn = draw_report(directory, series=recorder.series) if recorder is not None else None
+    except Exception as err:  # the policy is exported by now: a plot must not turn a finished run into a failure
+        drawn = None
+        print(f"lit_dpo: report         not drawn ({type(err).__name__}: {err})")
     if drawn is not None:
         redraw = f"  (redraw: python -m lit_dpo.report {directory})" if csv_file.exists() else ""
         print(f"lit_dpo: report         {drawn}{redraw}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import sys
 from typing import Any, Iterator, Optional
 
 import torch
@@ -100,8 +101,20 @@ class WinRate(Callback):
             for p, a, r in zip(mine, policy, self.reference_answers[rank::world])
         ]  # fmt: skip
         columns = {k: [p.columns.get(k) for p in mine] for k in {k for p in mine for k in p.columns}}
-        scores = wins(self.judge, [p.prompt for p in mine], [r["policy"] for r in records],
-                      [r["reference"] for r in records], columns, self.seed + trainer.global_step)  # fmt: skip
+        try:
+            scores = wins(self.judge, [p.prompt for p in mine], [r["policy"] for r in records],
+                          [r["reference"] for r in records], columns, self.seed + trainer.global_step)  # fmt: skip
+            failure = None
+        except Exception as err:  # the judge is the user's code: it costs this validation's win-rate, not the run
+            scores, failure = (
+                [0.0] * len(records),
+                f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}",
+            )
+        failures = gather_in_order(trainer, [failure] if failure else [])  # every rank learns of any rank's failure
+        if failures:
+            _say_once(trainer, f"lit_dpo: WinRate: the judge failed at step {trainer.global_step} ({failures[0]}); no "
+                               "win-rate at this validation, training goes on")  # fmt: skip
+            return
         for record, score in zip(records, scores):
             record["win"] = score
         self._log(trainer, pl_module, gather_in_order(trainer, records))
@@ -145,6 +158,12 @@ class WinRate(Callback):
     def _answers(self, model: torch.nn.Module, trainer: Trainer) -> list[list[int]]:
         """Every prompt's completion, each rank generating its share."""
         return gather_in_order(trainer, self._generate(model, trainer))
+
+
+def _say_once(trainer: Trainer, line: str) -> None:
+    if trainer.is_global_zero:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 def _starts_as_policy(pl_module: LightningModule) -> bool:

@@ -187,6 +187,11 @@ class PreferenceDataModule(L.LightningDataModule):
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
+    def training_settings(self) -> dict[str, Any]:
+        hp = self.hparams
+        names = ("batch_size", "max_length", "max_prompt_length", "truncation", "shuffle")
+        return {name: hp[name] for name in names}
+
     @property
     def unpaired(self) -> bool:
         """Whether the rows are unpaired prompt/completion/label rows (for KTO) rather than preference pairs."""

@@ -41,6 +41,10 @@ class PreferenceData(Protocol):
     def fingerprint(self) -> str:
         """A hash of what the training order and schedule follow from; a resumed run checks it."""
 
+    def training_settings(self) -> dict[str, Any]:
+        """The options that shape training (batch size, length limits, ...), by their ``--data.*`` names; a
+        resumed run must have the same (``lit_dpo.resume``)."""
+
     def held_out_prompts(self, count: int) -> list[Prompt]:
         """Up to ``count`` held-out prompts to generate from (``WinRate``)."""
 

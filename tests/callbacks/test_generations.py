@@ -66,3 +66,22 @@ def test_generations_can_be_turned_off(tiny_model_dir, files, tmp_path, fit_args
     fit.main(fit_args(tiny_model_dir, *files, tmp_path, "--trainer.max_steps=2", "--generations.num_prompts=0"))
     run = tmp_path / "lightning_logs" / "version_0"
     assert not (run / "generations").exists() and "val/win_rate" not in _rows(run)[0]
+
+
+def test_a_failing_judge_costs_the_win_rate_not_the_training(
+    tiny_model_dir, files, tmp_path, monkeypatch, capsys, fit_args
+):
+    """The judge raises at the final validation of a run whose last step ends its epoch: one line naming it, and
+    the checkpoint and the export are still there (exit 0)."""
+    (tmp_path / "broken_judges.py").write_text(
+        "def broken(prompts, completions):\n    raise RuntimeError('no GPU for the judge')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    fit.main(fit_args(tiny_model_dir, *files, tmp_path, "--generations.judge=broken_judges.broken",
+                      "--generations.num_prompts=2", "--generations.max_new_tokens=4"))  # fmt: skip
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "hf_model" / "config.json").is_file()
+    lines = [line for line in capsys.readouterr().err.splitlines() if "WinRate" in line]
+    assert lines and lines[-1].startswith("lit_dpo: WinRate: the judge failed at step ")
+    assert "(RuntimeError: no GPU for the judge); no win-rate at this validation, training goes on" in lines[-1]
+    assert not any(row.get("val/win_rate") for row in _rows(run)) and any(row.get("val/loss") for row in _rows(run))
