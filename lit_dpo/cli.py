@@ -167,9 +167,11 @@ class DPOCLI(LightningCLI):
             check_distributed_checkpoint(Path(self.config.ckpt_path))
         if _is_online(self.config.data) and not trainer.reload_dataloaders_every_n_epochs:
             trainer.reload_dataloaders_every_n_epochs = 1  # each epoch is a round with new pairs
-        if run is not None and str(getattr(trainer.logger, "class_path", "")).endswith("WandbLogger"):
-            # continue the same W&B run (its id names the run directory): one history, steps never go back
-            trainer.logger.init_args.id = trainer.logger.init_args.version = run.name
+        if str(getattr(trainer.logger, "class_path", "")).endswith("WandbLogger"):
+            if trainer.logger.init_args.get("save_dir") in (None, "."):  # W&B's default: the working directory
+                trainer.logger.init_args.save_dir = trainer.default_root_dir  # the run's files under its root
+            if run is not None:  # continue the same W&B run (its id names the run directory): one history
+                trainer.logger.init_args.id = trainer.logger.init_args.version = run.name
         # CSV is the default logger, under --trainer.default_root_dir (Lightning's own default would be
         # TensorBoard whenever it happens to be installed)
         if trainer.logger in (None, True):

@@ -89,12 +89,16 @@ def test_a_resumed_run_continues_the_same_wandb_run(tiny_model_dir, tmp_path, st
     args = ["--config", str(RECIPES / "base.yaml"), "--config", str(RECIPES / "logging" / "wandb.yaml")]
     args += [f"--model.model_name_or_path={tiny_model_dir}", f"--data.path={train}", "--data.val_split=0"]
     env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONWARNINGS": "ignore"}
-    for extra in (["--trainer.max_steps=2"], ["--trainer.max_steps=4", "--ckpt_path=last"]):
+    job = tmp_path / "runs" / "slurm-1234"  # as recipes/slurm/dpo.sbatch runs it: a root per job, --ckpt_path=auto
+    args += [f"--trainer.default_root_dir={job}", "--ckpt_path=auto"]
+    for extra in (["--trainer.max_steps=2"], ["--trainer.max_steps=4"]):  # the second: the requeued job
         done = subprocess.run([sys.executable, "-m", "lit_dpo.fit", *args, *extra], capture_output=True, text=True,
                               env=env, cwd=tmp_path)  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
-    first, second = sorted((tmp_path / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert "lit_dpo: resuming" in done.stdout  # the requeued job found its checkpoint under the job's root
+    (checkpoint,) = job.glob("*/*/checkpoints/last.ckpt")  # <root>/<project>/<run id>/checkpoints
+    first, second = sorted((job / "wandb").glob("offline-run-*/run-*.wandb"))
     (history, run_id), (resumed, resumed_id) = _history_and_run_id(first), _history_and_run_id(second)
-    assert run_id == resumed_id  # one W&B run
+    assert run_id == resumed_id == checkpoint.parent.parent.name  # one W&B run
     steps = [row["trainer/global_step"] for row in history + resumed if "train/loss" in row]
     assert steps == [0, 1, 2, 3]  # the optimizer step, monotonic across the resume
