@@ -32,7 +32,12 @@ def replaceable(path: Path) -> bool:
 def write_atomically(path: Path, write: Any) -> None:
     """Let ``write(partial)`` create ``path``'s content (a file or a folder) under a temporary name next to it, then
     put it in place: readers see the old content or the new, never half of one."""
-    write(fresh_partial(path))
+    partial = fresh_partial(path)
+    try:
+        write(partial)
+    except BaseException:
+        _remove(partial)  # no half-written file is left behind; the previous content is untouched
+        raise
     put_in_place(path)
 
 

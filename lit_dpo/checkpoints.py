@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_dpo.atomic import write_atomically
-from lit_dpo.errors import InputError
+from lit_dpo.errors import WRITE_ERRORS, InputError, SaveFailed
 
 LAST = "last.ckpt"
 
@@ -29,10 +29,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     during the save leaves the previous checkpoint whole, and no second copy of the checkpoint is built in memory
     (Lightning's default serialises it into a buffer first). Loads with ``weights_only=True``."""
 
+    failure: Optional[str] = None  # why the last save failed; ResumableCheckpoint makes every rank stop on it
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         if "://" in str(path):  # remote storage: Lightning's own writer
             return super().save_checkpoint(checkpoint, path, storage_options)
-        write_atomically(Path(path), lambda partial: _save_synced(checkpoint, partial))
+        try:  # not raised here: the ranks waiting in Lightning's barrier after the save must not hang
+            write_atomically(Path(path), lambda partial: _save_synced(checkpoint, partial))
+            self.failure = None
+        except WRITE_ERRORS as err:
+            self.failure = f"could not save the checkpoint {path} ({type(err).__name__}: {_first_line(err)})"
 
     def load_checkpoint(
         self, path: Any, map_location: Optional[Any] = None, weights_only: Optional[bool] = None
@@ -41,6 +47,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise InputError(f"{path} is a distributed (FSDP) checkpoint: load it with the strategy that saved it "
                              "(e.g. --config recipes/strategy/fsdp.yaml and the same --trainer.devices)")  # fmt: skip
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else ""
 
 
 def _save_synced(checkpoint: dict[str, Any], path: Path) -> None:
@@ -128,6 +138,12 @@ class ResumableCheckpoint(ModelCheckpoint):
             return
         path = os.path.join(self.dirpath, LAST)
         trainer.save_checkpoint(path, weights_only=False)  # the full training state, to resume
+        io = trainer.strategy.checkpoint_io
+        failure = io.failure if isinstance(io, AtomicCheckpointIO) else None
+        if trainer.world_size > 1:
+            failure = trainer.strategy.broadcast(failure, src=0)  # rank 0 wrote it: every rank stops together
+        if failure is not None:
+            raise SaveFailed(f"{failure}; the previous checkpoint is kept, free some space and resume from it")
         self.last_model_path, self._last_global_step_saved = path, trainer.global_step
         self._last_save = time.monotonic()
 

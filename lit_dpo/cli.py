@@ -30,7 +30,7 @@ from lit_dpo.checkpoints import (
     find_resumable,
 )
 from lit_dpo.data import PreferenceDataModule
-from lit_dpo.errors import InputError, TrainingDiverged
+from lit_dpo.errors import InputError, SaveFailed, TrainingDiverged
 from lit_dpo.module import DPOModule
 from lit_dpo.parser import DPOArgumentParser
 
@@ -246,6 +246,9 @@ def user_errors() -> Iterator[None]:
         raise SystemExit(2) from None
     except TrainingDiverged as err:
         say(f"lit_dpo: training stopped: {err}")
+        raise SystemExit(1) from None
+    except SaveFailed as err:
+        say(f"lit_dpo: error: {err}")
         raise SystemExit(1) from None
     finally:
         end_process_group()

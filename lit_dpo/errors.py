@@ -22,6 +22,22 @@ class DataError(InputError):
         return cls(f"{where}: {problem}")
 
 
+class SaveFailed(RuntimeError):
+    """A checkpoint could not be written (a full disk, a file size limit): every rank stops, the previous
+    checkpoint is kept. The CLI prints the message and exits with status 1."""
+
+
+# what writers raise when a write fails: OSError from Python, RuntimeError from torch.save's C++ writer,
+# SafetensorError (an Exception) from safetensors' Rust writer
+WRITE_ERRORS: tuple[type[BaseException], ...] = (OSError, RuntimeError)
+try:
+    from safetensors import SafetensorError
+
+    WRITE_ERRORS += (SafetensorError,)
+except ImportError:  # pragma: no cover - safetensors is a dependency
+    pass
+
+
 class TrainingDiverged(RuntimeError):
     """A loss term became NaN or infinite; raised before the weights are updated with it."""
 

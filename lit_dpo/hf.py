@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from lit_dpo import lora
 from lit_dpo.atomic import mark, replaceable, write_atomically
-from lit_dpo.errors import InputError
+from lit_dpo.errors import WRITE_ERRORS, InputError
 from lit_dpo.parallel import full_state_dict
 
 BUNDLED = "bundled:SmolLM2-135M-Instruct"
@@ -178,7 +178,7 @@ def export_policy(
             write_atomically(directory, lambda partial: _export_checked(policy, tokenizer, partial, state_dict))
         except InputError as err:
             error = str(err)
-        except OSError as err:
+        except WRITE_ERRORS as err:
             error = f"could not write the trained policy to {directory}: {err}"
     if strategy is not None:
         error = strategy.broadcast(error, src=0)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch import Trainer
 
@@ -15,3 +18,14 @@ def run_directory(trainer: Trainer) -> Path:
     if getattr(logger, "log_dir", None):  # CSV, TensorBoard
         return Path(logger.log_dir)
     return Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / str(logger.version)  # W&B
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """``records`` as JSON lines in the run file ``path`` (on the rank that writes them). These files record what
+    happened; what training needs is in the checkpoint, so a failed write (a full disk) warns and training goes on."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as handle:
+            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    except OSError as err:
+        warnings.warn(f"could not write {path} ({err}); training goes on without it")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import sys
 from typing import Any, Iterator, Optional
 
@@ -21,7 +20,7 @@ from lit_dpo.generation import Sampling, generate
 from lit_dpo.hf import load_model
 from lit_dpo.judges import Judge, load_judge, wins
 from lit_dpo.parallel import gather_in_order, is_sharded
-from lit_dpo.runs import run_directory
+from lit_dpo.runs import run_directory, write_records
 
 
 class WinRate(Callback):
@@ -129,10 +128,7 @@ class WinRate(Callback):
         pl_module.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)  # the same on every rank
         self.last = values
         if trainer.is_global_zero:
-            folder = run_directory(trainer) / "generations"
-            folder.mkdir(parents=True, exist_ok=True)
-            with open(folder / f"step_{trainer.global_step}.jsonl", "w") as handle:
-                handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+            write_records(run_directory(trainer) / "generations" / f"step_{trainer.global_step}.jsonl", records)
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     columns = list(records[0])

@@ -33,7 +33,7 @@ from lit_dpo.generation import Sampling, generate
 from lit_dpo.hf import load_tokenizer
 from lit_dpo.judges import load_judge, score_samples
 from lit_dpo.parallel import gather_in_order, is_sharded
-from lit_dpo.runs import run_directory
+from lit_dpo.runs import run_directory, write_records
 
 
 class OnlineDataModule(PreferenceDataModule):
@@ -238,7 +238,4 @@ class OnlineDataModule(PreferenceDataModule):
 
 @rank_zero_only
 def _write_jsonl(trainer: Any, name: str, records: list[dict[str, Any]]) -> None:
-    folder = run_directory(trainer) / "online"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{name}.jsonl", "w") as handle:
-        handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    write_records(run_directory(trainer) / "online" / f"{name}.jsonl", records)

@@ -26,7 +26,7 @@ from torch import Tensor
 from lit_dpo.data.collate import Batch
 from lit_dpo.data.protocol import PreferenceData
 from lit_dpo.data.tokenize import Pair
-from lit_dpo.errors import InputError
+from lit_dpo.errors import WRITE_ERRORS, InputError
 from lit_dpo.hf import cache_dir, private_dir
 from lit_dpo.reference.live import Reference
 
@@ -200,7 +200,7 @@ def save(fingerprint: str, logps: Tensor) -> None:
             with open(partial, "rb") as handle:
                 os.fsync(handle.fileno())
             partial.rename(path)  # readers never see half a file
-    except OSError as err:
+    except WRITE_ERRORS as err:  # a full disk: OSError, or safetensors' own error
         rank_zero_warn(f"could not save the reference log-prob cache ({err}); training goes on without it")
 
 

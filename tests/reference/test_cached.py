@@ -204,3 +204,17 @@ def test_an_unwritable_cache_warns_and_training_goes_on(tiny_dirs, tmp_path, mon
     with pytest.warns(UserWarning, match="could not save the reference log-prob cache .*; training goes on without it"):
         recorder = _fit(policy, reference, train, val, precompute=True, steps=2)
     assert len(recorder.losses) == 2 and not recorder.reference_seen
+
+
+def test_a_cache_write_that_fails_in_safetensors_warns_and_goes_on(tmp_path, monkeypatch):
+    """A full disk surfaces as safetensors' own error, not OSError: the cache is an optimisation, so it warns."""
+    from safetensors import SafetensorError
+
+    def full_disk(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    monkeypatch.setenv("LIT_DPO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(reference_cache, "save_file", full_disk)
+    with pytest.warns(UserWarning, match="could not save the reference log-prob cache .*StorageFull"):
+        reference_cache.save("a" * 64, torch.zeros(3, 2))
+    assert reference_cache.load("a" * 64, 3) is None
