@@ -103,3 +103,16 @@ def gather_in_order(trainer: Any, items: list[Any]) -> list[Any]:
     shares: list[Any] = [None] * trainer.world_size
     torch.distributed.all_gather_object(shares, items)
     return [share[i] for i in range(max(map(len, shares))) for share in shares if i < len(share)]
+
+
+def first_failure(trainer: Any, failure: Optional[str]) -> Optional[str]:
+    """Every rank learns whether user code (a judge) failed on any rank: the first failure, or None. A collective:
+    called on every rank, so that no rank goes on to wait in a gather that a failed rank never joins."""
+    failures = gather_in_order(trainer, [failure] if failure is not None else [])
+    return failures[0] if failures else None
+
+
+def describe(err: BaseException) -> str:
+    """``Type: first line of the message``: an exception as one line."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__

@@ -19,7 +19,7 @@ from lit_dpo.data.protocol import preference_data
 from lit_dpo.generation import Sampling, generate
 from lit_dpo.hf import load_model
 from lit_dpo.judges import Judge, load_judge, wins
-from lit_dpo.parallel import gather_in_order, is_sharded
+from lit_dpo.parallel import describe, first_failure, gather_in_order, is_sharded
 from lit_dpo.runs import run_directory, write_records
 
 
@@ -105,13 +105,9 @@ class WinRate(Callback):
                           [r["reference"] for r in records], columns, self.seed + trainer.global_step)  # fmt: skip
             failure = None
         except Exception as err:  # the judge is the user's code: it costs this validation's win-rate, not the run
-            scores, failure = (
-                [0.0] * len(records),
-                f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}",
-            )
-        failures = gather_in_order(trainer, [failure] if failure else [])  # every rank learns of any rank's failure
-        if failures:
-            _say_once(trainer, f"lit_dpo: WinRate: the judge failed at step {trainer.global_step} ({failures[0]}); no "
+            scores, failure = [0.0] * len(records), describe(err)
+        if (failure := first_failure(trainer, failure)) is not None:  # every rank learns of any rank's failure
+            _say_once(trainer, f"lit_dpo: WinRate: the judge failed at step {trainer.global_step} ({failure}); no "
                                "win-rate at this validation, training goes on")  # fmt: skip
             return
         for record, score in zip(records, scores):

@@ -32,7 +32,7 @@ from lit_dpo.errors import DataError, InputError
 from lit_dpo.generation import Sampling, generate
 from lit_dpo.hf import load_tokenizer
 from lit_dpo.judges import load_judge, score_samples
-from lit_dpo.parallel import gather_in_order, is_sharded
+from lit_dpo.parallel import describe, first_failure, gather_in_order, is_sharded
 from lit_dpo.runs import run_directory, write_records
 
 
@@ -206,8 +206,14 @@ class OnlineDataModule(PreferenceDataModule):
                         seed, lockstep)  # fmt: skip
         samples = [flat[j * k : (j + 1) * k] for j in range(len(mine))]
         texts = [[tokenizer.decode(s, skip_special_tokens=True) for s in group] for group in samples]
-        scores = score_samples(self.judge, [prompts[i].prompt for i in mine], texts,
-                               [prompts[i].columns for i in mine], seed)  # fmt: skip
+        try:  # the judge is the user's code: a failure on one rank stops every rank, now, with one line
+            scores, failure = score_samples(self.judge, [prompts[i].prompt for i in mine], texts,
+                                            [prompts[i].columns for i in mine], seed), None  # fmt: skip
+        except Exception as err:
+            scores, failure = [], f"the judge failed on rank {rank} ({describe(err)})"
+        if (failure := first_failure(trainer, failure)) is not None:
+            where = f"round {number}" if number >= 0 else "the held-out prompts"
+            raise InputError(f"online DPO, {where}: {failure}")
         penalty = self.hparams.missing_eos_penalty
         if penalty:
             ended = [[bool(s) and s[-1] == tokenizer.eos_token_id for s in group] for group in samples]

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,10 @@ JUDGES = (  # a reward function (shorter is better) and one that records which r
     "    with open(f\"judged_{os.environ.get('LOCAL_RANK', '0')}.txt\", 'a') as out:\n"
     "        out.writelines(str(p) + '\\n' for p in prompts)\n"
     "    return [-len(c) for c in completions]\n"
+    "def down_on_rank_1(prompts, completions):\n"
+    "    if os.environ.get('LOCAL_RANK', '0') == '1':\n"
+    "        raise RuntimeError('the judge server is down')\n"
+    "    return [0.0] * len(completions)\n"
 )
 
 
@@ -151,6 +156,23 @@ def test_two_ranks_sample_disjoint_shares_of_the_prompts(strategy, tiny_model_di
     run = tmp_path / "lightning_logs" / "version_0"
     records = [json.loads(line) for line in (run / "online" / "round_0.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in records] == [p for p in prompts if p in {r["prompt"] for r in records}]  # in order
+
+
+@pytest.mark.integration
+def test_a_judge_failing_on_one_rank_stops_every_rank_at_once(tiny_model_dir, prompt_files, tmp_path):
+    """Rank 1's judge raises while rank 0's works: both stop within seconds with one line, never the process-group
+    timeout."""
+    args = _online(tiny_model_dir, *prompt_files, tmp_path, "--data.judge=my_judges.down_on_rank_1",
+                   "--config", str(TESTS.parent / "recipes" / "strategy" / "ddp.yaml"), "--trainer.accelerator=cpu",
+                   "--trainer.devices=2", "--generations.num_prompts=0")  # fmt: skip
+    start = time.monotonic()
+    done = _fit(tmp_path, tmp_path, *args)
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("lit_dpo: error:")]
+    assert errors and set(errors) == {
+        "lit_dpo: error: online DPO, round 0: the judge failed on rank 1 (RuntimeError: the judge server is down)"
+    }, done.stderr[-3000:]
+    assert time.monotonic() - start < 120 and "Traceback" not in done.stderr
 
 
 def test_the_demo_recipe_runs_and_a_round_without_pairs_ends_training(tiny_model_dir, tmp_path, capsys):
