@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -171,8 +173,16 @@ class QuietSigterm(_SignalConnector):
     break the run (seen as "Connection reset by peer" on 2 gloo ranks). The ranks agree on rank 0's flag at each
     step's end (``ResumableCheckpoint``) and at the next step's start (Lightning)."""
 
+    requeue_requested = False  # SLURM's SIGUSR1: after the save, fit.py requeues the job (``requeue``)
+
     def _sigterm_notifier_fn(self, signum: Any, frame: Any) -> None:
         self.received_sigterm = True
+
+    def _slurm_sigusr_handler_fn(self, signum: Any, frame: Any) -> None:
+        # Lightning's saves a checkpoint from inside the handler, on every rank: under FSDP a collective begun
+        # wherever each rank was interrupted. Handled like SIGTERM instead: raise the flags; the ranks agree at the
+        # step's end, save together (ResumableCheckpoint), and fit.py then requeues the job
+        self.received_sigterm = self.requeue_requested = True
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -202,6 +212,18 @@ def check_distributed_checkpoint(path: Path) -> None:
             _MetadataUnpickler(handle).load()
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError) as err:
         raise InputError(f"{path}: not a distributed checkpoint lit_dpo will load ({err})") from None
+
+
+def requeue() -> str:
+    """Ask SLURM to requeue this job (``scontrol requeue``), as Lightning's SIGUSR1 handler does; the job id said."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ.get("SLURM_JOB_ID", "")
+    if not re.fullmatch(r"[0-9_]+", job):
+        raise InputError(f"cannot requeue: SLURM_JOB_ID {job!r} is not a job id")
+    done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise InputError(f"scontrol requeue {job} failed: {done.stderr.strip() or done.returncode}")
+    return job
 
 
 def resumable_checkpoint(run: Path) -> Optional[Path]:

@@ -11,6 +11,7 @@ from typing import Optional
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lit_dpo.checkpoints import QuietSigterm, ResumableCheckpoint, requeue
 from lit_dpo.cli import DPOCLI, say, user_errors
 
 
@@ -27,8 +28,14 @@ def main(args: Optional[list[str]] = None) -> None:
 @rank_zero_only
 def _stopped(cli: DPOCLI) -> None:
     checkpoint = cli.trainer.checkpoint_callback
-    saved = getattr(checkpoint, "last_model_path", "") if checkpoint is not None else ""
+    saved = checkpoint.last_model_path if isinstance(checkpoint, ResumableCheckpoint) else ""
     where = f"checkpoint {saved}" if saved else "no checkpoint (checkpointing is off)"
+    signals = cli.trainer._signal_connector
+    if isinstance(signals, QuietSigterm) and signals.requeue_requested:  # SLURM's warning: save, requeue, exit
+        job = requeue()
+        say(f"\nlit_dpo: stopped by SIGUSR1 at step {cli.trainer.global_step}; {where}; requeued SLURM job {job}, "
+            "which resumes with --ckpt_path=auto")  # fmt: skip
+        return
     say(f"\nlit_dpo: stopped by SIGTERM at step {cli.trainer.global_step}; {where}; continue with --ckpt_path=last")
 
 

@@ -29,6 +29,15 @@ class TermAtStep(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class UsrAtStep(TermAtStep):
+    """Send SIGUSR1 (SLURM's warning before a preemption or the time limit, ``#SBATCH --signal=SIGUSR1@90``) to
+    this process while this optimizer step is being computed."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and trainer.is_global_zero:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
 class NanGradientAtStep(Callback):
     """Make the gradient of one parameter NaN at a given optimizer step (the loss stays finite)."""
 

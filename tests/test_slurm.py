@@ -1,0 +1,65 @@
+"""SLURM's SIGUSR1 (``#SBATCH --signal=SIGUSR1@90``) handled like SIGTERM: a flag, the ranks agree at the step's
+end, save, then ``scontrol requeue`` (a stand-in on PATH here) and exit; the requeued job (the same command, the
+same job id) resumes and ends with the uninterrupted run's losses."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+TESTS = Path(__file__).resolve().parent
+RECIPES = TESTS.parent / "recipes"
+SLURM = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "lit_dpo", "SLURM_NODELIST": "localhost",
+         "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}  # fmt: skip
+
+
+def _train_losses(root: Path) -> dict[int, float]:
+    (metrics,) = root.glob("lightning_logs/version_*/metrics.csv")
+    with open(metrics) as handle:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r["train/loss"]}
+
+
+def test_sigusr1_saves_requeues_and_the_requeued_job_resumes_exactly(
+    tiny_model_dir, tmp_path, standard_rows, write_jsonl
+):
+    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol_calls.txt"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = os.environ | SLURM | {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONWARNINGS": "ignore",
+                                "PYTHONPATH": str(TESTS)}  # fmt: skip
+    train, val = (
+        write_jsonl(tmp_path / "t.jsonl", standard_rows(16)),
+        write_jsonl(tmp_path / "v.jsonl", standard_rows(4, 3)),
+    )
+
+    def job(root: Path, *extra: str) -> subprocess.CompletedProcess:
+        args = ["--config", str(RECIPES / "base.yaml"), "--config", str(RECIPES / "slurm" / "multinode.yaml"),
+                "--trainer.num_nodes=1", "--trainer.devices=1", "--trainer.accelerator=cpu", "--trainer.precision=32-true",
+                f"--model.model_name_or_path={tiny_model_dir}", f"--data.path={train}", f"--data.val_path={val}",
+                "--trainer.max_epochs=2", "--model.learning_rate=1e-3", "--generations.num_prompts=0",
+                f"--trainer.default_root_dir={root}", "--ckpt_path=auto", "--trainer.enable_progress_bar=false", *extra]  # fmt: skip
+        return subprocess.run([sys.executable, "-m", "lit_dpo.fit", *args], env=env, capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+
+    straight = job(tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    root = tmp_path / "runs" / "slurm-4242"
+    preempted = job(root, "--trainer.callbacks+=killer.UsrAtStep", "--trainer.callbacks.step=2")
+    assert preempted.returncode == 143, preempted.stderr[-3000:]
+    (checkpoint,) = root.glob("lightning_logs/version_0/checkpoints/last.ckpt")
+    assert preempted.stderr.strip().splitlines()[-1] == (
+        f"lit_dpo: stopped by SIGUSR1 at step 3; checkpoint {checkpoint}; requeued SLURM job 4242, which resumes "
+        "with --ckpt_path=auto"
+    )
+    assert calls.read_text() == "requeue 4242\n" and not list(root.rglob("hpc_ckpt_*"))  # no save in the handler
+    requeued = job(root, "--trainer.callbacks+=killer.UsrAtStep", "--trainer.callbacks.step=2")  # the same command
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    assert f"lit_dpo: resuming {checkpoint} at step 3" in requeued.stdout
+    resumed, expected = _train_losses(root), _train_losses(tmp_path / "straight")
+    assert sorted(resumed) == sorted(expected)
+    assert all(resumed[step] == pytest.approx(expected[step], rel=1e-4) for step in expected)
