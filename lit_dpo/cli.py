@@ -19,7 +19,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from lit_dpo.callbacks import FinishRun, Throughput, TrainingHealth, WinRate
+from lit_dpo.callbacks import FinishRun, RunLock, Throughput, TrainingHealth, WinRate
 from lit_dpo.callbacks.progress import DPOModelSummary, DPOProgressBar, quiet_third_party_noise
 from lit_dpo.checkpoints import (
     AtomicCheckpointIO,
@@ -147,6 +147,7 @@ class DPOCLI(LightningCLI):
             isinstance(c, ModelSummary) for c in user_callbacks
         ):
             callbacks = [*callbacks, DPOModelSummary()]
+        callbacks = [*callbacks, RunLock()]  # one fit at a time writes into a run directory
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ResumableCheckpoint)]
         for kind in (WinRate, FinishRun):  # --trainer.callbacks+=lit_dpo.callbacks.WinRate replaces ours
