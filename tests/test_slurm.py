@@ -63,3 +63,58 @@ def test_sigusr1_saves_requeues_and_the_requeued_job_resumes_exactly(
     resumed, expected = _train_losses(root), _train_losses(tmp_path / "straight")
     assert sorted(resumed) == sorted(expected)
     assert all(resumed[step] == pytest.approx(expected[step], rel=1e-4) for step in expected)
+
+
+def _torchrun_line() -> list[str]:
+    """The torchrun command in recipes/slurm/dpo.sbatch's header, continuation lines joined."""
+    lines = (RECIPES / "slurm" / "dpo.sbatch").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip("# ").startswith("torchrun --"))
+    command = ""
+    for line in lines[start:]:
+        command += " " + line.lstrip("#").strip().rstrip("\\")
+        if not line.rstrip().endswith("\\"):
+            break
+    return command.split()
+
+
+def test_the_torchrun_line_of_the_sbatch_script_runs_the_same_job_on_two_nodes(
+    tiny_model_dir, tmp_path, standard_rows, write_jsonl
+):
+    """The script's torchrun line, on 2 "nodes" of 1 CPU process each (c10d rendezvous on localhost): FSDP in bf16
+    as the sbatch job, with the losses of the same configs on one node of 2 processes."""
+    import socket
+
+    train, val = (
+        write_jsonl(tmp_path / "t.jsonl", standard_rows(16)),
+        write_jsonl(tmp_path / "v.jsonl", standard_rows(4, 3)),
+    )
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    substitutions = {"--nproc-per-node=8": "--nproc-per-node=1", "--trainer.devices=8": "--trainer.devices=1",
+                     "--rdzv-endpoint=$HEAD_NODE:29500": f"--rdzv-endpoint=localhost:{port}"}  # fmt: skip
+    command = [substitutions.get(word, word) for word in _torchrun_line()]
+    assert command[0] == "torchrun" and "--nnodes=2" in command and "recipes/precision/bf16-mixed.yaml" in command
+    command = [str(TESTS.parent / w) if w.startswith("recipes/") else w for w in command]
+    ours = [f"--model.model_name_or_path={tiny_model_dir}", f"--data.path={train}", f"--data.val_path={val}",
+            "--trainer.accelerator=cpu", "--trainer.max_steps=3", "--trainer.max_epochs=2", "--generations.num_prompts=0",
+            "--trainer.enable_progress_bar=false"]  # fmt: skip
+    env = os.environ | {
+        "PYTHONWARNINGS": "ignore",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    nodes = [subprocess.Popen([*command, *ours, f"--trainer.default_root_dir={tmp_path / 'torchrun'}"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    config = (tmp_path / "torchrun" / "lightning_logs" / "version_0" / "config.yaml").read_text()
+    assert "precision: bf16-mixed" in config and "lit_dpo.parallel.FSDPStrategy" in config and "num_nodes: 2" in config
+    configs = [w for w in command if w.endswith(".yaml")]
+    one_node = subprocess.run([sys.executable, "-m", "lit_dpo.fit", *(f"--config={c}" for c in configs), *ours,
+                               "--trainer.devices=2", f"--trainer.default_root_dir={tmp_path / 'one_node'}"],
+                              env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert one_node.returncode == 0, one_node.stderr[-3000:]
+    two_nodes, expected = _train_losses(tmp_path / "torchrun"), _train_losses(tmp_path / "one_node")
+    assert sorted(two_nodes) == [0, 1, 2] and all(
+        two_nodes[s] == pytest.approx(expected[s], rel=1e-3) for s in expected
+    )
