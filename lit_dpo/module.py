@@ -25,7 +25,7 @@ from lit_dpo.losses import OPTIONS, build_objective
 from lit_dpo.losses.unpaired import kl_reference_point
 from lit_dpo.metrics import PreferenceMetrics, SourceMetrics
 from lit_dpo.models import MODEL_OPTIONS, ModelSpec, Run, build_models, check_options
-from lit_dpo.parallel import compile_layers, is_sharded, shard
+from lit_dpo.parallel import FSDPStrategy, compile_layers, is_sharded, shard
 from lit_dpo.reference import Reference, cache_stages, check_start
 from lit_dpo.resume import check_resume, run_settings
 from lit_dpo.scoring import Logps, PairLogps, UnpairedLogps, score_sequences, split_scores
@@ -168,9 +168,11 @@ class DPOModule(L.LightningModule):
             self._load_models()
         frozen = self.reference.model if self.reference is not None else None
         if self.device_mesh is not None and not is_sharded(self.policy):  # ModelParallelStrategy: FSDP2
+            strategy = self.trainer.strategy
+            mesh = strategy.sharding_mesh if isinstance(strategy, FSDPStrategy) else self.device_mesh["data_parallel"]
             for model in (self.policy, frozen):
                 if model is not None:
-                    shard(model, self.device_mesh["data_parallel"])
+                    shard(model, mesh)
         if self.hparams.compile and not self.compiled:
             compile_layers(self.policy)
             if frozen is not None and not self.caches_reference:  # a one-off pass would not pay it back

@@ -60,20 +60,38 @@ class FSDPStrategy(ModelParallelStrategy):
     """Lightning's ``ModelParallelStrategy`` with every process data-parallel: FSDP2 over the whole world.
 
     (Its own ``"auto"`` sizes mean one data-parallel group per node and tensor parallelism inside it.)
-    ``DPOModule.configure_model`` shards policy and reference over the ``data_parallel`` mesh dimension.
+    ``DPOModule.configure_model`` shards policy and reference over ``sharding_mesh``.
+
+    Args:
+        hsdp: Hybrid sharding (HSDP): shard the weights within each node and replicate them across nodes, so the
+            weight gathers of every layer stay on the node's fast links and only gradients cross nodes. Off: shard
+            over every process of every node.
+        save_distributed_checkpoint: Save a folder of shards per checkpoint (off: one gathered file).
     """
 
-    def __init__(self, save_distributed_checkpoint: bool = True, **kwargs: Any) -> None:
+    def __init__(self, hsdp: bool = False, save_distributed_checkpoint: bool = True, **kwargs: Any) -> None:
         super().__init__(
             data_parallel_size="auto",
             tensor_parallel_size=1,
             save_distributed_checkpoint=save_distributed_checkpoint,
             **kwargs,
         )
+        self.hsdp = hsdp
+        self._sharding_mesh: Optional[DeviceMesh] = None
 
     def setup_environment(self) -> None:
         self._data_parallel_size = self.world_size
         super().setup_environment()
+        if self.hsdp:  # (nodes, processes per node): FSDP2 replicates over the first dimension, shards over the second
+            from torch.distributed.device_mesh import init_device_mesh
+
+            shape = (self.num_nodes, self.world_size // self.num_nodes)
+            self._sharding_mesh = init_device_mesh(self.root_device.type, shape, mesh_dim_names=("replicate", "shard"))
+
+    @property
+    def sharding_mesh(self) -> DeviceMesh:
+        """The mesh the models are sharded over: every process, or (HSDP) nodes x processes per node."""
+        return self._sharding_mesh if self._sharding_mesh is not None else self.device_mesh["data_parallel"]
 
     def load_checkpoint(self, checkpoint_path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if Path(checkpoint_path).is_dir():  # torch unpickles its .metadata: checked with a restricted unpickler first

@@ -73,3 +73,16 @@ class DiskFullOnRank0(Callback):
                 raise OSError(28, "No space left on device")
 
             lit_dpo.hf.export_hf = disk_full
+
+
+class RecordSharding(Callback):
+    """Write how the policy's first weight is laid out (DTensor mesh shape and placements) to ``path``, on rank 0."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        weight = next(pl_module.policy.parameters())
+        if trainer.is_global_zero:
+            with open(self.path, "w") as handle:
+                handle.write(f"{tuple(weight.device_mesh.shape)} {[str(p) for p in weight.placements]}\n")

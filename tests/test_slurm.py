@@ -118,3 +118,39 @@ def test_the_torchrun_line_of_the_sbatch_script_runs_the_same_job_on_two_nodes(
     assert sorted(two_nodes) == [0, 1, 2] and all(
         two_nodes[s] == pytest.approx(expected[s], rel=1e-3) for s in expected
     )
+
+
+def test_hsdp_replicates_across_nodes_and_shards_within_them(tiny_model_dir, tmp_path, standard_rows, write_jsonl):
+    """recipes/strategy/hsdp.yaml on 2 nodes of 1 CPU process (torchrun, c10d on localhost): the weights are laid
+    out on a (nodes, processes per node) mesh, replicated over nodes, and training gives FSDP's losses."""
+    import socket
+
+    train, val = (
+        write_jsonl(tmp_path / "t.jsonl", standard_rows(16)),
+        write_jsonl(tmp_path / "v.jsonl", standard_rows(4, 3)),
+    )
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    common = ["--config", str(RECIPES / "base.yaml"), f"--model.model_name_or_path={tiny_model_dir}",
+              f"--data.path={train}", f"--data.val_path={val}", "--trainer.accelerator=cpu", "--trainer.max_steps=3",
+              "--trainer.max_epochs=2", "--generations.num_prompts=0", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    env = os.environ | {"PYTHONWARNINGS": "ignore", "PYTHONPATH": str(TESTS),
+                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    layout = tmp_path / "layout.txt"
+    hsdp = ["torchrun", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=localhost:{port}",
+            "-m", "lit_dpo.fit", *common, "--config", str(RECIPES / "strategy" / "hsdp.yaml"), "--trainer.num_nodes=2",
+            "--trainer.devices=1", f"--trainer.default_root_dir={tmp_path / 'hsdp'}",
+            "--trainer.callbacks+=killer.RecordSharding", f"--trainer.callbacks.path={layout}"]  # fmt: skip
+    nodes = [
+        subprocess.Popen(hsdp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    assert layout.read_text().strip() == "(2, 1) ['R', 'S(0)']"  # Replicate over nodes, Shard(0) within one
+    fsdp = subprocess.run([sys.executable, "-m", "lit_dpo.fit", *common, "--config", str(RECIPES / "strategy" / "fsdp.yaml"),
+                           "--trainer.devices=2", f"--trainer.default_root_dir={tmp_path / 'fsdp'}"],
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    hybrid, expected = _train_losses(tmp_path / "hsdp"), _train_losses(tmp_path / "fsdp")
+    assert sorted(hybrid) == [0, 1, 2] and all(hybrid[s] == pytest.approx(expected[s], rel=1e-4) for s in expected)
