@@ -132,9 +132,14 @@ class DPOCLI(LightningCLI):
             if refused is not None:
                 raise refused from None
             missing = _missing_package(err)
-            if missing is None:
+            if missing is not None:
+                raise InputError(missing) from None
+            reason = _class_failure(str(err))
+            if reason is None:
                 raise
-            raise InputError(missing) from None
+            # a configured class refused its arguments (a cluster environment its variables, say): its own words
+            named = re.search(r"class_path='([\w.]+)'", str(err))
+            raise InputError(f"{named.group(1) if named else 'a configured class'}: {reason}") from None
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # lit_dpo's progress bar and summary by default, unless turned off or replaced by the user's own
@@ -200,6 +205,20 @@ def _config_files(args: list[str]) -> list[str]:
     """The files given with ``--config FILE``, ``--config=FILE`` or ``-c FILE``."""
     files = [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
     return files + [value for flag, value in zip(args, args[1:]) if flag in ("--config", "-c")]
+
+
+# jsonargparse's own words around a class's failure, as it tries each type a value could have
+_BOILERPLATE = re.compile(
+    r"(Not a valid subclass|Subclass types expect|a (class path|dict)|Does not validate|Subtypes:|Errors:|Got value|"
+    r"Given value|Import path .* does not correspond|Expected a|Problem with given class_path|Parser key)"
+)
+
+
+def _class_failure(message: str) -> Optional[str]:
+    """What a configured class said when it refused its arguments, found in jsonargparse's nested message; None if
+    the message holds nothing but jsonargparse's own words."""
+    lines = [line.strip().lstrip("- ").strip() for line in message.splitlines()]
+    return next((line for line in lines if line and not _BOILERPLATE.match(line)), None)
 
 
 def _in_chain(err: BaseException, kind: type) -> Optional[BaseException]:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -207,3 +208,23 @@ def test_a_logger_whose_package_is_missing_is_one_line(tiny_model_dir, tmp_path,
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("lit_dpo: error: lightning.pytorch.loggers.MLFlowLogger needs a package that is not "
                                 "installed: Requirement 'mlflow")  # fmt: skip
+
+
+def test_a_configured_class_that_refuses_its_arguments_is_one_line(monkeypatch, capsys):
+    """SLURM's environment with a variable it refuses: its own words, not jsonargparse's nested dump."""
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "slurm" / "multinode.yaml"
+    for name, value in {
+        "SLURM_JOB_ID": "5",
+        "SLURM_NTASKS": "2",
+        "SLURM_JOB_NAME": "dpo",
+        "SLURM_NODELIST": "n1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(["--config", str(recipe)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "lit_dpo: error: lightning.fabric.plugins.environments.SLURMEnvironment: You set `--ntasks=2` in your SLURM "
+        "bash script, but this variable is not supported. HINT: Use `--ntasks-per-node=2` instead."
+    )

@@ -17,6 +17,41 @@ SLURM = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "lit_dpo
          "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}  # fmt: skip
 
 
+# Stand-ins for SLURM's srun and scontrol, first on PATH, so that recipes/slurm/dpo.sbatch runs as on a cluster:
+# srun starts one local process per task with the SLURM_* variables Lightning reads (task i as node i),
+# --kill-on-bad-exit included; scontrol records its arguments (scontrol requeue <job id>).
+SRUN = """#!/usr/bin/env bash
+# srun [--kill-on-bad-exit=1] COMMAND...: SLURM_NTASKS local processes, task i as node i
+kill_on_bad_exit=0
+while [[ "$1" == --* ]]; do [[ "$1" == --kill-on-bad-exit* ]] && kill_on_bad_exit=1; shift; done
+pids=()
+for ((task = 0; task < SLURM_NTASKS; task++)); do
+    SLURM_PROCID=$task SLURM_LOCALID=0 SLURM_NODEID=$task "$@" &
+    pids+=($!)
+done
+status=0
+while ((${#pids[@]})); do
+    wait -n -p done_pid "${pids[@]}"; code=$?
+    pids=(${pids[@]/$done_pid})
+    if ((code != 0)); then
+        status=$code
+        ((kill_on_bad_exit)) && kill "${pids[@]}" 2>/dev/null
+    fi
+done
+exit $status
+"""
+
+
+def _install_standins(folder: Path, calls: Path) -> Path:
+    """Write ``srun`` and ``scontrol`` into ``folder``; ``scontrol`` appends its arguments to ``calls``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "srun").write_text(SRUN)
+    (folder / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    for name in ("srun", "scontrol"):
+        (folder / name).chmod(0o755)
+    return folder
+
+
 def _train_losses(root: Path) -> dict[int, float]:
     (metrics,) = root.glob("lightning_logs/version_*/metrics.csv")
     with open(metrics) as handle:
@@ -154,3 +189,45 @@ def test_hsdp_replicates_across_nodes_and_shards_within_them(tiny_model_dir, tmp
     assert fsdp.returncode == 0, fsdp.stderr[-3000:]
     hybrid, expected = _train_losses(tmp_path / "hsdp"), _train_losses(tmp_path / "fsdp")
     assert sorted(hybrid) == [0, 1, 2] and all(hybrid[s] == pytest.approx(expected[s], rel=1e-4) for s in expected)
+
+
+def test_the_sbatch_script_preempted_and_requeued_finishes_like_an_uninterrupted_job(
+    tiny_model_dir, tmp_path, standard_rows, write_jsonl
+):
+    """recipes/slurm/dpo.sbatch itself, under stand-ins for srun and scontrol (2 nodes x 1 task, gloo): SIGUSR1 at
+    step 2, then the job run again with the same job id (a requeue) resumes and ends with the uninterrupted job's
+    losses."""
+    import shutil
+
+    work = tmp_path / "cluster"
+    shutil.copytree(RECIPES, work / "recipes")
+    calls = tmp_path / "scontrol_calls.txt"
+    bin_dir = _install_standins(tmp_path / "bin", calls)
+    train, val = (
+        write_jsonl(tmp_path / "t.jsonl", standard_rows(16)),
+        write_jsonl(tmp_path / "v.jsonl", standard_rows(4, 3)),
+    )
+    user_options = [f"--model.model_name_or_path={tiny_model_dir}", f"--data.path={train}", f"--data.val_path={val}",
+                    "--trainer.devices=1", "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
+                    "--model.learning_rate=1e-3", "--generations.num_prompts=0", "--trainer.enable_progress_bar=false",
+                    "--trainer.callbacks+=killer.UsrAtStep", "--trainer.callbacks.step=2"]  # fmt: skip
+
+    def sbatch(job_id: str, *options: str) -> subprocess.CompletedProcess:
+        env = os.environ | {"SLURM_JOB_ID": job_id, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NAME": "lit_dpo",
+                            "SLURM_NODELIST": "localhost", "MASTER_PORT": str(20000 + int(job_id) % 10000),
+                            "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                            "PYTHONPATH": str(TESTS), "PYTHONWARNINGS": "ignore"}  # fmt: skip
+        return subprocess.run(["bash", str(work / "recipes" / "slurm" / "dpo.sbatch"), *options], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+
+    straight = sbatch("1001", *user_options[:-2])  # no preemption
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    preempted = sbatch("1002", *user_options)
+    assert preempted.returncode == 143, preempted.stderr[-3000:]
+    assert "lit_dpo: stopped by SIGUSR1 at step 3;" in preempted.stderr and calls.read_text() == "requeue 1002\n"
+    requeued = sbatch("1002", *user_options)  # SLURM runs the same script again, with the same job id
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    assert "lit_dpo: resuming" in requeued.stdout and "runs/slurm-1002" in requeued.stdout
+    resumed, expected = _train_losses(work / "runs" / "slurm-1002"), _train_losses(work / "runs" / "slurm-1001")
+    assert sorted(resumed) == sorted(expected) == [0, 1, 2, 3]
+    assert all(resumed[step] == pytest.approx(expected[step], rel=1e-4) for step in expected)
