@@ -22,6 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_dpo.atomic import write_atomically
 from lit_dpo.errors import WRITE_ERRORS, InputError, SaveFailed
+from lit_dpo.resume import differences, listed
 
 LAST = "last.ckpt"
 
@@ -242,14 +243,31 @@ def checkpoint_step(path: Path) -> int:
     return int(torch.load(meta, map_location="cpu", weights_only=True, mmap=True)["global_step"])
 
 
-def find_resumable(root: Path, mode: str) -> tuple[Optional[Path], Optional[str]]:
+def find_resumable(
+    root: Path, mode: str, wanted: Optional[dict[str, Any]] = None, allowed: frozenset[str] = frozenset()
+) -> tuple[Optional[Path], Optional[str]]:
     """``--ckpt_path=last|auto``: the run directory and checkpoint to resume, the newest resumable one under
-    ``root`` (a run's ``checkpoints/last.ckpt``, or Lightning's SLURM ``hpc_ckpt_*.ckpt`` if it has more steps)."""
+    ``root`` (a run's ``checkpoints/last.ckpt``, or Lightning's SLURM ``hpc_ckpt_*.ckpt`` if it has more steps)
+    whose recorded settings match ``wanted`` (``resume.settings_from_config``; but the ``allowed`` ones): another
+    job's run under the same root is never continued."""
     runs = [
         c.parent for pattern in ("*/checkpoints", "*/*/checkpoints", "*/*/*/checkpoints") for c in root.glob(pattern)
     ]
     found = [(run, path) for run in runs if (path := resumable_checkpoint(run)) is not None]
     found.sort(key=lambda item: item[1].stat().st_mtime_ns)
+    if wanted is not None and found:
+        changes = {path: differences(recorded_settings(path), wanted, set(allowed)) for _, path in found}
+        if all(changes.values()):
+            newest = found[-1][1]
+            line = (
+                f"no run under {root} was saved with these settings (the newest, {newest}: {listed(changes[newest])})"
+            )
+            if mode == "last":
+                names = ", ".join(changes[newest])
+                raise InputError(f"--ckpt_path=last: {line}; resume with its settings, or pass "
+                                 f"--allow_changed='[{names}]' to resume it anyway")  # fmt: skip
+            _announce(f"lit_dpo: {line}; starting afresh")
+        found = [(run, path) for run, path in found if not changes[path]]
     best = found[-1] if found else None
     for hpc in root.glob("hpc_ckpt_*.ckpt"):  # SLURM requeue: in the newest run directory
         newest_run = (
@@ -263,6 +281,13 @@ def find_resumable(root: Path, mode: str) -> tuple[Optional[Path], Optional[str]
         return None, None  # auto: a fresh start
     _announce(f"lit_dpo: resuming {best[1]} at step {checkpoint_step(best[1])}")
     return best[0], str(best[1])
+
+
+def recorded_settings(path: Path) -> dict[str, Any]:
+    """The settings a checkpoint (file, or distributed checkpoint folder) was saved with; {} for older ones."""
+    meta = path / "meta.pt" if path.is_dir() else path
+    saved = torch.load(meta, map_location="cpu", weights_only=True, mmap=True).get("lit_dpo") or {}
+    return saved.get("settings") or {}
 
 
 def _mtime(path: Path) -> int:

@@ -33,6 +33,7 @@ from lit_dpo.data import PreferenceDataModule
 from lit_dpo.errors import InputError, SaveFailed, TrainingDiverged
 from lit_dpo.module import DPOModule
 from lit_dpo.parser import DPOArgumentParser
+from lit_dpo.resume import settings_from_config
 
 TRAINER_DEFAULTS = {
     "default_root_dir": "runs",
@@ -72,6 +73,7 @@ class DPOCLI(LightningCLI):
     def __init__(self, args: Optional[list[str]] = None, command: Literal["fit", "validate", "data"] = "fit") -> None:
         _quiet_warnings()
         self._config_files = _config_files(sys.argv[1:] if args is None else args)
+        self.command = command
         super().__init__(
             DPOModule,
             PreferenceDataModule,
@@ -168,7 +170,14 @@ class DPOCLI(LightningCLI):
         trainer, ckpt_path = self.config.trainer, self.config.get("ckpt_path")
         run = None
         if ckpt_path in ("last", "auto"):
-            run, self.config.ckpt_path = find_resumable(Path(trainer.default_root_dir), ckpt_path)
+            data = self.config.data.init_args if self.config.data is not None else Namespace()
+            wanted = settings_from_config(
+                self.config.model.as_dict(), data.as_dict(), self.config.get("seed_everything")
+            )
+            allowed = frozenset(self.config.get("allow_changed") or [])
+            run, self.config.ckpt_path = find_resumable(Path(trainer.default_root_dir), ckpt_path, wanted, allowed)
+        elif ckpt_path and self.command == "fit" and Path(ckpt_path).parent.name == "checkpoints":
+            run = Path(ckpt_path).parent.parent  # a run's own checkpoint, named: the fit continues that run
         if self.config.ckpt_path and Path(self.config.ckpt_path).is_dir():  # whatever the strategy that loads it
             check_distributed_checkpoint(Path(self.config.ckpt_path))
         if _is_online(self.config.data) and not trainer.reload_dataloaders_every_n_epochs:

@@ -9,9 +9,14 @@ from typing import Any, Mapping
 
 from lit_dpo.errors import InputError
 
-# DPOModule options that change neither the numbers nor the schedule (speed, memory, how the reference is computed)
+# DPOModule options that change neither the numbers nor the schedule (speed, memory, how the reference is computed),
+# and the models' paths: the policy's weights come from the checkpoint, and the reference's and the data's
+# fingerprints tell whether what those paths hold changed (a moved folder is the same job)
 FREE_MODEL_OPTIONS = {"allow_changed", "compile", "activation_checkpointing", "optimizer_in_backward",
-                      "precompute_ref_log_probs", "trust_remote_code"}  # fmt: skip
+                      "precompute_ref_log_probs", "trust_remote_code", "model_name_or_path", "ref_model_name_or_path"}  # fmt: skip
+
+# the data module's options that shape training (``PreferenceData.training_settings``)
+DATA_SETTINGS = ("batch_size", "max_length", "max_prompt_length", "truncation", "shuffle")
 
 _CHANGES = {  # what a checkpoint's fingerprint covers, and what resuming on a changed one would do
     "data": (
@@ -38,6 +43,27 @@ def run_settings(model_options: Mapping[str, Any], data_settings: Mapping[str, A
     return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
 
 
+def settings_from_config(model: Mapping[str, Any], data: Mapping[str, Any], seed: Any) -> dict[str, Any]:
+    """The settings a command line asks for, as ``run_settings`` records them (those known before anything loads:
+    not the world size), to pick a run to resume (``checkpoints.find_resumable``)."""
+    settings = {f"model.{k}": v for k, v in model.items() if k not in FREE_MODEL_OPTIONS}
+    settings |= {f"data.{k}": data[k] for k in DATA_SETTINGS if k in data}
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        settings["seed_everything"] = seed
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+
+
+def differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any], allowed: set[str]) -> dict[str, tuple]:
+    """``{setting: (recorded, wanted)}`` for each setting both know and that differs, but those ``allowed``."""
+    return {
+        k: (recorded[k], wanted[k]) for k in recorded if k in wanted and recorded[k] != wanted[k] and k not in allowed
+    }
+
+
+def listed(changes: Mapping[str, tuple]) -> str:
+    return ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+
+
 def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], allowed: set[str], checkpoint: str) -> None:
     """Refuse to resume a fit from ``checkpoint`` when the training data, the reference or a setting differs from
     what it recorded (``saved``, its ``checkpoint["lit_dpo"]``), unless ``allowed`` (``--allow_changed``) names it."""
@@ -50,16 +76,13 @@ def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], allowed: 
                 f"resuming {consequence}; pass --allow_changed='[{what}]' to resume anyway"
             )
     recorded, settings = saved.get("settings") or {}, current.get("settings") or {}
-    changed = {
-        k: (recorded[k], settings.get(k)) for k in recorded if recorded[k] != settings.get(k) and k not in allowed
-    }
+    changed = differences(recorded, {k: settings.get(k) for k in recorded}, allowed)
     unknown = allowed - set(_CHANGES) - set(recorded)
     if unknown:
         raise InputError(f"--allow_changed names {sorted(unknown)}, which {checkpoint} does not record; it records "
                          f"data, reference and {', '.join(sorted(recorded))}")  # fmt: skip
     if changed:
-        listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
         raise InputError(
-            f"{checkpoint} was saved with other settings: {listed}; resuming would not continue the same job. "
+            f"{checkpoint} was saved with other settings: {listed(changed)}; resuming would not continue the same job. "
             f"Resume with the recorded settings, or pass --allow_changed='[{', '.join(changed)}]' to resume anyway"
         )

@@ -156,15 +156,26 @@ def test_a_resume_with_other_settings_is_refused_listing_old_and_new(tiny_model_
     with pytest.raises(SystemExit) as exit_info:
         fit.main(fit_args(tiny_model_dir, *files, tmp_path, *changed, "--trainer.max_steps=6", "--ckpt_path=last"))
     assert exit_info.value.code == 2 and _tree(tmp_path) == before
+    changes = "model.loss_type 'sigmoid' -> 'ipo', model.beta 0.1 -> 0.5, data.batch_size 2 -> 4"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (  # --ckpt_path=last finds no run of these settings
+        f"lit_dpo: error: --ckpt_path=last: no run under {tmp_path} was saved with these settings (the newest, "
+        f"{run / 'checkpoints' / 'last.ckpt'}: {changes}); resume with its settings, or pass "
+        "--allow_changed='[model.loss_type, model.beta, data.batch_size]' to resume it anyway"
+    )
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    with pytest.raises(SystemExit):  # the checkpoint named: the same refusal, by the checkpoint's own check
+        fit.main(
+            fit_args(tiny_model_dir, *files, tmp_path, *changed, "--trainer.max_steps=6", f"--ckpt_path={checkpoint}")
+        )
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"lit_dpo: error: {run / 'checkpoints' / 'last.ckpt'} was saved with other settings: model.loss_type "
-        "'sigmoid' -> 'ipo', model.beta 0.1 -> 0.5, data.batch_size 2 -> 4; resuming would not continue the same "
-        "job. Resume with the recorded settings, or pass --allow_changed='[model.loss_type, model.beta, "
+        f"lit_dpo: error: {checkpoint} was saved with other settings: {changes}; resuming would not continue the "
+        "same job. Resume with the recorded settings, or pass --allow_changed='[model.loss_type, model.beta, "
         "data.batch_size]' to resume anyway"
     )
+    assert _tree(tmp_path) == before
     with pytest.raises(SystemExit):  # a name the checkpoint does not record is refused, not ignored
-        fit.main(fit_args(tiny_model_dir, *files, tmp_path, "--trainer.max_steps=3", "--ckpt_path=last",
-                          "--allow_changed=[model.bta]"))  # fmt: skip
+        fit.main(fit_args(tiny_model_dir, *files, tmp_path, "--data.batch_size=2", "--trainer.max_steps=3",
+                          "--ckpt_path=last", "--allow_changed=[model.bta]"))  # fmt: skip
     assert "--allow_changed names ['model.bta'], which" in capsys.readouterr().err
     fit.main(
         fit_args(tiny_model_dir, *files, tmp_path, "--data.batch_size=2", "--trainer.max_steps=3", "--ckpt_path=last")
@@ -215,3 +226,21 @@ def test_a_distributed_checkpoint_given_to_a_single_process_is_one_line(tmp_path
     (tmp_path / "last.ckpt").mkdir()  # an FSDP checkpoint is a folder
     with pytest.raises(InputError, match="is a distributed \\(FSDP\\) checkpoint: load it with the strategy"):
         AtomicCheckpointIO().load_checkpoint(tmp_path / "last.ckpt")
+
+
+def test_two_jobs_sharing_a_root_never_continue_each_others_run(tiny_model_dir, files, tmp_path, capsys, fit_args):
+    """Job B (other settings) with --ckpt_path=auto under job A's root starts a run of its own; A's run is left as
+    it was, and A resumes its own."""
+    fit.main(fit_args(tiny_model_dir, *files, tmp_path, "--trainer.max_steps=2", "--ckpt_path=auto"))  # job A
+    job_a = tmp_path / "lightning_logs" / "version_0"
+    before = _tree(job_a)
+    fit.main(
+        fit_args(tiny_model_dir, *files, tmp_path, "--model.beta=0.3", "--trainer.max_steps=2", "--ckpt_path=auto")
+    )
+    out = capsys.readouterr().out
+    assert f"no run under {tmp_path} was saved with these settings" in out and "starting afresh" in out
+    assert (
+        _tree(job_a) == before and (tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt").is_file()
+    )
+    fit.main(fit_args(tiny_model_dir, *files, tmp_path, "--trainer.max_steps=3", "--ckpt_path=auto"))  # A, requeued
+    assert f"lit_dpo: resuming {job_a / 'checkpoints' / 'last.ckpt'} at step 2" in capsys.readouterr().out

@@ -25,6 +25,7 @@ from lit_dpo.data.sources import Source, Sources, as_sources, sample
 from lit_dpo.data.tokenize import Example, Pair, Truncation, UnpairedExample
 from lit_dpo.errors import DataError, InputError
 from lit_dpo.hf import BUNDLED, load_tokenizer
+from lit_dpo.resume import DATA_SETTINGS
 
 DEMO = "demo"
 
@@ -188,9 +189,7 @@ class PreferenceDataModule(L.LightningDataModule):
         return self._fingerprint
 
     def training_settings(self) -> dict[str, Any]:
-        hp = self.hparams
-        names = ("batch_size", "max_length", "max_prompt_length", "truncation", "shuffle")
-        return {name: hp[name] for name in names}
+        return {name: self.hparams[name] for name in DATA_SETTINGS}
 
     @property
     def unpaired(self) -> bool:
