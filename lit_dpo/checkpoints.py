@@ -63,6 +63,13 @@ def _save_synced(checkpoint: dict[str, Any], path: Path) -> None:
         os.fsync(handle.fileno())
 
 
+def _last_epoch(trainer: Trainer) -> bool:
+    """Whether the epoch being trained is the fit's last (by ``max_epochs`` or ``max_steps``)."""
+    by_steps = 0 < trainer.max_steps <= trainer.global_step
+    max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
+    return by_steps or 0 < max_epochs <= trainer.current_epoch + 1
+
+
 def _accumulating(trainer: Trainer) -> bool:
     """Whether the batch that just ended was one of several accumulated into the next optimizer step."""
     should_accumulate = getattr(trainer.fit_loop.epoch_loop, "_should_accumulate", None)
@@ -86,6 +93,7 @@ class ResumableCheckpoint(ModelCheckpoint):
         self.every_minutes, self.every_steps = every_minutes, every_n_train_steps
         self._last_save = time.monotonic()
         self._stop_at_epoch_end = False
+        self._resave_at_epoch_end = False
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._last_save = time.monotonic()
@@ -105,16 +113,21 @@ class ResumableCheckpoint(ModelCheckpoint):
         else:
             stopping = trainer.received_sigterm
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            # the epoch's end, which comes next, saves instead (after its validation); SIGTERM waits for it
+            # the epoch's end, which comes next, saves (after its validation); SIGTERM waits for it
             if stopping:
                 trainer._signal_connector.received_sigterm, self._stop_at_epoch_end = False, True
+            elif _last_epoch(trainer):  # the end of training: saved before the validation too, which may fail
+                self.save_resumable(trainer)
+                self._resave_at_epoch_end = True
             return
         if due or stopping:
             self.save_resumable(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._should_skip_saving_checkpoint(trainer):
-            self.save_resumable(trainer)
+            # once validated, the end of training is saved again as the finished epoch it is (what a longer run resumes)
+            self.save_resumable(trainer, again=self._resave_at_epoch_end)
+            self._resave_at_epoch_end = False
         if self._stop_at_epoch_end:
             raise SIGTERMException  # as Lightning does on SIGTERM: fit.py exits with status 143
 
@@ -136,8 +149,8 @@ class ResumableCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         pass  # the last step was saved at its batch end; a save here would not resume mid-epoch
 
-    def save_resumable(self, trainer: Trainer) -> None:
-        if trainer.global_step == self._last_global_step_saved:
+    def save_resumable(self, trainer: Trainer, again: bool = False) -> None:
+        if trainer.global_step == self._last_global_step_saved and not again:
             return
         path = os.path.join(self.dirpath, LAST)
         trainer.save_checkpoint(path, weights_only=False)  # the full training state, to resume

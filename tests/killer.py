@@ -86,3 +86,11 @@ class RecordSharding(Callback):
         if trainer.is_global_zero:
             with open(self.path, "w") as handle:
                 handle.write(f"{tuple(weight.device_mesh.shape)} {[str(p) for p in weight.placements]}\n")
+
+
+class FailFinalValidation(Callback):
+    """Raise in the validation at the end of training (an out-of-memory generation, a crashing logger, say)."""
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step or trainer.current_epoch + 1 >= (trainer.max_epochs or 0):
+            raise RuntimeError("the final validation failed")

@@ -244,3 +244,20 @@ def test_two_jobs_sharing_a_root_never_continue_each_others_run(tiny_model_dir, 
     )
     fit.main(fit_args(tiny_model_dir, *files, tmp_path, "--trainer.max_steps=3", "--ckpt_path=auto"))  # A, requeued
     assert f"lit_dpo: resuming {job_a / 'checkpoints' / 'last.ckpt'} at step 2" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_a_failure_in_the_final_validation_keeps_the_training(tiny_model_dir, files, tmp_path, fit_args):
+    """The last step ends the epoch and the validation after it fails: the last step is saved before that
+    validation, so resuming redoes only the validation and the export."""
+    env = os.environ | {"PYTHONWARNINGS": "ignore", "PYTHONPATH": str(TESTS)}
+    args = [sys.executable, "-m", "lit_dpo.fit", *fit_args(tiny_model_dir, *files, tmp_path, "--data.batch_size=8")]
+    failed = subprocess.run([*args, "--trainer.callbacks+=killer.FailFinalValidation"], env=env, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert failed.returncode != 0 and "the final validation failed" in failed.stderr
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert checkpoint_step(run / "checkpoints" / "last.ckpt") == 4  # 32 pairs, 8 a step: the whole epoch
+    resumed = subprocess.run([*args, "--ckpt_path=last"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at step 4" in resumed.stdout and (run / "hf_model" / "config.json").is_file()
+    assert sorted(_train_losses(run)) == [0, 1, 2, 3]  # no step trained twice
