@@ -33,8 +33,8 @@ status=0
 while ((${#pids[@]})); do
     wait -n -p done_pid "${pids[@]}"; code=$?
     pids=(${pids[@]/$done_pid})
-    if ((code != 0)); then
-        status=$code
+    if ((code != 0 && status == 0)); then
+        status=$code  # the first failure's status, as srun reports it
         ((kill_on_bad_exit)) && kill "${pids[@]}" 2>/dev/null
     fi
 done
