@@ -81,38 +81,53 @@ class WinRate(Callback):
         # a cached reference keeps no model: before the first update, the policy is the reference
         fresh = trainer.global_step == 0 and self.reference_answers is None
         if fresh and _starts_as_policy(pl_module) and self._all_prompts(trainer):
-            self.reference_answers = self._answers(pl_module.policy, trainer)
+            try:  # a failure here leaves them to the first validation, which says so
+                answers, failure = self._generate(pl_module.policy, trainer), None
+            except Exception as err:
+                answers, failure = [], describe(err)
+            if first_failure(trainer, failure) is None:
+                self.reference_answers = gather_in_order(trainer, answers)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or not (prompts := self._all_prompts(trainer)):
             return
-        tokenizer = trainer.datamodule.tokenizer
-        synced = bool(pl_module.hparams.get("ref_sync_steps"))  # TR-DPO: against the reference of the moment
-        if self.reference_answers is None or len(self.reference_answers) != len(prompts) or synced:
-            with _reference_model(pl_module) as model:
-                self.reference_answers = self._answers(model, trainer)
         rank, world = trainer.global_rank, trainer.world_size
-        mine, policy = prompts[rank::world], self._generate(pl_module.policy, trainer)
-        decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        synced = bool(pl_module.hparams.get("ref_sync_steps"))  # TR-DPO: against the reference of the moment
+        fresh = self.reference_answers is None or len(self.reference_answers) != len(prompts) or synced
+        try:  # generation and the judge (the user's code): a failure costs this validation's win-rate, not the run
+            if fresh:
+                with _reference_model(pl_module) as model:
+                    reference = self._generate(model, trainer)
+            else:
+                reference = self.reference_answers[rank::world]
+            records = self._judged(trainer, prompts[rank::world], self._generate(pl_module.policy, trainer), reference)
+            failure = None
+        except Exception as err:
+            failure = describe(err)
+        if (failure := first_failure(trainer, failure)) is not None:  # every rank learns of any rank's failure
+            _say_once(trainer, f"lit_dpo: WinRate failed at step {trainer.global_step} ({failure}); no win-rate at "
+                               "this validation, training goes on")  # fmt: skip
+            return
+        if fresh:
+            self.reference_answers = gather_in_order(trainer, reference)
+        self._log(trainer, pl_module, gather_in_order(trainer, records))
+
+    def _judged(
+        self, trainer: Trainer, mine: list[Prompt], policy: list[list[int]], reference: list[list[int]]
+    ) -> list[dict[str, Any]]:
+        """This rank's prompts with both answers, decoded, and the judge's verdict (``win``)."""
+        decode = lambda ids: trainer.datamodule.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
         records = [
             {"prompt": decode(p.prompt_ids), "policy": decode(a), "reference": decode(r), **p.columns,
              "policy_length": len(a), "reference_length": len(r)}
-            for p, a, r in zip(mine, policy, self.reference_answers[rank::world])
+            for p, a, r in zip(mine, policy, reference)
         ]  # fmt: skip
         columns = {k: [p.columns.get(k) for p in mine] for k in {k for p in mine for k in p.columns}}
-        try:
-            scores = wins(self.judge, [p.prompt for p in mine], [r["policy"] for r in records],
-                          [r["reference"] for r in records], columns, self.seed + trainer.global_step)  # fmt: skip
-            failure = None
-        except Exception as err:  # the judge is the user's code: it costs this validation's win-rate, not the run
-            scores, failure = [0.0] * len(records), describe(err)
-        if (failure := first_failure(trainer, failure)) is not None:  # every rank learns of any rank's failure
-            _say_once(trainer, f"lit_dpo: WinRate: the judge failed at step {trainer.global_step} ({failure}); no "
-                               "win-rate at this validation, training goes on")  # fmt: skip
-            return
+        scores = wins(self.judge, [p.prompt for p in mine], [r["policy"] for r in records],
+                      [r["reference"] for r in records], columns, self.seed + trainer.global_step)  # fmt: skip
         for record, score in zip(records, scores):
             record["win"] = score
-        self._log(trainer, pl_module, gather_in_order(trainer, records))
+        return records
 
     def _log(self, trainer: Trainer, pl_module: LightningModule, records: list[dict[str, Any]]) -> None:
         count = len(records)
@@ -146,10 +161,6 @@ class WinRate(Callback):
         mine = [p.prompt_ids for p in prompts[trainer.global_rank :: world]]
         seed = self.seed + trainer.global_rank
         return generate(model, mine, self.sampling, pad, tokenizer.eos_token_id, self.batch_size, seed, lockstep)
-
-    def _answers(self, model: torch.nn.Module, trainer: Trainer) -> list[list[int]]:
-        """Every prompt's completion, each rank generating its share."""
-        return gather_in_order(trainer, self._generate(model, trainer))
 
 
 def _say_once(trainer: Trainer, line: str) -> None:

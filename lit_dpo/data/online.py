@@ -202,15 +202,18 @@ class OnlineDataModule(PreferenceDataModule):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         seed = (int(os.environ.get("PL_GLOBAL_SEED", 0)) * 1_000_003 + number + 1) * 1_009 + rank
         ids = [prompts[i].prompt_ids for i in mine for _ in range(k)]
-        flat = generate(policy, ids, self.sampling, pad, tokenizer.eos_token_id, self.hparams.generation_batch_size,
-                        seed, lockstep)  # fmt: skip
-        samples = [flat[j * k : (j + 1) * k] for j in range(len(mine))]
-        texts = [[tokenizer.decode(s, skip_special_tokens=True) for s in group] for group in samples]
-        try:  # the judge is the user's code: a failure on one rank stops every rank, now, with one line
-            scores, failure = score_samples(self.judge, [prompts[i].prompt for i in mine], texts,
-                                            [prompts[i].columns for i in mine], seed), None  # fmt: skip
+        samples, texts, scores, failure = [], [], [], None
+        stage = "sampling"
+        try:  # a failure on one rank (the judge is the user's code) stops every rank, now, with one line
+            flat = generate(policy, ids, self.sampling, pad, tokenizer.eos_token_id,
+                            self.hparams.generation_batch_size, seed, lockstep)  # fmt: skip
+            samples = [flat[j * k : (j + 1) * k] for j in range(len(mine))]
+            texts = [[tokenizer.decode(s, skip_special_tokens=True) for s in group] for group in samples]
+            stage = "the judge"
+            scores = score_samples(self.judge, [prompts[i].prompt for i in mine], texts,
+                                   [prompts[i].columns for i in mine], seed)  # fmt: skip
         except Exception as err:
-            scores, failure = [], f"the judge failed on rank {rank} ({describe(err)})"
+            failure = f"{stage} failed on rank {rank} ({describe(err)})"
         if (failure := first_failure(trainer, failure)) is not None:
             where = f"round {number}" if number >= 0 else "the held-out prompts"
             raise InputError(f"online DPO, {where}: {failure}")

@@ -82,6 +82,20 @@ def test_a_failing_judge_costs_the_win_rate_not_the_training(
     run = tmp_path / "lightning_logs" / "version_0"
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "hf_model" / "config.json").is_file()
     lines = [line for line in capsys.readouterr().err.splitlines() if "WinRate" in line]
-    assert lines and lines[-1].startswith("lit_dpo: WinRate: the judge failed at step ")
+    assert lines and lines[-1].startswith("lit_dpo: WinRate failed at step ")
     assert "(RuntimeError: no GPU for the judge); no win-rate at this validation, training goes on" in lines[-1]
     assert not any(row.get("val/win_rate") for row in _rows(run)) and any(row.get("val/loss") for row in _rows(run))
+
+
+def test_a_generation_that_fails_costs_the_win_rate_not_the_training(
+    tiny_model_dir, files, tmp_path, monkeypatch, capsys, fit_args
+):
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("lit_dpo.callbacks.generations.generate", out_of_memory)
+    fit.main(fit_args(tiny_model_dir, *files, tmp_path, "--generations.num_prompts=2"))
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "hf_model" / "config.json").is_file()
+    line = [line for line in capsys.readouterr().err.splitlines() if "WinRate" in line][-1]
+    assert line.startswith("lit_dpo: WinRate failed at step ") and "(RuntimeError: CUDA out of memory." in line
