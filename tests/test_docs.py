@@ -97,6 +97,6 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys
     monkeypatch.chdir(tmp_path)
     exec(compile(example, "README.md", "exec"), {})
     printed = capsys.readouterr().out
-    assert re.search(r"tensor\(\d\.\d+\)", printed) and "lit_dpo: trained policy" in printed
+    assert re.search(r"tensor\([01]\.\d*\)", printed) and "lit_dpo: trained policy" in printed
     assert (tmp_path / "my_policy" / "config.json").is_file()
     assert (tmp_path / "my_policy" / "tokenizer_config.json").is_file()
