@@ -52,6 +52,19 @@ def _install_standins(folder: Path, calls: Path) -> Path:
     return folder
 
 
+def _free_port() -> int:
+    """A TCP port free on localhost now, for a rendezvous."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def _pair_files(tmp_path: Path, standard_rows, write_jsonl) -> tuple[str, str]:
+    return write_jsonl(tmp_path / "t.jsonl", standard_rows(16)), write_jsonl(tmp_path / "v.jsonl", standard_rows(4, 3))
+
+
 def _train_losses(root: Path) -> dict[int, float]:
     (metrics,) = root.glob("lightning_logs/version_*/metrics.csv")
     with open(metrics) as handle:
@@ -67,10 +80,7 @@ def test_sigusr1_saves_requeues_and_the_requeued_job_resumes_exactly(
     (bin_dir / "scontrol").chmod(0o755)
     env = os.environ | SLURM | {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONWARNINGS": "ignore",
                                 "PYTHONPATH": str(TESTS)}  # fmt: skip
-    train, val = (
-        write_jsonl(tmp_path / "t.jsonl", standard_rows(16)),
-        write_jsonl(tmp_path / "v.jsonl", standard_rows(4, 3)),
-    )
+    train, val = _pair_files(tmp_path, standard_rows, write_jsonl)
 
     def job(root: Path, *extra: str) -> subprocess.CompletedProcess:
         args = ["--config", str(RECIPES / "base.yaml"), "--config", str(RECIPES / "slurm" / "multinode.yaml"),
@@ -117,15 +127,8 @@ def test_the_torchrun_line_of_the_sbatch_script_runs_the_same_job_on_two_nodes(
 ):
     """The script's torchrun line, on 2 "nodes" of 1 CPU process each (c10d rendezvous on localhost): FSDP in bf16
     as the sbatch job, with the losses of the same configs on one node of 2 processes."""
-    import socket
-
-    train, val = (
-        write_jsonl(tmp_path / "t.jsonl", standard_rows(16)),
-        write_jsonl(tmp_path / "v.jsonl", standard_rows(4, 3)),
-    )
-    with socket.socket() as probe:
-        probe.bind(("localhost", 0))
-        port = probe.getsockname()[1]
+    train, val = _pair_files(tmp_path, standard_rows, write_jsonl)
+    port = _free_port()
     substitutions = {"--nproc-per-node=8": "--nproc-per-node=1", "--trainer.devices=8": "--trainer.devices=1",
                      "--rdzv-endpoint=$HEAD_NODE:29500": f"--rdzv-endpoint=localhost:{port}"}  # fmt: skip
     command = [substitutions.get(word, word) for word in _torchrun_line()]
@@ -158,15 +161,8 @@ def test_the_torchrun_line_of_the_sbatch_script_runs_the_same_job_on_two_nodes(
 def test_hsdp_replicates_across_nodes_and_shards_within_them(tiny_model_dir, tmp_path, standard_rows, write_jsonl):
     """recipes/strategy/hsdp.yaml on 2 nodes of 1 CPU process (torchrun, c10d on localhost): the weights are laid
     out on a (nodes, processes per node) mesh, replicated over nodes, and training gives FSDP's losses."""
-    import socket
-
-    train, val = (
-        write_jsonl(tmp_path / "t.jsonl", standard_rows(16)),
-        write_jsonl(tmp_path / "v.jsonl", standard_rows(4, 3)),
-    )
-    with socket.socket() as probe:
-        probe.bind(("localhost", 0))
-        port = probe.getsockname()[1]
+    train, val = _pair_files(tmp_path, standard_rows, write_jsonl)
+    port = _free_port()
     common = ["--config", str(RECIPES / "base.yaml"), f"--model.model_name_or_path={tiny_model_dir}",
               f"--data.path={train}", f"--data.val_path={val}", "--trainer.accelerator=cpu", "--trainer.max_steps=3",
               "--trainer.max_epochs=2", "--generations.num_prompts=0", "--trainer.enable_progress_bar=false"]  # fmt: skip
@@ -203,10 +199,7 @@ def test_the_sbatch_script_preempted_and_requeued_finishes_like_an_uninterrupted
     shutil.copytree(RECIPES, work / "recipes")
     calls = tmp_path / "scontrol_calls.txt"
     bin_dir = _install_standins(tmp_path / "bin", calls)
-    train, val = (
-        write_jsonl(tmp_path / "t.jsonl", standard_rows(16)),
-        write_jsonl(tmp_path / "v.jsonl", standard_rows(4, 3)),
-    )
+    train, val = _pair_files(tmp_path, standard_rows, write_jsonl)
     user_options = [f"--model.model_name_or_path={tiny_model_dir}", f"--data.path={train}", f"--data.val_path={val}",
                     "--trainer.devices=1", "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
                     "--model.learning_rate=1e-3", "--generations.num_prompts=0", "--trainer.enable_progress_bar=false",
