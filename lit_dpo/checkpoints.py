@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_dpo.atomic import write_atomically
-from lit_dpo.errors import WRITE_ERRORS, InputError, SaveFailed
+from lit_dpo.errors import WRITE_ERRORS, InputError, SaveFailed, describe
 from lit_dpo.resume import differences, listed
 
 LAST = "last.ckpt"
@@ -41,7 +41,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             write_atomically(Path(path), lambda partial: _save_synced(checkpoint, partial))
             self.failure = None
         except WRITE_ERRORS as err:
-            self.failure = f"could not save the checkpoint {path} ({type(err).__name__}: {_first_line(err)})"
+            self.failure = f"could not save the checkpoint {path} ({describe(err)})"
 
     def load_checkpoint(
         self, path: Any, map_location: Optional[Any] = None, weights_only: Optional[bool] = None
@@ -50,10 +50,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise InputError(f"{path} is a distributed (FSDP) checkpoint: load it with the strategy that saved it "
                              "(e.g. --config recipes/strategy/fsdp.yaml and the same --trainer.devices)")  # fmt: skip
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else ""
 
 
 def _save_synced(checkpoint: dict[str, Any], path: Path) -> None:
@@ -250,10 +246,15 @@ def resumable_checkpoint(run: Path) -> Optional[Path]:
     return None
 
 
+def _metadata(path: Path) -> dict[str, Any]:
+    """A checkpoint's top-level entries (file, or distributed checkpoint folder's ``meta.pt``), memory-mapped."""
+    meta = path / "meta.pt" if path.is_dir() else path
+    return torch.load(meta, map_location="cpu", weights_only=True, mmap=True)
+
+
 def checkpoint_step(path: Path) -> int:
     """The global step a checkpoint (file, or distributed checkpoint folder) was saved at."""
-    meta = path / "meta.pt" if path.is_dir() else path
-    return int(torch.load(meta, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    return int(_metadata(path)["global_step"])
 
 
 def find_resumable(
@@ -298,9 +299,7 @@ def find_resumable(
 
 def recorded_settings(path: Path) -> dict[str, Any]:
     """The settings a checkpoint (file, or distributed checkpoint folder) was saved with; {} for older ones."""
-    meta = path / "meta.pt" if path.is_dir() else path
-    saved = torch.load(meta, map_location="cpu", weights_only=True, mmap=True).get("lit_dpo") or {}
-    return saved.get("settings") or {}
+    return (_metadata(path).get("lit_dpo") or {}).get("settings") or {}
 
 
 def _mtime(path: Path) -> int:

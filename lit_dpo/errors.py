@@ -87,3 +87,9 @@ def raise_if_gradients_not_finite(names: list[str], step: int, agree: Optional[C
         f"step {step}: {where} is not finite; no update was made with it "
         "(lower --model.learning_rate, or set --trainer.gradient_clip_val)"
     )
+
+
+def describe(err: BaseException) -> str:
+    """``Type: first line of the message``: an exception as one line."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__

@@ -128,9 +128,3 @@ def first_failure(trainer: Any, failure: Optional[str]) -> Optional[str]:
     called on every rank, so that no rank goes on to wait in a gather that a failed rank never joins."""
     failures = gather_in_order(trainer, [failure] if failure is not None else [])
     return failures[0] if failures else None
-
-
-def describe(err: BaseException) -> str:
-    """``Type: first line of the message``: an exception as one line."""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__

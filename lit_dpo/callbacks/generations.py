@@ -16,10 +16,11 @@ from lightning.pytorch.loggers import WandbLogger
 from lit_dpo import lora
 from lit_dpo.data.prompts import Prompt
 from lit_dpo.data.protocol import preference_data
+from lit_dpo.errors import describe
 from lit_dpo.generation import Sampling, generate
 from lit_dpo.hf import load_model
 from lit_dpo.judges import Judge, load_judge, wins
-from lit_dpo.parallel import describe, first_failure, gather_in_order, is_sharded
+from lit_dpo.parallel import first_failure, gather_in_order, is_sharded
 from lit_dpo.runs import run_directory, write_records
 
 

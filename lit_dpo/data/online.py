@@ -28,11 +28,11 @@ from lit_dpo.data.rounds import Judged, form_pairs, round_stats
 from lit_dpo.data.rows import RowFormat
 from lit_dpo.data.sources import Source, Sources, sample
 from lit_dpo.data.tokenize import Pair, tokenize_prompt
-from lit_dpo.errors import DataError, InputError
+from lit_dpo.errors import DataError, InputError, describe
 from lit_dpo.generation import Sampling, generate
 from lit_dpo.hf import load_tokenizer
 from lit_dpo.judges import load_judge, score_samples
-from lit_dpo.parallel import describe, first_failure, gather_in_order, is_sharded
+from lit_dpo.parallel import first_failure, gather_in_order, is_sharded
 from lit_dpo.runs import run_directory, write_records
 
 
