@@ -30,7 +30,7 @@ from lit_dpo.checkpoints import (
     find_resumable,
 )
 from lit_dpo.data import PreferenceDataModule
-from lit_dpo.errors import InputError, SaveFailed, TrainingDiverged
+from lit_dpo.errors import InputError, SaveFailed, TrainingDiverged, describe
 from lit_dpo.module import DPOModule
 from lit_dpo.parser import DPOArgumentParser
 from lit_dpo.resume import settings_from_config
@@ -279,6 +279,12 @@ def user_errors() -> Iterator[None]:
     except SaveFailed as err:
         say(f"lit_dpo: error: {err}")
         raise SystemExit(1) from None
+    except Exception as err:
+        if type(err).__name__ != "UsageError" or not type(err).__module__.startswith("wandb"):
+            raise
+        # W&B without an API key (wandb is imported only when its logger is used)
+        say(f"lit_dpo: error: W&B: {describe(err)}; run `wandb login`, or set WANDB_MODE=offline to log locally")
+        raise SystemExit(2) from None
     finally:
         end_process_group()
 

@@ -102,3 +102,15 @@ def test_a_resumed_run_continues_the_same_wandb_run(tiny_model_dir, tmp_path, st
     assert run_id == resumed_id == checkpoint.parent.parent.name  # one W&B run
     steps = [row["trainer/global_step"] for row in history + resumed if "train/loss" in row]
     assert steps == [0, 1, 2, 3]  # the optimizer step, monotonic across the resume
+
+
+def test_wandb_without_an_api_key_is_one_line(tiny_model_dir, tmp_path, standard_rows, write_jsonl):
+    train = write_jsonl(tmp_path / "t.jsonl", standard_rows(8))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"HOME": str(tmp_path),
+                                                                               "PYTHONWARNINGS": "ignore"}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "lit_dpo.fit", "--config", str(RECIPES / "logging" / "wandb.yaml"),
+                           f"--model.model_name_or_path={tiny_model_dir}", f"--data.path={train}",
+                           f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=1"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("lit_dpo: error: W&B: UsageError: No API key configured")
