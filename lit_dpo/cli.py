@@ -46,7 +46,7 @@ TRAINER_DEFAULTS = {
 
 class LoggerSaveConfigCallback(SaveConfigCallback):
     """Write ``config.yaml`` to the run directory and send the resolved config to the logger (e.g. W&B), once the
-    run has loaded its models and restored and checked what it resumes (``DPOModule.on_load_checkpoint``): a
+    run has loaded its models and restored and checked what it resumes (``lit_dpo.callbacks.SameJob``): a
     refused resume leaves the run directory as it was."""
 
     def setup(self, trainer: Trainer, pl_module: L.LightningModule, stage: str) -> None:

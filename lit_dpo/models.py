@@ -6,14 +6,14 @@ reference (a separate frozen model, the LoRA base, or none for reference-free lo
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Mapping, Optional, Union
 
 import torch
 
 from lit_dpo import lora
 from lit_dpo.data.protocol import PreferenceData
 from lit_dpo.errors import InputError
-from lit_dpo.hf import load_model, load_policy
+from lit_dpo.hf import check_local, load_model, load_policy
 from lit_dpo.losses import Objective
 from lit_dpo.reference import AdapterReference, ModelReference, Reference, should_cache, weights_fingerprint
 from lit_dpo.reference.sync import check_sync_options
@@ -37,6 +37,12 @@ class ModelSpec:
     ld_alpha: Optional[float] = None
     reference_moves: bool = False  # TR-DPO or iterative DPO: the reference is updated during training
 
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> "ModelSpec":
+        """The spec of ``DPOModule``'s options (its hparams)."""
+        moves = bool(options["ref_sync_steps"] or options["ref_sync_epochs"])
+        return cls(**{name: options[name] for name in MODEL_OPTIONS}, reference_moves=moves)
+
     @property
     def reference_source(self) -> str:
         return self.ref_model_name_or_path or self.model_name_or_path
@@ -55,6 +61,10 @@ class Run:
     online: bool = False  # pairs are sampled each round (``OnlineDataModule``): not known before training
     trainer: Any = None  # the Lightning trainer and its data: whether caching reference log-probs pays
     data: Optional[PreferenceData] = None
+
+    @classmethod
+    def of(cls, objective: Objective, data: Optional[PreferenceData], trainer: Any) -> "Run":
+        return cls(objective.needs_reference, objective.unpaired, data is not None and data.online, trainer, data)
 
 
 @dataclass
@@ -105,3 +115,10 @@ def check_options(
         check_sync_options(objective.needs_reference, precompute, sync_epochs, 1.0, "ref_sync_epochs")
     if beta <= 0:
         raise InputError(f"--model.beta must be > 0, got {beta}")
+
+
+def check_paths(model_name_or_path: str, ref_model_name_or_path: Optional[str]) -> None:
+    """Refuse a local-looking model path that does not exist, before anything is looked up on the Hub."""
+    check_local(model_name_or_path, "--model.model_name_or_path")
+    if ref_model_name_or_path is not None:
+        check_local(ref_model_name_or_path, "--model.ref_model_name_or_path")

@@ -1,13 +1,12 @@
 """The DPO LightningModule: a trainable policy and a frozen reference, wired to the objective and the metrics.
 
-Data flow of a step: ``Batch`` (``lit_dpo.data``) -> per-sequence log-probs of the policy (``lit_dpo.scoring``)
-and of the reference (``lit_dpo.reference``) -> per-pair tensors -> ``Objective`` (``lit_dpo.losses``) ->
-losses and rewards -> ``PreferenceMetrics``. The models are assembled by ``lit_dpo.models``.
+A step: ``Batch`` (``lit_dpo.data``) -> log-probs of the policy (``lit_dpo.scoring``) and the reference
+(``lit_dpo.reference``) -> ``Objective`` (``lit_dpo.losses``) -> losses and rewards -> ``PreferenceMetrics``.
+Models are assembled by ``lit_dpo.models``; the reference's schedule is a callback (``ReferenceSchedule``).
 """
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
@@ -17,76 +16,56 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_dpo import optim
+from lit_dpo.callbacks.same_job import SameJob
 from lit_dpo.data.collate import Batch
 from lit_dpo.data.protocol import PreferenceData, preference_data
 from lit_dpo.errors import InputError, nonfinite_gradients, raise_if_gradients_not_finite, raise_if_not_finite
-from lit_dpo.hf import BUNDLED, check_local, export_policy, load_tokenizer
+from lit_dpo.hf import BUNDLED, export_policy, load_tokenizer
 from lit_dpo.losses import OPTIONS, build_objective
 from lit_dpo.losses.unpaired import kl_reference_point
 from lit_dpo.metrics import PreferenceMetrics, SourceMetrics
-from lit_dpo.models import MODEL_OPTIONS, ModelSpec, Run, build_models, check_options
-from lit_dpo.parallel import FSDPStrategy, compile_layers, is_sharded, shard
-from lit_dpo.reference import Reference, cache_stages, check_start
-from lit_dpo.resume import check_resume, run_settings
+from lit_dpo.models import ModelSpec, Run, build_models, check_options, check_paths
+from lit_dpo.parallel import compile_layers, shard_over
+from lit_dpo.reference import Reference, check_start
+from lit_dpo.reference.schedule import ReferenceSchedule
 from lit_dpo.scoring import Logps, PairLogps, UnpairedLogps, score_sequences, split_scores
 
 
 class DPOModule(L.LightningModule):
-    """The policy, its frozen reference, the loss and the optimizer (``--model.*``).
+    """The policy, its frozen reference, the loss and the optimizer (``--model.*``; docs/ explains each in full).
 
     Args:
         model_name_or_path: Policy to train: a Hub id, a local HF folder, or ``bundled:SmolLM2-135M-Instruct``.
-        ref_model_name_or_path: Frozen reference; defaults to a copy of the policy's starting weights.
-            Not loaded for reference-free losses (simpo, orpo, sft).
-        loss_type: Preference loss by name (``lit_dpo.losses.LOSSES``): sigmoid (DPO), robust, hinge, ipo,
-            sigmoid_norm, exo_pair, nca_pair, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down,
-            discopop, sft, simpo, orpo; kto or apo_zero_unpaired for unpaired prompt/completion/label rows;
-            or a list of them, summed with ``loss_weights`` (e.g. ``[sigmoid, sft]``).
-        beta: Strength of the implicit KL penalty; for ipo, the regulariser tau; for orpo, lambda.
-        label_smoothing: Label noise for robust (flip probability), exo_pair (epsilon), aot, aot_unpaired, simpo.
-        loss_weights: One weight per ``loss_type`` when several are given (default: all 1).
+        ref_model_name_or_path: Frozen reference (default: the policy's starting weights; none for reference-free losses).
+        loss_type: A loss of ``lit_dpo.losses.LOSSES`` (sigmoid is DPO; kto for unpaired rows), or a list of them.
+        beta: Strength of the implicit KL penalty (ipo's tau, orpo's lambda).
+        label_smoothing: Label noise for robust, exo_pair, aot, aot_unpaired and simpo.
+        loss_weights: One weight per ``loss_type`` when several are summed (default: all 1).
         discopop_tau: Temperature of the discopop loss.
         simpo_gamma: Target reward margin of the simpo loss.
-        desirable_weight: kto / apo_zero_unpaired: weight of the losses of desirable (label true) rows.
-        undesirable_weight: kto / apo_zero_unpaired: weight of the losses of undesirable rows.
-        use_weighting: WPO: weigh each pair's loss by how likely the policy is to produce both completions
-            (``exp`` of their mean token log-prob, relative to the distribution's own; no gradient).
-        ld_alpha: LD-DPO: completion tokens past the shorter completion's length count ``ld_alpha`` times
-            in the log-probs of policy and reference (None: plain sums), against a bias towards length.
-        precompute_ref_log_probs: Compute the reference's log-probs of every train and val pair in one pass
-            before training, cache them on disk (``lit_dpo.reference.cached``, reused by later runs on the
-            same data and reference) and free the reference: it is not in memory during training.
-            None: on for a fit that trains on every pair at least once (so the pass adds no compute) with a
-            separate, fixed reference over paired rows; else off.
-        ref_sync_steps: TR-DPO: every this many optimizer steps, move the reference towards the policy
-            (0: never). Works with LoRA (the adapters are partly merged into the base) and FSDP.
+        desirable_weight: kto / apo_zero_unpaired: weight of the desirable (label true) rows' losses.
+        undesirable_weight: kto / apo_zero_unpaired: weight of the undesirable rows' losses.
+        use_weighting: WPO: weigh each pair's loss by how likely the policy is to produce both completions.
+        ld_alpha: LD-DPO: weight of completion tokens past the shorter completion's length (None: plain sums).
+        precompute_ref_log_probs: Cache the reference's log-probs in one pass before training (None: when it pays).
+        ref_sync_steps: TR-DPO: move the reference towards the policy every this many optimizer steps (0: never).
         ref_sync_alpha: TR-DPO mixing weight: ``ref <- alpha * policy + (1 - alpha) * ref``.
-        ref_sync_epochs: Iterative DPO: at the start of every this many epochs (the rounds of online DPO,
-            ``lit_dpo.data.OnlineDataModule``), the reference becomes the policy (a hard update; 0: never, the
-            reference stays the initial model).
-        lora_r: Train LoRA adapters of this rank (PEFT) instead of every weight; 0: full fine-tuning. The
-            reference is then the base with adapters disabled (no second copy), unless
-            ``ref_model_name_or_path`` names another model; the export merges the adapters.
+        ref_sync_epochs: Iterative DPO: the reference becomes the policy every this many epochs (0: never).
+        lora_r: Train LoRA adapters of this rank instead of every weight (0: full fine-tuning).
         lora_alpha: LoRA scaling numerator (updates are scaled by ``lora_alpha / lora_r``).
         lora_dropout: Dropout on the adapters' input.
-        lora_target_modules: Modules to adapt: PEFT's ``all-linear`` (every linear layer but the LM head),
-            or a list of module names such as ``[q_proj, v_proj]``.
+        lora_target_modules: Modules to adapt: ``all-linear`` (PEFT's) or names such as ``[q_proj, v_proj]``.
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: Optimizer steps of linear warmup from ``learning_rate / warmup_steps``.
         lr_schedule: After warmup: constant, or linear / cosine decay to 0 at the last step.
-        optimizer_in_backward: Update each weight as soon as its gradient is complete and free that gradient
-            (``lit_dpo.optim``): the same update in less memory. None: on whenever it is exact (one process,
-            no gradient accumulation or clipping, no fp16 loss scaling).
-        dtype: Weight dtype of policy and reference; use ``--trainer.precision`` for mixed precision.
+        optimizer_in_backward: Update each weight as soon as its gradient is complete (None: whenever exact).
+        dtype: Weight dtype of policy and reference; ``--trainer.precision`` for mixed precision.
         disable_dropout: Set every dropout in the policy to 0, as TRL does by default.
         activation_checkpointing: Recompute each decoder layer's activations in the backward (less memory).
-        compile: ``torch.compile`` each decoder layer: faster steps after a one-off compilation (measured in
-            the README); needs a C++ compiler on CPUs, Triton on GPUs.
+        compile: ``torch.compile`` each decoder layer (needs a C++ compiler on CPUs, Triton on GPUs).
         trust_remote_code: Allow model code from the Hub (off: only transformers' own architectures).
-        allow_changed: Resume a fit although these changed since its checkpoint was saved: ``data`` (the
-            training examples), ``reference`` (the reference weights), or a setting by its command-line name
-            (``data.batch_size``, ``model.beta``, ...). The CLI's ``--allow_changed``.
+        allow_changed: Resume although these changed: ``data``, ``reference``, or settings like ``model.beta``.
     """
 
     def __init__(
@@ -130,15 +109,12 @@ class DPOModule(L.LightningModule):
             loss_type, loss_weights, use_weighting, ld_alpha, **{name: self.hparams[name] for name in OPTIONS}
         )
         check_options(self.objective, beta, precompute_ref_log_probs, ref_sync_steps, ref_sync_alpha, ref_sync_epochs)
-        check_local(model_name_or_path, "--model.model_name_or_path")
-        if ref_model_name_or_path is not None:
-            check_local(ref_model_name_or_path, "--model.ref_model_name_or_path")
+        check_paths(model_name_or_path, ref_model_name_or_path)
         self.policy: Optional[torch.nn.Module] = None
         self.reference: Optional[Reference] = None  # None for reference-free losses
         self.caches_reference = False  # decided when the models load, knowing the run (``should_cache``)
         self.compiled = False
         self.hooked_optimizer: Optional[optim.AdamWInBackward] = None
-        self.last_sync_step = 0
         # before the first update, policy and reference must agree when the reference starts as the policy
         self.checks_start = ref_model_name_or_path in (None, model_name_or_path)
         self.train_metrics, self.val_metrics = PreferenceMetrics(), PreferenceMetrics()
@@ -158,6 +134,12 @@ class DPOModule(L.LightningModule):
         """The attached data module, if it is one of lit_dpo's kind (``PreferenceData``)."""
         return preference_data(self._trainer)
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        hp = self.hparams
+        cache_settings = {"dtype": hp.dtype, "ld_alpha": hp.ld_alpha}
+        schedule = ReferenceSchedule(hp.ref_sync_steps, hp.ref_sync_alpha, hp.ref_sync_epochs, cache_settings)
+        return [schedule, SameJob(hp, hp.allow_changed or ())]  # SameJob: resume only into the same job
+
     def setup(self, stage: str) -> None:
         if self.data is not None:
             self.val_source_metrics.track({n: self.data.source_names.index(n) for n in self.data.val_source_names})
@@ -165,31 +147,17 @@ class DPOModule(L.LightningModule):
     def configure_model(self) -> None:
         # Lightning calls this for fit, validate and again on resume: load once, shard once, compile once
         if self.policy is None:
-            self._load_models()
+            models = build_models(
+                ModelSpec.from_options(self.hparams), Run.of(self.objective, self.data, self._trainer)
+            )
+            self.policy, self.reference, self.caches_reference = models.policy, models.reference, models.caches_reference  # fmt: skip
+            if models.synced_reference is not None:  # training state: in the module tree, so checkpoints hold it
+                self.synced_reference = models.synced_reference
         frozen = self.reference.model if self.reference is not None else None
-        if self.device_mesh is not None and not is_sharded(self.policy):  # ModelParallelStrategy: FSDP2
-            strategy = self.trainer.strategy
-            mesh = strategy.sharding_mesh if isinstance(strategy, FSDPStrategy) else self.device_mesh["data_parallel"]
-            for model in (self.policy, frozen):
-                if model is not None:
-                    shard(model, mesh)
-        if self.hparams.compile and not self.compiled:
-            compile_layers(self.policy)
-            if frozen is not None and not self.caches_reference:  # a one-off pass would not pay it back
-                compile_layers(frozen)
-            self.compiled = True
-
-    def _load_models(self) -> None:
-        hp, objective = self.hparams, self.objective
-        spec = ModelSpec(**{name: hp[name] for name in MODEL_OPTIONS}, reference_moves=bool(hp.ref_sync_steps or hp.ref_sync_epochs))  # fmt: skip
-        online = self.data is not None and self.data.online
-        models = build_models(
-            spec, Run(objective.needs_reference, objective.unpaired, online, self._trainer, self.data)
-        )
-        self.policy, self.reference, self.caches_reference = models.policy, models.reference, models.caches_reference
-        if models.synced_reference is not None:
-            # a synced reference is training state: in the module tree, so checkpoints (distributed ones too) hold it
-            self.synced_reference = models.synced_reference
+        if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2
+            shard_over(self.trainer.strategy, self.device_mesh, self.policy, frozen)
+        if self.hparams.compile and not self.compiled:  # compiling a once-used cached reference would not pay
+            self.compiled = compile_layers(self.policy, None if self.caches_reference else frozen)
 
     def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> "DPOModule":
         # a frozen reference model is kept out of the module tree, so Lightning neither checkpoints it nor switches
@@ -205,20 +173,6 @@ class DPOModule(L.LightningModule):
         if "synced_reference" in self._modules:
             self.synced_reference.eval()  # in the module tree, yet frozen within each step
         return self
-
-    def on_fit_start(self) -> None:
-        if self.caches_reference:
-            self._cache_reference(["train", "val"])
-
-    def on_validation_start(self) -> None:
-        if self.caches_reference and self.trainer.state.fn == "validate":
-            self._cache_reference(["val"])
-
-    def _cache_reference(self, stages: list[str]) -> None:
-        hp = self.hparams
-        settings = {"dtype": hp.dtype, "precision": str(self.trainer.precision), "ld_alpha": hp.ld_alpha}
-        self.reference = cache_stages(self.reference, self.data, stages, self.trainer, settings)
-        gc.collect()  # the live reference model, now unreferenced, is the largest thing to free
 
     def logps(self, batch: Batch) -> Logps:
         """The batch's per-pair log-probs under the policy (with gradient) and the reference."""
@@ -249,86 +203,40 @@ class DPOModule(L.LightningModule):
         return output.losses.mean()
 
     def _mean_over_ranks(self, value: Tensor) -> Tensor:
-        if self._trainer is None or self.trainer.world_size == 1:
-            return value
-        return self.all_gather(value).mean()
+        return value if self._trainer is None or self.trainer.world_size == 1 else self.all_gather(value).mean()
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self.compute_loss(batch, self.train_metrics)
 
-    def on_train_epoch_start(self) -> None:
-        # iterative DPO: each round's reference is the policy it starts from (a resumed round has it restored)
-        epochs = self.hparams.ref_sync_epochs
-        if epochs and self.current_epoch > 0 and self.current_epoch % epochs == 0:
-            self.reference.sync(self.policy, 1.0)
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # TR-DPO, after every ref_sync_steps-th optimizer step (once, whatever the gradient accumulation)
-        steps, step = self.hparams.ref_sync_steps, self.global_step
-        if steps and step % steps == 0 and step != self.last_sync_step:
-            self.reference.sync(self.policy, self.hparams.ref_sync_alpha)
-            self.last_sync_step = step
-
-    def fingerprints(self) -> dict[str, Any]:
-        """What a checkpoint records so that a resumed run can check it is the same job (``lit_dpo.resume``)."""
-        data_settings = self.data.training_settings() if self.data is not None else {}
-        return {
-            "data": self.data.fingerprint() if self.data is not None else None,
-            "reference": self.reference.fingerprint if self.reference is not None else None,
-            "settings": run_settings(self.hparams, data_settings, self.trainer) if self._trainer is not None else None,
-        }
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["lit_dpo"] = self.fingerprints()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._trainer is not None and self.trainer.state.fn == "fit":  # resuming: into the same job only
-            allowed = set(self.hparams.allow_changed or [])
-            check_resume(checkpoint.get("lit_dpo", {}), self.fingerprints(), allowed, str(self.trainer.ckpt_path))
-
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        agree = self.trainer.strategy.reduce_boolean_decision
-        if self.hooked_optimizer is not None:  # updated in the backward; a non-finite gradient was skipped
-            raise_if_gradients_not_finite(self.hooked_optimizer.nonfinite_parameters(), self.global_step, agree)
-        else:
-            raise_if_gradients_not_finite(nonfinite_gradients(self.policy), self.global_step, agree)
-        self._log_train_metrics(optimizer.param_groups[0]["lr"])
-
-    def _log_train_metrics(self, lr: float) -> None:
+        hooked = self.hooked_optimizer  # updated in the backward, where a non-finite gradient was skipped
+        bad = hooked.nonfinite_parameters() if hooked is not None else nonfinite_gradients(self.policy)
+        raise_if_gradients_not_finite(bad, self.global_step, self.trainer.strategy.reduce_boolean_decision)
         # once per optimizer step, so train/ metrics mean the same with or without gradient accumulation:
         # the exact mean over every pair of the step, on every rank
         values = {f"train/{k}": v for k, v in self.train_metrics.compute().items()}
-        values["train/lr"] = lr
-        self.log_dict(values, on_step=True, on_epoch=False, prog_bar=False)
+        self.log_dict(values | {"train/lr": optimizer.param_groups[0]["lr"]}, on_step=True, on_epoch=False)
         self.train_metrics.reset()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self.compute_loss(batch, self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        if self.val_metrics.has_updates:
+        if self.val_metrics.has_updates:  # torchmetrics has synced them over ranks
             values = self.val_metrics.compute() | self.val_source_metrics.compute_and_reset()
-            self.log_dict(
-                {f"val/{k}": v for k, v in values.items()}, on_step=False, on_epoch=True
-            )  # already synced over ranks by torchmetrics
+            self.log_dict({f"val/{k}": v for k, v in values.items()}, on_step=False, on_epoch=True)
         self.val_metrics.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
         if self.hooked_optimizer is not None:
             self.hooked_optimizer.remove_hooks()  # a second fit: the previous optimizer must not step too
-        in_backward = optim.in_backward(self._trainer, hp.optimizer_in_backward)
+        hp = self.hparams
         optimizer, scheduler = optim.build(
-            self.policy, hp.learning_rate, hp.weight_decay, hp.warmup_steps, hp.lr_schedule, in_backward,
-            self._total_steps,
+            self.policy, self._trainer, hp.learning_rate, hp.weight_decay, hp.warmup_steps, hp.lr_schedule,
+            hp.optimizer_in_backward,
         )  # fmt: skip
-        self.hooked_optimizer = optimizer if in_backward else None
+        self.hooked_optimizer = optimizer if isinstance(optimizer, optim.AdamWInBackward) else None
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _total_steps(self) -> int:
-        # read lazily, at the first decaying step: asking in configure_optimizers would reset the restored
-        # dataloader state on resume (Lightning #20550)
-        return self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
 
     def save_pretrained(self, directory: Union[str, Path], tokenizer: Any = None) -> Path:
         """Write the policy as a plain Hugging Face folder (``AutoModelForCausalLM.from_pretrained`` reads it): LoRA
@@ -337,10 +245,8 @@ class DPOModule(L.LightningModule):
         if self.policy is None:
             raise InputError("save_pretrained: the models are not loaded yet (configure_model, or fit first)")
         if tokenizer is None:
-            has_own = self.data is not None and self.data.tokenizer is not None
-            tokenizer = (
-                self.data.tokenizer if has_own else load_tokenizer(self.tokenizer_name_or_path, self.trust_remote_code)
-            )
-        strategy = self.trainer.strategy if self._trainer is not None else None
-        export_policy(self.policy, tokenizer, Path(directory), strategy)
+            tokenizer = self.data.tokenizer if self.data is not None else None
+        if tokenizer is None:
+            tokenizer = load_tokenizer(self.tokenizer_name_or_path, self.trust_remote_code)
+        export_policy(self.policy, tokenizer, Path(directory), self._trainer.strategy if self._trainer else None)
         return Path(directory)

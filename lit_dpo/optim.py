@@ -31,18 +31,27 @@ def adamw(
 
 def build(
     policy: torch.nn.Module,
+    trainer: Optional[Any],
     lr: float,
     weight_decay: float,
     warmup_steps: int,
     schedule: str,
-    in_backward: bool,
-    total_steps: Callable[[], int],
+    optimizer_in_backward: Optional[bool],
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over the policy's trainable weights and its learning-rate schedule (``lr_lambda``)."""
+    """AdamW over the policy's trainable weights (stepped in the backward where ``in_backward`` says so) and its
+    learning-rate schedule (``lr_lambda``)."""
     named = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
     params, names = [p for _, p in named], [n for n, _ in named]
-    optimizer = adamw(params, lr, weight_decay, is_sharded(policy), in_backward, names)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup_steps, schedule, total_steps))
+    hooked = in_backward(trainer, optimizer_in_backward)
+    optimizer = adamw(params, lr, weight_decay, is_sharded(policy), hooked, names)
+    factor = lr_lambda(warmup_steps, schedule, lambda: total_steps(trainer))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def total_steps(trainer: Any) -> int:
+    """The fit's optimizer steps. Read lazily, at the first decaying step: asking in ``configure_optimizers`` would
+    reset the restored dataloader state on resume (Lightning #20550)."""
+    return trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
 
 
 def in_backward(trainer: Optional[Any], wanted: Optional[bool]) -> bool:

@@ -31,6 +31,15 @@ def shard(model: torch.nn.Module, mesh: DeviceMesh) -> None:
     fully_shard(model, mesh=mesh)
 
 
+def shard_over(strategy: Any, device_mesh: DeviceMesh, *models: Optional[torch.nn.Module]) -> None:
+    """``shard`` each model not yet sharded over the strategy's sharding mesh: HSDP's shard dimension
+    (``FSDPStrategy.sharding_mesh``), else Lightning's ``data_parallel`` dimension."""
+    mesh = strategy.sharding_mesh if isinstance(strategy, FSDPStrategy) else device_mesh["data_parallel"]
+    for model in models:
+        if model is not None and not is_sharded(model):
+            shard(model, mesh)
+
+
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's decoder layers: the modules of the classes HF lists in ``_no_split_modules``."""
     layer_types = set(getattr(model, "_no_split_modules", None) or [])
@@ -40,11 +49,14 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return layers
 
 
-def compile_layers(model: torch.nn.Module) -> None:
-    """``torch.compile`` each decoder layer, with dynamic sequence lengths: the layers share one compiled graph,
-    and the forward around them (masks, the LM head on the scored positions only) stays as it is."""
-    for layer in decoder_layers(model):
-        layer.compile(dynamic=True)
+def compile_layers(*models: Optional[torch.nn.Module]) -> bool:
+    """``torch.compile`` each decoder layer of the models (None: skipped), with dynamic sequence lengths: the layers
+    share one compiled graph, and the forward around them (masks, the LM head on the scored positions only) stays
+    as it is. Returns True."""
+    for model in models:
+        for layer in decoder_layers(model) if model is not None else []:
+            layer.compile(dynamic=True)
+    return True
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:

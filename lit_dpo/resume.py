@@ -5,9 +5,12 @@ fingerprints) and with which settings (``run_settings``); ``check_resume`` refus
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from lit_dpo.errors import InputError
+
+if TYPE_CHECKING:  # annotations only: data modules import what imports this module
+    from lit_dpo.data.protocol import PreferenceData
 
 # DPOModule options that change neither the numbers nor the schedule (speed, memory, how the reference is computed),
 # and the models' paths: the policy's weights come from the checkpoint, and the reference's and the data's
@@ -41,6 +44,19 @@ def run_settings(model_options: Mapping[str, Any], data_settings: Mapping[str, A
         "seed_everything": int(os.environ.get("PL_GLOBAL_SEED", 0)),
     }
     return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+
+
+def fingerprints(
+    model_options: Mapping[str, Any], data: Optional[PreferenceData], reference: Optional[str], trainer: Any
+) -> dict[str, Any]:
+    """What a checkpoint records so that a resumed run can check it is the same job: the data's and the reference
+    weights' fingerprints, and the run's settings (``run_settings``; None outside a fit)."""
+    data_settings = data.training_settings() if data is not None else {}
+    return {
+        "data": data.fingerprint() if data is not None else None,
+        "reference": reference,
+        "settings": run_settings(model_options, data_settings, trainer) if trainer is not None else None,
+    }
 
 
 def settings_from_config(model: Mapping[str, Any], data: Mapping[str, Any], seed: Any) -> dict[str, Any]:
