@@ -84,14 +84,13 @@ class Record:
 def run_lit_dpo(args: argparse.Namespace, data: str) -> Record:
     import lightning as L
 
-    from lit_dpo import module as lit_module
     from lit_dpo.data import PreferenceDataModule
     from lit_dpo.module import DPOModule
-    from lit_dpo.reference import cached
+    from lit_dpo.reference import cached, schedule
 
     record = Record()
     cached.load = lambda key, rows: None  # always compute the pass, as TRL does for an in-memory dataset
-    lit_module.cache_stages = record.timed(lit_module.cache_stages)
+    schedule.cache_stages = record.timed(schedule.cache_stages)  # ReferenceSchedule's one pass
 
     class Clock(L.Callback):
         def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, *_: Any) -> None:
