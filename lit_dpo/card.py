@@ -33,6 +33,7 @@ class Run:
     precision: str = "32-true"
     devices: int = 1
     accumulate: int = 1
+    batch: Optional[int] = None  # pairs per device per step
     metrics: dict[str, float] = field(default_factory=dict)  # the final val/ metrics
     directory: Optional[Path] = None  # the run directory: config.yaml, report.png
 
@@ -41,16 +42,33 @@ def run_of(trainer: Any, pairs_seen: Optional[int] = None) -> Run:
     """The ``Run`` of a Lightning trainer (None: a module outside any fit)."""
     if trainer is None:
         return Run(pairs_seen=pairs_seen)
+    data = preference_data(trainer)
     final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     return Run(
         trainer.global_step, pairs_seen, type(trainer.strategy).__name__, str(trainer.precision), trainer.world_size,
-        trainer.accumulate_grad_batches, final, run_directory(trainer),
+        trainer.accumulate_grad_batches, data.batch_size if data is not None else None, final, run_directory(trainer),
+    )  # fmt: skip
+
+
+def checkpoint_run(checkpoint: dict[str, Any], directory: Optional[Path]) -> Run:
+    """The ``Run`` a checkpoint records: its step, pairs seen (``FinishRun``'s count) and recorded settings."""
+    settings = (checkpoint.get("lit_dpo") or {}).get("settings") or {}
+    finish = (checkpoint.get("callbacks") or {}).get("FinishRun") or {}
+    return Run(
+        int(checkpoint.get("global_step", 0)), finish.get("pairs_seen"), "recorded in the checkpoint",
+        settings.get("trainer.precision", "?"), settings.get("trainer.world_size", 1),
+        settings.get("trainer.accumulate_grad_batches", 1), settings.get("data.batch_size"), {}, directory,
     )  # fmt: skip
 
 
 def model_card(module: DPOModule, trainer: Any = None, pairs_seen: Optional[int] = None) -> ModelCard:
     """The card of ``module``'s policy as trained so far in ``trainer``'s fit."""
-    run, data, hp = run_of(trainer, pairs_seen), preference_data(trainer), module.hparams
+    return card_of(module, run_of(trainer, pairs_seen), preference_data(trainer))
+
+
+def card_of(module: DPOModule, run: Run, data: Optional[PreferenceData]) -> ModelCard:
+    """The card of ``module``'s policy after ``run``, trained on ``data`` (None: not at hand)."""
+    hp = module.hparams
     losses = list(module.objective.names)
     card_data = ModelCardData(
         base_model=_hub_id(hp.model_name_or_path),
@@ -60,7 +78,7 @@ def model_card(module: DPOModule, trainer: Any = None, pairs_seen: Optional[int]
         datasets=_hub_datasets(data) or None,
         pipeline_tag="text-generation",
     )
-    sections = [_training(module, run, data), _data(data), _results(run), _reproduce(run)]
+    sections = [_training(module, run), _data(data), _results(run), _reproduce(run)]
     base = _hub_id(hp.model_name_or_path) or Path(hp.model_name_or_path).name
     title = f"# {base}, aligned with lit_dpo ({', '.join(losses)})"
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{title}\n\n" + "\n\n".join(s for s in sections if s) + "\n")
@@ -114,10 +132,9 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])
 
 
-def _training(module: DPOModule, run: Run, data: Optional[PreferenceData]) -> str:
+def _training(module: DPOModule, run: Run) -> str:
     hp, objective = module.hparams, module.objective
-    batch = data.batch_size if data is not None else None
-    effective = f"{batch} per device x {run.devices} devices x {run.accumulate} accumulation" if batch else "-"
+    effective = f"{run.batch} per device x {run.devices} devices x {run.accumulate} accumulation" if run.batch else "-"
     rows = [
         ("losses", ", ".join(f"{n} (weight {w:g})" for n, w in zip(objective.names, objective.weights))),
         ("beta", f"{hp.beta:g}"),

@@ -257,6 +257,15 @@ def checkpoint_step(path: Path) -> int:
     return int(_metadata(path)["global_step"])
 
 
+def resumable_checkpoints(root: Path) -> list[tuple[Path, Path]]:
+    """``(run directory, its resumable checkpoint)`` for every run under ``root``, the newest checkpoint last."""
+    runs = [
+        c.parent for pattern in ("*/checkpoints", "*/*/checkpoints", "*/*/*/checkpoints") for c in root.glob(pattern)
+    ]
+    found = [(run, path) for run in runs if (path := resumable_checkpoint(run)) is not None]
+    return sorted(found, key=lambda item: item[1].stat().st_mtime_ns)
+
+
 def find_resumable(
     root: Path, mode: str, wanted: Optional[dict[str, Any]] = None, allowed: frozenset[str] = frozenset()
 ) -> tuple[Optional[Path], Optional[str]]:
@@ -264,11 +273,7 @@ def find_resumable(
     ``root`` (a run's ``checkpoints/last.ckpt``, or Lightning's SLURM ``hpc_ckpt_*.ckpt`` if it has more steps)
     whose recorded settings match ``wanted`` (``resume.settings_from_config``; but the ``allowed`` ones): another
     job's run under the same root is never continued."""
-    runs = [
-        c.parent for pattern in ("*/checkpoints", "*/*/checkpoints", "*/*/*/checkpoints") for c in root.glob(pattern)
-    ]
-    found = [(run, path) for run in runs if (path := resumable_checkpoint(run)) is not None]
-    found.sort(key=lambda item: item[1].stat().st_mtime_ns)
+    found = resumable_checkpoints(root)
     if wanted is not None and found:
         changes = {path: differences(recorded_settings(path), wanted, set(allowed)) for _, path in found}
         if all(changes.values()):
@@ -300,15 +305,6 @@ def find_resumable(
 def recorded_settings(path: Path) -> dict[str, Any]:
     """The settings a checkpoint (file, or distributed checkpoint folder) was saved with; {} for older ones."""
     return (_metadata(path).get("lit_dpo") or {}).get("settings") or {}
-
-
-def _mtime(path: Path) -> int:
-    return path.stat().st_mtime_ns
-
-
-@rank_zero_only
-def _announce(line: str) -> None:
-    print(line, flush=True)
 
 
 def _mtime(path: Path) -> int:

@@ -201,6 +201,28 @@ def export_policy(
         raise InputError(error)
 
 
+def export_adapter(
+    policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, directory: Path, extra: Optional[Callable] = None
+) -> None:
+    """Write a LoRA policy's adapters alone, in PEFT's format (``PeftModel.from_pretrained(base, directory)``), with
+    the tokenizer and ``extra(folder)``: written whole or not at all, as ``export_policy`` does (one process)."""
+    if not lora.is_lora(policy):
+        raise InputError("--adapter_only: this checkpoint trained every weight (no LoRA adapters); leave it out")
+    check_export_dir(directory)
+
+    def write(partial: Path) -> None:
+        policy.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        if extra is not None:
+            extra(partial)
+        mark(partial)
+
+    try:
+        write_atomically(directory, write)
+    except WRITE_ERRORS as err:
+        raise InputError(f"could not write the adapters to {directory}: {err}") from None
+
+
 def check_export_dir(directory: Path) -> None:
     """Refuse, before any training, an export folder that cannot be one: an existing file, under a file, or a
     folder holding files lit_dpo did not write (only a previous export, or an empty folder, is replaced)."""

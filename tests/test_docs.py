@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_dpo import fit, validate
+from lit_dpo import export, fit, validate
 from lit_dpo.cli import DPOCLI
 from lit_dpo.data import __main__ as data_report
 from lit_dpo.parser import _option_names
@@ -48,6 +48,8 @@ def test_every_documented_command_parses(where, words, monkeypatch, capsys):
         with pytest.raises(SystemExit) as exit_info:
             ENTRY_POINTS[words[2]](words[3:] + ([] if helps else ["--print_config"]))
         assert exit_info.value.code in (0, None), capsys.readouterr().err
+    elif words[:3] == ["python", "-m", "lit_dpo.export"]:  # parsed, not run (it needs a checkpoint)
+        export.parser().parse_args(words[3:])
     elif words[0] == "python":  # a benchmark, a script or python -m lit_dpo.report: it exists
         target = words[1] if words[1] != "-m" else words[2].replace(".", "/") + ".py"
         assert (ROOT / target).is_file(), where

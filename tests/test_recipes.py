@@ -92,7 +92,8 @@ RUNS = {  # name: (extra arguments, the run it must equal)
 @pytest.fixture(scope="module")
 def strategy_fit(tiny_model_dir, files, tmp_path_factory):
     """``strategy_fit(name)``: the ``RUNS[name]`` fit on 2 CPU processes, run once per module (a test comparing two
-    runs makes both, whatever else was selected): its metrics rows, exported weights and cache files."""
+    runs makes both, whatever else was selected): its metrics rows, exported weights, cache files, generations and
+    root folder."""
     done = {}
 
     def run(name):
@@ -109,7 +110,8 @@ def strategy_fit(tiny_model_dir, files, tmp_path_factory):
             exported = AutoModelForCausalLM.from_pretrained(root / "lightning_logs" / "version_0" / "hf_model")
             generated = sorted((root / "lightning_logs" / "version_0" / "generations").glob("step_*.jsonl"))
             records = [json.loads(line) for line in generated[-1].read_text().splitlines()]
-            done[name] = (rows, exported.state_dict(), list((root / "cache").glob("ref_logps/*.safetensors")), records)
+            cache_files = list((root / "cache").glob("ref_logps/*.safetensors"))
+            done[name] = (rows, exported.state_dict(), cache_files, records, root)
         return done[name]
 
     return run
@@ -121,7 +123,7 @@ def test_strategy_fit_on_two_cpu_processes(run, tiny_model_dir, files, strategy_
     """Both strategies train, validate over both ranks and export a loadable policy; FSDP matches DDP, with
     cached reference log-probs, TR-DPO reference sync and LoRA too. The FSDP runs compute the log-probs in
     chunks of 7 positions (``lit_dpo.scoring.lm_head``), the DDP runs in one piece."""
-    rows, state, cache_files, generations = strategy_fit(run)
+    rows, state, cache_files, generations, _ = strategy_fit(run)
     assert len(cache_files) == (2 if run.endswith("-cached") else 0)
     # WinRate (on by default): both ranks' generations, gathered in the validation set's order
     prompts = [json.loads(line)["prompt"] for line in Path(files[1]).read_text().splitlines()]
@@ -137,7 +139,7 @@ def test_strategy_fit_on_two_cpu_processes(run, tiny_model_dir, files, strategy_
     assert not torch.equal(state[q_proj], start.state_dict()[q_proj])  # trained, gathered weights
     same_as = RUNS[run][1]
     if same_as:  # the same global batches and gradients: the same model and metrics, to float noise
-        ddp_rows, ddp_state, _, _ = strategy_fit(same_as)
+        ddp_rows, ddp_state, _, _, _ = strategy_fit(same_as)
         ddp_final = [r for r in ddp_rows if r["val/loss"]][-1]
         # greedy generations can flip a token on float noise: their metrics are not compared
         for key in (k for k in ddp_final if k.startswith("val/") and "gen" not in k and "win" not in k):
@@ -171,3 +173,20 @@ def test_gradient_accumulation_keeps_the_meaning_of_train_metrics(tiny_dirs, fil
     for a, b in zip(whole, accumulated):
         for key in (k for k in a if k.startswith("train/") and a[k]):
             assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-4, abs=1e-6), (a["step"], key)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("run", ["fsdp", "fsdp-lora"])
+def test_an_fsdp_checkpoint_folder_exports_the_fits_model(run, strategy_fit, tmp_path):
+    """``python -m lit_dpo.export`` reads the distributed checkpoint's shards in one process (no optimizer state):
+    the same weights as the fit's own export, LoRA merged."""
+    from transformers import AutoModelForCausalLM
+
+    from lit_dpo import export
+
+    _, state, _, _, root = strategy_fit(run)
+    checkpoint = root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_dir()  # a folder of shards
+    export.main(["--ckpt_path", str(checkpoint), "--export_dir", str(tmp_path / "out")])
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()
+    assert exported.keys() == state.keys() and all(torch.equal(exported[k], state[k]) for k in state)

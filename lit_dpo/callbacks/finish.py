@@ -43,9 +43,12 @@ class FinishRun(Callback):
         self.last_validated_step = -1
         self.finished = False
         self.recorder = MetricsRecorder()  # what the report is drawn from when no metrics.csv is written
-        self.pairs_seen = 0  # this rank's training pairs (padding copies left out); the card sums the ranks'
+        self.pairs_before = 0  # the training pairs (padding copies left out) of the run this one resumed
+        self.pairs_here = 0  # this rank's since
+        self.strategy: Any = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.strategy = trainer.strategy
         if stage == "fit":
             self.finished = False
             if trainer.loggers and self.recorder not in trainer.loggers:  # last: the run's own logger stays first
@@ -54,13 +57,19 @@ class FinishRun(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, *args: Any
     ) -> None:
-        self.pairs_seen += int((batch.weights > 0).sum())
+        self.pairs_here += int((batch.weights > 0).sum())
+
+    def pairs_seen(self) -> int:
+        """The run's training pairs so far, over every rank: a collective, so call it on every rank."""
+        here = torch.tensor(float(self.pairs_here), device=self.strategy.root_device)
+        return self.pairs_before + int(self.strategy.reduce(here, reduce_op="sum"))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pairs_seen": self.pairs_seen}  # a resumed run counts on (rank 0's count, on every rank)
+        # Lightning makes a checkpoint's contents on every rank (trainer.save_checkpoint), so the ranks sum here
+        return {"pairs_seen": self.pairs_seen() if self.strategy is not None else self.pairs_before}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.pairs_seen = state_dict.get("pairs_seen", 0)
+        self.pairs_before, self.pairs_here = state_dict.get("pairs_seen", 0), 0
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -82,9 +91,7 @@ class FinishRun(Callback):
         for logger in trainer.loggers:
             logger.save()  # the report reads what was logged
         drawn = _draw(trainer, self.recorder) if self.report else None  # before the export: the card shows it
-        pairs = int(
-            trainer.strategy.reduce(torch.tensor(float(self.pairs_seen), device=pl_module.device), reduce_op="sum")
-        )
+        pairs = self.pairs_seen()
         card = model_card(pl_module, trainer, pairs) if trainer.is_global_zero else None
         pl_module.save_pretrained(
             export_dir, card=card
