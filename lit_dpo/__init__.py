@@ -11,10 +11,16 @@ The library behind ``python -m lit_dpo.fit``, for a plain Lightning program::
     L.Trainer(max_steps=40, callbacks=[FinishRun()]).fit(model, datamodule=data)
 """
 
-from lit_dpo.data import OnlineDataModule, PreferenceDataModule
-from lit_dpo.data.protocol import PreferenceData
-from lit_dpo.losses import LOSSES
-from lit_dpo.module import DPOModule
+import logging
+
+# PEFT imports bitsandbytes (QLoRA, lit_dpo.quantize), whose CPU backend warns at import, on every start, that an
+# optional kernel it would fetch from the Hub is missing; 4-bit training works without it
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+from lit_dpo.data import OnlineDataModule, PreferenceDataModule  # noqa: E402
+from lit_dpo.data.protocol import PreferenceData  # noqa: E402
+from lit_dpo.losses import LOSSES  # noqa: E402
+from lit_dpo.module import DPOModule  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
@@ -50,11 +51,15 @@ def export_checkpoint(ckpt_path: str, export_dir: str, root: str = "runs", adapt
         raise InputError(f"{path}: not a lit_dpo checkpoint (it records no DPOModule options)")
     accepted = inspect.signature(DPOModule).parameters  # Lightning records more (the CLI's _instantiator)
     module = DPOModule(**{k: v for k, v in options.items() if k in accepted})  # checks the options; loads no model
-    policy = build_models(ModelSpec.from_options(module.hparams), Run(needs_reference=False, unpaired=False)).policy
+    # a QLoRA checkpoint holds the adapters only: they go onto the full-precision base, which the export merges into
+    spec = replace(ModelSpec.from_options(module.hparams), quantization=None)
+    policy = build_models(spec, Run(needs_reference=False, unpaired=False)).policy
     weights = {k[len(POLICY) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(POLICY)}
     problems = policy.load_state_dict(weights, strict=False)
-    if problems.missing_keys or problems.unexpected_keys:
-        first = (problems.missing_keys or problems.unexpected_keys)[0]
+    trainable = {name for name, param in policy.named_parameters() if param.requires_grad}
+    missing = [k for k in problems.missing_keys if k in trainable or not module.hparams.quantization]
+    if missing or problems.unexpected_keys:
+        first = (missing or problems.unexpected_keys)[0]
         raise InputError(f"{path}: its weights do not fit {options['model_name_or_path']} (first mismatch: {first})")
     tokenizer = load_tokenizer(module.tokenizer_name_or_path, module.trust_remote_code)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else None

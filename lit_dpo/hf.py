@@ -17,7 +17,7 @@ import torch
 from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_dpo import lora
+from lit_dpo import lora, quantize
 from lit_dpo.atomic import mark, replaceable, write_atomically
 from lit_dpo.errors import WRITE_ERRORS, InputError
 from lit_dpo.parallel import full_state_dict
@@ -138,26 +138,41 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     return tokenizer
 
 
-def load_model(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False) -> PreTrainedModel:
-    """A causal LM from safetensors weights only (no pickle), in ``dtype``."""
+def load_model(
+    name_or_path: str,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    quantization: Optional[str] = None,
+    device: Optional[torch.device] = None,
+) -> PreTrainedModel:
+    """A causal LM from safetensors weights only (no pickle), in ``dtype`` (``quantization``: its linear layers in
+    4-bit, loaded onto ``device``; ``lit_dpo.quantize``)."""
+    quantized = quantize.load_options(quantization, getattr(torch, dtype), device or torch.device("cpu"))
     with _loading(name_or_path):
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             resolve(name_or_path),
             dtype=getattr(torch, dtype),
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
+            **quantized,
         )
+    if quantization:
+        quantize.keep_differentiable(model)
+        quantize.release_weights_file(model)
+    return model
 
 
 def load_policy(
     name_or_path: str,
     dtype: str = "float32",
     trust_remote_code: bool = False,
+    quantization: Optional[str] = None,
+    device: Optional[torch.device] = None,
     disable_dropout: bool = True,
     activation_checkpointing: bool = False,
 ) -> PreTrainedModel:
     """The model to train, in train mode: dropout off (as TRL's default), activations recomputed if asked."""
-    policy = load_model(name_or_path, dtype, trust_remote_code).train()
+    policy = load_model(name_or_path, dtype, trust_remote_code, quantization, device).train()
     if disable_dropout:
         for module in policy.modules():
             if isinstance(module, torch.nn.Dropout):

@@ -9,8 +9,9 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, Mapping, Optional, Union
 
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 
-from lit_dpo import lora
+from lit_dpo import lora, quantize
 from lit_dpo.data.protocol import PreferenceData
 from lit_dpo.errors import InputError
 from lit_dpo.hf import check_local, load_model, load_policy
@@ -33,6 +34,7 @@ class ModelSpec:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target_modules: Union[str, list[str]] = "all-linear"
+    quantization: Optional[Literal["nf4"]] = None
     precompute_ref_log_probs: Optional[bool] = None
     ld_alpha: Optional[float] = None
     reference_moves: bool = False  # TR-DPO or iterative DPO: the reference is updated during training
@@ -80,13 +82,16 @@ def build_models(spec: ModelSpec, run: Run) -> Models:
     if run.online and spec.precompute_ref_log_probs:
         raise InputError("--model.precompute_ref_log_probs needs every pair before training; online DPO makes "
                          "its pairs each round (the reference runs live)")  # fmt: skip
-    policy = load_policy(
-        spec.model_name_or_path, spec.dtype, spec.trust_remote_code, spec.disable_dropout, spec.activation_checkpointing
-    )
+    if spec.quantization and run.trainer is not None and isinstance(run.trainer.strategy, ModelParallelStrategy):
+        raise InputError("--model.quantization=nf4 cannot be sharded (FSDP): bitsandbytes' 4-bit weights are not "
+                         "DTensors; use DDP or one device (the 4-bit base is small)")  # fmt: skip
+    device = run.trainer.strategy.root_device if run.trainer is not None else torch.device("cpu")
+    loading = (spec.dtype, spec.trust_remote_code, spec.quantization, device)
+    policy = load_policy(spec.model_name_or_path, *loading, spec.disable_dropout, spec.activation_checkpointing)
     reference: Optional[Reference] = None
     separate = run.needs_reference and (spec.ref_model_name_or_path is not None or not spec.lora_r)
     if separate:
-        reference = ModelReference(load_model(spec.reference_source, spec.dtype, spec.trust_remote_code), spec.ld_alpha)
+        reference = ModelReference(load_model(spec.reference_source, *loading), spec.ld_alpha)
     caches = should_cache(
         spec.precompute_ref_log_probs, run.needs_reference, separate, run.unpaired, spec.reference_moves or run.online,
         run.trainer, run.data,
@@ -98,6 +103,8 @@ def build_models(spec: ModelSpec, run: Run) -> Models:
         fingerprint = weights_fingerprint((reference.model if reference is not None else policy).state_dict())
     if spec.lora_r:
         policy = lora.add_adapters(policy, spec.lora_r, spec.lora_alpha, spec.lora_dropout, spec.lora_target_modules)
+        if spec.quantization:
+            quantize.checkpoint_adapters_only(policy)
         if run.needs_reference and not separate:
             reference = AdapterReference(policy, spec.ld_alpha)
     if reference is not None:

@@ -16,13 +16,13 @@ from huggingface_hub import ModelCard
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lit_dpo import optim
+from lit_dpo import optim, quantize
 from lit_dpo.callbacks.same_job import SameJob
 from lit_dpo.card import card_writer
 from lit_dpo.data.collate import Batch
 from lit_dpo.data.protocol import PreferenceData, preference_data
 from lit_dpo.errors import InputError, nonfinite_gradients, raise_if_gradients_not_finite, raise_if_not_finite
-from lit_dpo.hf import BUNDLED, export_policy, load_tokenizer
+from lit_dpo.hf import BUNDLED, export_policy, load_model, load_tokenizer
 from lit_dpo.losses import OPTIONS, build_objective
 from lit_dpo.losses.unpaired import kl_reference_point
 from lit_dpo.metrics import PreferenceMetrics, SourceMetrics
@@ -57,6 +57,7 @@ class DPOModule(L.LightningModule):
         lora_alpha: LoRA scaling numerator (updates are scaled by ``lora_alpha / lora_r``).
         lora_dropout: Dropout on the adapters' input.
         lora_target_modules: Modules to adapt: ``all-linear`` (PEFT's) or names such as ``[q_proj, v_proj]``.
+        quantization: QLoRA: ``nf4`` holds the frozen base in 4 bits under the LoRA adapters (bitsandbytes).
         learning_rate: AdamW peak learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: Optimizer steps of linear warmup from ``learning_rate / warmup_steps``.
@@ -92,6 +93,7 @@ class DPOModule(L.LightningModule):
         lora_alpha: int = 16,
         lora_dropout: float = 0.0,
         lora_target_modules: Union[str, list[str]] = "all-linear",
+        quantization: Optional[Literal["nf4"]] = None,
         learning_rate: float = 5e-5,
         weight_decay: float = 0.0,
         warmup_steps: int = 5,
@@ -112,6 +114,8 @@ class DPOModule(L.LightningModule):
         )
         check_options(self.objective, beta, precompute_ref_log_probs, ref_sync_steps, ref_sync_alpha, ref_sync_epochs)
         check_paths(model_name_or_path, ref_model_name_or_path)
+        quantize.check(quantization, lora_r)
+        self.strict_loading = quantization is None  # QLoRA checkpoints hold the adapters, not the 4-bit base
         self.policy: Optional[torch.nn.Module] = None
         self.reference: Optional[Reference] = None  # None for reference-free losses
         self.caches_reference = False  # decided when the models load, knowing the run (``should_cache``)
@@ -252,6 +256,9 @@ class DPOModule(L.LightningModule):
             tokenizer = self.data.tokenizer if self.data is not None else None
         if tokenizer is None:
             tokenizer = load_tokenizer(self.tokenizer_name_or_path, self.trust_remote_code)
+        hp, policy = self.hparams, self.policy
+        if hp.quantization:  # the adapters merge into the full-precision base, not into its 4-bit copy
+            policy = quantize.unquantized(policy, load_model(hp.model_name_or_path, hp.dtype, hp.trust_remote_code))
         strategy = self._trainer.strategy if self._trainer is not None else None
-        export_policy(self.policy, tokenizer, Path(directory), strategy, card_writer(self, self._trainer, card))
+        export_policy(policy, tokenizer, Path(directory), strategy, card_writer(self, self._trainer, card))
         return Path(directory)
