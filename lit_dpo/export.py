@@ -28,6 +28,7 @@ from lit_dpo.errors import InputError
 from lit_dpo.hf import check_export_dir, export_adapter, export_policy, load_tokenizer
 from lit_dpo.models import ModelSpec, Run, build_models
 from lit_dpo.module import DPOModule
+from lit_dpo.options import DPOOptions
 
 DESCRIPTION = "The Hugging Face folder (and model card) of a lit_dpo checkpoint: a .ckpt file, an FSDP checkpoint's folder, or the newest run's. LoRA adapters are merged unless --adapter_only."
 POLICY = "policy."  # the policy's weights in a checkpoint's state_dict: the module's ``policy`` attribute
@@ -49,7 +50,7 @@ def export_checkpoint(ckpt_path: str, export_dir: str, root: str = "runs", adapt
     options = checkpoint.get("hyper_parameters")
     if not options or "model_name_or_path" not in options:
         raise InputError(f"{path}: not a lit_dpo checkpoint (it records no DPOModule options)")
-    accepted = inspect.signature(DPOModule).parameters  # Lightning records more (the CLI's _instantiator)
+    accepted = inspect.signature(DPOOptions).parameters  # Lightning records more (the CLI's _instantiator)
     module = DPOModule(**{k: v for k, v in options.items() if k in accepted})  # checks the options; loads no model
     # a QLoRA checkpoint holds the adapters only: they go onto the full-precision base, which the export merges into
     spec = replace(ModelSpec.from_options(module.hparams), quantization=None)

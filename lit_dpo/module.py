@@ -1,14 +1,12 @@
-"""The DPO LightningModule: a trainable policy and a frozen reference, wired to the objective and the metrics.
-
-A step: ``Batch`` (``lit_dpo.data``) -> log-probs of the policy (``lit_dpo.scoring``) and the reference
-(``lit_dpo.reference``) -> ``Objective`` (``lit_dpo.losses``) -> losses and rewards -> ``PreferenceMetrics``.
-Models are assembled by ``lit_dpo.models``; the reference's schedule is a callback (``ReferenceSchedule``).
-"""
+"""The DPO LightningModule. A step: ``Batch`` (``lit_dpo.data``) -> log-probs of the policy (``lit_dpo.scoring``) and
+the reference (``lit_dpo.reference``) -> ``Objective`` (``lit_dpo.losses``) -> losses, rewards -> ``PreferenceMetrics``.
+Models are assembled by ``lit_dpo.models``; the reference's schedule is a callback (``ReferenceSchedule``)."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import lightning as L
 import torch
@@ -22,107 +20,44 @@ from lit_dpo.card import card_writer
 from lit_dpo.data.collate import Batch
 from lit_dpo.data.protocol import PreferenceData, preference_data
 from lit_dpo.errors import InputError, nonfinite_gradients, raise_if_gradients_not_finite, raise_if_not_finite
-from lit_dpo.hf import BUNDLED, export_policy, load_model, load_tokenizer
+from lit_dpo.hf import export_policy, load_model, load_tokenizer
 from lit_dpo.losses import OPTIONS, build_objective
 from lit_dpo.losses.unpaired import kl_reference_point
 from lit_dpo.metrics import PreferenceMetrics, SourceMetrics
 from lit_dpo.models import ModelSpec, Run, build_models, check_options, check_paths
+from lit_dpo.options import DPOOptions
 from lit_dpo.parallel import compile_layers, shard_over
 from lit_dpo.reference import Reference, check_start
 from lit_dpo.reference.schedule import ReferenceSchedule
 from lit_dpo.scoring import Logps, PairLogps, UnpairedLogps, score_sequences, split_scores
 
 
-class DPOModule(L.LightningModule):
-    """The policy, its frozen reference, the loss and the optimizer (``--model.*``; docs/ explains each in full).
+class DPOModule(DPOOptions):
+    """The policy, its frozen reference, the loss and the optimizer (``--model.*``).
 
-    Args:
-        model_name_or_path: Policy to train: a Hub id, a local HF folder, or ``bundled:SmolLM2-135M-Instruct``.
-        ref_model_name_or_path: Frozen reference (default: the policy's starting weights; none for reference-free losses).
-        loss_type: A loss of ``lit_dpo.losses.LOSSES`` (sigmoid is DPO; kto for unpaired rows), or a list of them.
-        beta: Strength of the implicit KL penalty (ipo's tau, orpo's lambda).
-        label_smoothing: Label noise for robust, exo_pair, aot, aot_unpaired and simpo.
-        loss_weights: One weight per ``loss_type`` when several are summed (default: all 1).
-        discopop_tau: Temperature of the discopop loss.
-        simpo_gamma: Target reward margin of the simpo loss.
-        desirable_weight: kto / apo_zero_unpaired: weight of the desirable (label true) rows' losses.
-        undesirable_weight: kto / apo_zero_unpaired: weight of the undesirable rows' losses.
-        use_weighting: WPO: weigh each pair's loss by how likely the policy is to produce both completions.
-        ld_alpha: LD-DPO: weight of completion tokens past the shorter completion's length (None: plain sums).
-        precompute_ref_log_probs: Cache the reference's log-probs in one pass before training (None: when it pays).
-        ref_sync_steps: TR-DPO: move the reference towards the policy every this many optimizer steps (0: never).
-        ref_sync_alpha: TR-DPO mixing weight: ``ref <- alpha * policy + (1 - alpha) * ref``.
-        ref_sync_epochs: Iterative DPO: the reference becomes the policy every this many epochs (0: never).
-        lora_r: Train LoRA adapters of this rank instead of every weight (0: full fine-tuning).
-        lora_alpha: LoRA scaling numerator (updates are scaled by ``lora_alpha / lora_r``).
-        lora_dropout: Dropout on the adapters' input.
-        lora_target_modules: Modules to adapt: ``all-linear`` (PEFT's) or names such as ``[q_proj, v_proj]``.
-        quantization: QLoRA: ``nf4`` holds the frozen base in 4 bits under the LoRA adapters (bitsandbytes).
-        learning_rate: AdamW peak learning rate.
-        weight_decay: AdamW weight decay.
-        warmup_steps: Optimizer steps of linear warmup from ``learning_rate / warmup_steps``.
-        lr_schedule: After warmup: constant, or linear / cosine decay to 0 at the last step.
-        optimizer_in_backward: Update each weight as soon as its gradient is complete (None: whenever exact).
-        dtype: Weight dtype of policy and reference; ``--trainer.precision`` for mixed precision.
-        disable_dropout: Set every dropout in the policy to 0, as TRL does by default.
-        activation_checkpointing: Recompute each decoder layer's activations in the backward (less memory).
-        compile: ``torch.compile`` each decoder layer (needs a C++ compiler on CPUs, Triton on GPUs).
-        trust_remote_code: Allow model code from the Hub (off: only transformers' own architectures).
-        allow_changed: Resume although these changed: ``data``, ``reference``, or settings like ``model.beta``.
-    """
+    Wiring only: Lightning's hooks over the parts. Its options are ``DPOOptions``' (``lit_dpo.options``), documented
+    there, in ``--help`` and by ``help(DPOModule)``."""
 
-    def __init__(
-        self,
-        model_name_or_path: str = BUNDLED,
-        ref_model_name_or_path: Optional[str] = None,
-        loss_type: Union[str, list[str]] = "sigmoid",
-        beta: float = 0.1,
-        label_smoothing: float = 0.0,
-        loss_weights: Optional[list[float]] = None,
-        discopop_tau: float = 0.05,
-        simpo_gamma: float = 0.5,
-        desirable_weight: float = 1.0,
-        undesirable_weight: float = 1.0,
-        use_weighting: bool = False,
-        ld_alpha: Optional[float] = None,
-        precompute_ref_log_probs: Optional[bool] = None,
-        ref_sync_steps: int = 0,
-        ref_sync_alpha: float = 0.6,
-        ref_sync_epochs: int = 0,
-        lora_r: int = 0,
-        lora_alpha: int = 16,
-        lora_dropout: float = 0.0,
-        lora_target_modules: Union[str, list[str]] = "all-linear",
-        quantization: Optional[Literal["nf4"]] = None,
-        learning_rate: float = 5e-5,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 5,
-        lr_schedule: Literal["constant", "linear", "cosine"] = "constant",
-        optimizer_in_backward: Optional[bool] = None,
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
-        disable_dropout: bool = True,
-        activation_checkpointing: bool = False,
-        compile: bool = False,
-        trust_remote_code: bool = False,
-        allow_changed: Optional[list[str]] = None,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
+    __signature__ = inspect.signature(DPOOptions)  # what DPOModule(...) takes, for help() and notebooks
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # the options (``DPOOptions``), saved as self.hparams
+        hp = self.hparams
         # refuse bad options before loading anything; every loss option reaches the objective by name
-        self.objective = build_objective(
-            loss_type, loss_weights, use_weighting, ld_alpha, **{name: self.hparams[name] for name in OPTIONS}
-        )
-        check_options(self.objective, beta, precompute_ref_log_probs, ref_sync_steps, ref_sync_alpha, ref_sync_epochs)
-        check_paths(model_name_or_path, ref_model_name_or_path)
-        quantize.check(quantization, lora_r)
-        self.strict_loading = quantization is None  # QLoRA checkpoints hold the adapters, not the 4-bit base
+        options = {name: hp[name] for name in OPTIONS}
+        self.objective = build_objective(hp.loss_type, hp.loss_weights, hp.use_weighting, hp.ld_alpha, **options)
+        check_options(self.objective, hp.beta, hp.precompute_ref_log_probs, hp.ref_sync_steps, hp.ref_sync_alpha,
+                      hp.ref_sync_epochs)  # fmt: skip
+        check_paths(hp.model_name_or_path, hp.ref_model_name_or_path)
+        quantize.check(hp.quantization, hp.lora_r)
+        self.strict_loading = hp.quantization is None  # QLoRA checkpoints hold the adapters, not the 4-bit base
         self.policy: Optional[torch.nn.Module] = None
         self.reference: Optional[Reference] = None  # None for reference-free losses
         self.caches_reference = False  # decided when the models load, knowing the run (``should_cache``)
         self.compiled = False
         self.hooked_optimizer: Optional[optim.AdamWInBackward] = None
         # before the first update, policy and reference must agree when the reference starts as the policy
-        self.checks_start = ref_model_name_or_path in (None, model_name_or_path)
+        self.checks_start = hp.ref_model_name_or_path in (None, hp.model_name_or_path)
         self.train_metrics, self.val_metrics = PreferenceMetrics(), PreferenceMetrics()
         self.val_source_metrics = SourceMetrics()  # val/<source>/... with several validation sources
 
