@@ -157,6 +157,15 @@ def write_jsonl() -> Callable[[Path, list], str]:
 
 
 @pytest.fixture(scope="session")
+def pair_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """``(train, val)``: 16 standard training pairs and 4 validation pairs as JSONL files, shared (read only)."""
+    folder = tmp_path_factory.mktemp("pair_files")
+    return _write_jsonl(folder / "train.jsonl", _standard_rows(16)), _write_jsonl(
+        folder / "val.jsonl", _standard_rows(4, 1)
+    )
+
+
+@pytest.fixture(scope="session")
 def make_batch(tokenizer: PreTrainedTokenizerFast) -> Callable[..., Any]:
     """``make_batch(rows, layout="shared", tokenizer=...)``: rows as a file holds them -> a ``Batch``, through
     validation, tokenization and the collator of ``layout``: padded, shared (prefix) or packed."""

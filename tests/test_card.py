@@ -15,21 +15,13 @@ from lit_dpo.hf import BUNDLED
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, standard_rows, write_jsonl):
-    folder = tmp_path_factory.mktemp("card_data")
-    return write_jsonl(folder / "train.jsonl", standard_rows(16)), write_jsonl(
-        folder / "val.jsonl", standard_rows(8, 1)
-    )
-
-
-@pytest.fixture(scope="module")
-def exported(tiny_model_dir, files, tmp_path_factory, fit_args):
+def exported(tiny_model_dir, pair_files, tmp_path_factory, fit_args):
     """A 3-step fit of a base model whose own card states a license, and its export folder."""
     root = tmp_path_factory.mktemp("card_run")
     base = root / "base"
     shutil.copytree(tiny_model_dir, base)
     (base / "README.md").write_text("---\nlicense: mit\n---\n# a base model\n")
-    fit.main(fit_args(str(base), *files, root, "--trainer.max_steps=3", "--data.batch_size=4",
+    fit.main(fit_args(str(base), *pair_files, root, "--trainer.max_steps=3", "--data.batch_size=4",
                       "--model.loss_type=[sigmoid, sft]", f"--export_dir={root / 'export'}"))  # fmt: skip
     return root / "export"
 

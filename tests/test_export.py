@@ -10,22 +10,16 @@ from lit_dpo import export, fit
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, standard_rows, write_jsonl):
-    folder = tmp_path_factory.mktemp("export_data")
-    return write_jsonl(folder / "train.jsonl", standard_rows(16)), write_jsonl(
-        folder / "val.jsonl", standard_rows(4, 1)
-    )
-
-
-@pytest.fixture(scope="module")
-def fitted(tiny_model_dir, files, tmp_path_factory, fit_args):
+def fitted(tiny_model_dir, pair_files, tmp_path_factory, fit_args):
     """``fitted(name, *options)``: a 2-step fit's root, run once per module."""
     done = {}
 
     def run(name, *options):
         if name not in done:
             root = tmp_path_factory.mktemp(name)
-            fit.main(fit_args(tiny_model_dir, *files, root, "--trainer.max_steps=2", "--finish.report=false", *options))
+            fit.main(
+                fit_args(tiny_model_dir, *pair_files, root, "--trainer.max_steps=2", "--finish.report=false", *options)
+            )
             done[name] = root
         return done[name]
 

@@ -16,16 +16,8 @@ from lit_dpo.parallel import FSDPStrategy
 from lit_dpo.scoring import score_sequences
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory, standard_rows, write_jsonl):
-    folder = tmp_path_factory.mktemp("qlora_data")
-    return write_jsonl(folder / "train.jsonl", standard_rows(16)), write_jsonl(
-        folder / "val.jsonl", standard_rows(4, 1)
-    )
-
-
-def _fit(model_dir, files, root, fit_args, *options):
-    fit.main(fit_args(model_dir, *files, root, "--model.lora_r=8", "--model.learning_rate=1e-2",
+def _fit(model_dir, pair_files, root, fit_args, *options):
+    fit.main(fit_args(model_dir, *pair_files, root, "--model.lora_r=8", "--model.learning_rate=1e-2",
                       "--finish.report=false", *options))  # fmt: skip
     with open(root / "lightning_logs" / "version_0" / "metrics.csv") as handle:
         return [float(r["train/loss"]) for r in csv.DictReader(handle) if r["train/loss"]]
@@ -82,10 +74,12 @@ def test_an_eval_pass_leaves_the_gradients_as_they_were(tiny_model_dir, make_bat
 
 
 def test_a_qlora_fit_trains_as_the_full_base_checkpoints_adapters_resumes_and_exports(
-    tiny_model_dir, files, tmp_path, fit_args
+    tiny_model_dir, pair_files, tmp_path, fit_args
 ):
-    full = _fit(tiny_model_dir, files, tmp_path / "full", fit_args, "--trainer.max_steps=3")
-    four = _fit(tiny_model_dir, files, tmp_path / "four", fit_args, "--trainer.max_steps=3", "--model.quantization=nf4")
+    full = _fit(tiny_model_dir, pair_files, tmp_path / "full", fit_args, "--trainer.max_steps=3")
+    four = _fit(
+        tiny_model_dir, pair_files, tmp_path / "four", fit_args, "--trainer.max_steps=3", "--model.quantization=nf4"
+    )
     assert four[0] == pytest.approx(full[0], abs=1e-6)  # log 2: policy == reference at the start, in both
     assert four[1:] == pytest.approx(full[1:], abs=0.1) and four[-1] < four[0]  # trains, within quantization error
     assert four[1:] != full[1:]  # on a base that is really 4-bit
@@ -97,6 +91,6 @@ def test_a_qlora_fit_trains_as_the_full_base_checkpoints_adapters_resumes_and_ex
     export.main(["--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--export_dir", str(tmp_path / "again")])
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "again").state_dict()
     assert all(torch.equal(again[k], v) for k, v in exported.state_dict().items())  # merged into the same base
-    longer = _fit(tiny_model_dir, files, tmp_path / "four", fit_args, "--trainer.max_steps=4", "--model.quantization=nf4",
+    longer = _fit(tiny_model_dir, pair_files, tmp_path / "four", fit_args, "--trainer.max_steps=4", "--model.quantization=nf4",
                   "--ckpt_path=last")  # fmt: skip
     assert len(longer) == 4 and longer[:3] == four  # resumed at step 3 with its adapters and optimizer state
