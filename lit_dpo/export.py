@@ -21,6 +21,7 @@ from typing import Any, NoReturn, Optional
 import torch
 from jsonargparse import ArgumentParser
 
+from lit_dpo.callbacks.progress import quiet_third_party_noise
 from lit_dpo.card import card_of, checkpoint_run, write_card
 from lit_dpo.checkpoints import check_distributed_checkpoint, resumable_checkpoints
 from lit_dpo.cli import say, user_errors
@@ -122,9 +123,11 @@ def parser() -> ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = parser().parse_args(argv)
+    quiet_third_party_noise()
     with user_errors():
         written = export_checkpoint(args.ckpt_path, args.export_dir, args.root, args.adapter_only)
-        print(f"lit_dpo: exported {written}  (AutoModelForCausalLM.from_pretrained; README.md: its model card)")
+        reader = "PeftModel.from_pretrained(base, ...)" if args.adapter_only else "AutoModelForCausalLM.from_pretrained"
+        print(f"lit_dpo: exported {written}  ({reader}; README.md: its model card)")
 
 
 if __name__ == "__main__":

@@ -62,9 +62,10 @@ class _DropTips(logging.Filter):
 
 def quiet_third_party_noise() -> None:
     """Silence what third-party packages print that is known to be harmless here (never lit_dpo's own warnings):
-    Lightning's adverts for its cloud packages and notes on its defaults, and deprecations inside torchdata and
-    Lightning."""
+    Lightning's adverts for its cloud packages and notes on its defaults, and deprecations inside torchdata,
+    Lightning and PEFT."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropTips())
     warnings.filterwarnings("ignore", message=r".*set_vital.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated")  # PEFT, adding adapters
