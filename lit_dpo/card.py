@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from lit_dpo.data.datamodule import demo_path
 from lit_dpo.data.protocol import PreferenceData, preference_data
 from lit_dpo.hf import BUNDLED, bundled_license, looks_local
 from lit_dpo.runs import run_directory
@@ -159,10 +160,15 @@ def _data(data: Optional[PreferenceData]) -> str:
         return ""
     trained = Counter(data.source_names[ex.source] for ex in data.train_examples if ex.weight > 0)
     rows = [
-        (log.name, log.path, log.stage, log.rows, log.kept, trained[log.name] if log.stage == "train" else "-")
+        (log.name, _shown(log.path), log.stage, log.rows, log.kept, trained[log.name] if log.stage == "train" else "-")
         for log in data.logs
     ]
     return "## Data\n\n" + _table(("source", "path", "stage", "rows read", "rows kept", "in the training set"), rows)
+
+
+def _shown(path: str) -> str:
+    """A source's path as the card shows it: the demo pairs by name, not by where lit_dpo is installed."""
+    return "lit_dpo's demo pairs" if path in (demo_path("train"), demo_path("val")) else path
 
 
 def _results(run: Run) -> str:

@@ -9,7 +9,8 @@ import pytest
 from huggingface_hub import ModelCard
 
 from lit_dpo import fit
-from lit_dpo.card import _hub_datasets, base_license
+from lit_dpo.card import _hub_datasets, _shown, base_license
+from lit_dpo.data.datamodule import demo_path
 from lit_dpo.data.prepare import SourceLog
 from lit_dpo.hf import BUNDLED
 
@@ -43,6 +44,10 @@ def test_the_card_body_says_how_it_was_trained_and_what_came_of_it(exported):
     assert "![training report](report.png)" in text and (exported / "report.png").is_file()
     assert "python -m lit_dpo.fit --config config.yaml" in text and "batch_size: 4" in text
     assert "| train | 16 | 16 | 16 |" in text  # rows read, kept, in the training set
+
+
+def test_the_demo_pairs_are_named_not_located():
+    assert _shown(demo_path("train")) == "lit_dpo's demo pairs" and _shown("/data/hh.jsonl") == "/data/hh.jsonl"
 
 
 def test_hub_sources_are_the_cards_datasets(tmp_path):
