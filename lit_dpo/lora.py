@@ -6,12 +6,15 @@ switched off (``PeftModel.disable_adapter``), so it costs no memory and stays ex
 
 from __future__ import annotations
 
-from typing import Union
+import sys
+from typing import TYPE_CHECKING, Union
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor
 from transformers import PreTrainedModel
+
+if TYPE_CHECKING:  # PEFT is imported when adapters are added: importing it (and bitsandbytes with it) costs every
+    from peft import PeftModel  # start about 1.4 s, which runs without adapters need not pay
 
 ADAPTER = "default"
 _PREFIX = "base_model.model."
@@ -21,6 +24,8 @@ def add_adapters(
     model: PreTrainedModel, r: int, alpha: int, dropout: float, target_modules: Union[str, list[str]]
 ) -> PeftModel:
     """Wrap ``model`` with trainable rank-``r`` adapters; every base weight is frozen."""
+    from peft import LoraConfig, get_peft_model
+
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM"
     )
@@ -28,7 +33,8 @@ def add_adapters(
 
 
 def is_lora(model: torch.nn.Module) -> bool:
-    return isinstance(model, PeftModel)
+    peft = sys.modules.get("peft")  # a model can only be a PeftModel once PEFT has been imported
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def scaling(model: PeftModel) -> float:

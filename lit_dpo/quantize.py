@@ -9,13 +9,15 @@ bitsandbytes rather than torchao's NF4: transformers and PEFT load, train and di
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
-from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
 from lit_dpo import lora
 from lit_dpo.errors import InputError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 QUANTIZATIONS = ("nf4",)
 
@@ -87,6 +89,8 @@ def checkpoint_adapters_only(policy: PeftModel) -> None:
 def unquantized(policy: PeftModel, base: torch.nn.Module) -> PeftModel:
     """``base`` (the full-precision model the 4-bit one was loaded from) with ``policy``'s adapters: what the
     export merges."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
     config = policy.peft_config[lora.ADAPTER]
     full = lora.add_adapters(base, config.r, config.lora_alpha, config.lora_dropout, sorted(config.target_modules))
     set_peft_model_state_dict(full, get_peft_model_state_dict(policy))
