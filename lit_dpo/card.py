@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -144,7 +143,12 @@ def _training(module: DPOModule, run: Run) -> str:
             for name in sorted({n for spec in objective.specs for n in spec.options})
         ],
         ("optimizer", f"AdamW, lr {hp.learning_rate:g}, {hp.lr_schedule} after {hp.warmup_steps} warmup steps"),
-        ("LoRA", f"r {hp.lora_r}, alpha {hp.lora_alpha} (merged into this export)" if hp.lora_r else "no"),
+        (
+            "LoRA",
+            f"r {hp.lora_r}, alpha {hp.lora_alpha}" + (f", base in {hp.quantization}" if hp.quantization else "")
+            if hp.lora_r
+            else "no",
+        ),  # fmt: skip
         ("reference", hp.ref_model_name_or_path or "the base model"),
         ("optimizer steps", run.steps),
         ("pairs seen", run.pairs_seen if run.pairs_seen is not None else "-"),
@@ -192,7 +196,6 @@ def _reproduce(run: Run) -> str:
 
 
 def _version() -> str:
-    try:
-        return metadata.version("lit_dpo")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    import lit_dpo  # at call time: lit_dpo's __init__ imports this module
+
+    return lit_dpo.__version__

@@ -201,41 +201,43 @@ def export_policy(
         if state_dict:  # local arithmetic on full tensors: never on shards, where matmuls would be collectives
             state_dict = lora.merged_state_dict(state_dict, lora.scaling(policy))
         policy = policy.get_base_model()
-    error = None
-    if strategy is None or strategy.is_global_zero:
-        try:
-            check_export_dir(directory)  # on rank 0 alone, which writes: the ranks learn its verdict below
-            write_atomically(directory, lambda partial: _export_checked(policy, tokenizer, partial, state_dict, extra))
-        except InputError as err:
-            error = str(err)
-        except WRITE_ERRORS as err:
-            error = f"could not write the trained policy to {directory}: {err}"
-    if strategy is not None:
-        error = strategy.broadcast(error, src=0)
-    if error is not None:
-        raise InputError(error)
+    write = lambda folder: export_hf(policy, tokenizer, folder, state_dict)  # noqa: E731
+    _write_export(directory, write, extra, strategy, "the trained policy", "config.json")
 
 
 def export_adapter(
     policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, directory: Path, extra: Optional[Callable] = None
 ) -> None:
     """Write a LoRA policy's adapters alone, in PEFT's format (``PeftModel.from_pretrained(base, directory)``), with
-    the tokenizer and ``extra(folder)``: written whole or not at all, as ``export_policy`` does (one process)."""
+    the tokenizer and ``extra(folder)``, by the rules of ``export_policy`` (one process)."""
     if not lora.is_lora(policy):
         raise InputError("--adapter_only: this checkpoint trained every weight (no LoRA adapters); leave it out")
-    check_export_dir(directory)
 
-    def write(partial: Path) -> None:
-        policy.save_pretrained(partial, safe_serialization=True)
-        tokenizer.save_pretrained(partial)
-        if extra is not None:
-            extra(partial)
-        mark(partial)
+    def write(folder: Path) -> None:
+        policy.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
 
-    try:
-        write_atomically(directory, write)
-    except WRITE_ERRORS as err:
-        raise InputError(f"could not write the adapters to {directory}: {err}") from None
+    _write_export(directory, write, extra, None, "the adapters", "adapter_config.json")
+
+
+def _write_export(
+    directory: Path, write: Callable[[Path], None], extra: Optional[Callable], strategy: Any, what: str, config: str
+) -> None:
+    """Rank 0 runs ``write`` and ``extra`` into ``<directory>.partial``, marks it and renames it into place; every
+    rank learns whether that worked, and a failure is one ``InputError`` on all of them."""
+    error = None
+    if strategy is None or strategy.is_global_zero:
+        try:
+            check_export_dir(directory)  # on rank 0 alone, which writes: the ranks learn its verdict below
+            write_atomically(directory, lambda partial: _export_checked(partial, write, extra, config))
+        except InputError as err:
+            error = str(err)
+        except WRITE_ERRORS as err:
+            error = f"could not write {what} to {directory}: {err}"
+    if strategy is not None:
+        error = strategy.broadcast(error, src=0)
+    if error is not None:
+        raise InputError(error)
 
 
 def check_export_dir(directory: Path) -> None:
@@ -251,15 +253,13 @@ def check_export_dir(directory: Path) -> None:
             return
 
 
-def _export_checked(
-    policy: Any, tokenizer: PreTrainedTokenizerBase, directory: Path, state_dict: Any, extra: Optional[Callable]
-) -> None:
-    export_hf(policy, tokenizer, directory, state_dict)
+def _export_checked(directory: Path, write: Callable[[Path], None], extra: Optional[Callable], config: str) -> None:
+    write(directory)
     if extra is not None:
         extra(directory)
     mark(directory)
-    if not (directory / "config.json").is_file() or not any(directory.glob("*.safetensors")):
-        raise OSError(f"the export in {directory} is incomplete (no config.json or weights)")
+    if not (directory / config).is_file() or not any(directory.glob("*.safetensors")):
+        raise OSError(f"the export in {directory} is incomplete (no {config} or weights)")
 
 
 def export_hf(

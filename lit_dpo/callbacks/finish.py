@@ -93,9 +93,8 @@ class FinishRun(Callback):
         drawn = _draw(trainer, self.recorder) if self.report else None  # before the export: the card shows it
         pairs = self.pairs_seen()
         card = model_card(pl_module, trainer, pairs) if trainer.is_global_zero else None
-        pl_module.save_pretrained(
-            export_dir, card=card
-        )  # every rank: gathering sharded weights, agreeing it was written
+        # every rank: gathering sharded weights, and agreeing it was written
+        pl_module.save_pretrained(export_dir, card=card)
         _summary(trainer, export_dir, drawn)
 
 
