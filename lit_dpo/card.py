@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from lit_dpo import harness
 from lit_dpo.data.datamodule import demo_path
 from lit_dpo.data.protocol import PreferenceData, preference_data
 from lit_dpo.hf import BUNDLED, bundled_license, looks_local
@@ -34,7 +35,7 @@ class Run:
     devices: int = 1
     accumulate: int = 1
     batch: Optional[int] = None  # pairs per device per step
-    metrics: dict[str, float] = field(default_factory=dict)  # the final val/ metrics
+    metrics: dict[str, float] = field(default_factory=dict)  # the final val/ metrics, eval/ (``EvalHarness``) too
     directory: Optional[Path] = None  # the run directory: config.yaml, report.png
 
 
@@ -43,7 +44,7 @@ def run_of(trainer: Any, pairs_seen: Optional[int] = None) -> Run:
     if trainer is None:
         return Run(pairs_seen=pairs_seen)
     data = preference_data(trainer)
-    final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "eval/"))}
     return Run(
         trainer.global_step, pairs_seen, type(trainer.strategy).__name__, str(trainer.precision), trainer.world_size,
         trainer.accumulate_grad_batches, data.batch_size if data is not None else None, final, run_directory(trainer),
@@ -70,18 +71,21 @@ def card_of(module: DPOModule, run: Run, data: Optional[PreferenceData]) -> Mode
     """The card of ``module``'s policy after ``run``, trained on ``data`` (None: not at hand)."""
     hp = module.hparams
     losses = list(module.objective.names)
+    base = _hub_id(hp.model_name_or_path) or Path(hp.model_name_or_path).name
+    title = f"{base}, aligned with lit_dpo ({', '.join(losses)})"
     card_data = ModelCardData(
+        model_name=title,
+        eval_results=_eval_results(run.metrics) or None,  # the model-index the Hub shows
         base_model=_hub_id(hp.model_name_or_path),
         library_name="transformers",
         license=base_license(hp.model_name_or_path),
         tags=["dpo", "lit_dpo", "trl", *dict.fromkeys(losses)],
         datasets=_hub_datasets(data) or None,
         pipeline_tag="text-generation",
+        lit_dpo_base_model=hp.model_name_or_path,  # what ``python -m lit_dpo.eval`` compares the export with
     )
     sections = [_training(module, run), _data(data), _results(run), _reproduce(run)]
-    base = _hub_id(hp.model_name_or_path) or Path(hp.model_name_or_path).name
-    title = f"# {base}, aligned with lit_dpo ({', '.join(losses)})"
-    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{title}\n\n" + "\n\n".join(s for s in sections if s) + "\n")
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n# {title}\n\n" + "\n\n".join(s for s in sections if s) + "\n")
 
 
 def card_writer(module: DPOModule, trainer: Any = None, card: Optional[ModelCard] = None) -> Callable[[Path], None]:
@@ -109,6 +113,19 @@ def base_license(name_or_path: str) -> Optional[str]:
         return ModelCard.load(name_or_path).data.license
     except Exception:  # offline, gated, no card: the card leaves the license out rather than guess
         return None
+
+
+def _eval_results(metrics: dict[str, float]) -> list[EvalResult]:
+    """The policy's lm-evaluation-harness scores (``eval/policy/<task>/<metric>``) as the Hub's model-index."""
+    found = [
+        name.split("/")[2:] + [value] for name, value in sorted(metrics.items()) if name.startswith("eval/policy/")
+    ]
+    return [
+        EvalResult(
+            task_type="text-generation", dataset_type=task, dataset_name=task, metric_type=metric, metric_value=value
+        )
+        for task, metric, value in found
+    ]
 
 
 def _hub_id(name_or_path: str) -> Optional[str]:
@@ -177,9 +194,15 @@ def _shown(path: str) -> str:
 
 def _results(run: Run) -> str:
     parts = []
-    if run.metrics:
-        rows = [(name, f"{value:.4f}") for name, value in sorted(run.metrics.items())]
+    rows = [(name, f"{value:.4f}") for name, value in sorted(run.metrics.items()) if name.startswith("val/")]
+    if rows:
         parts.append(f"## Final validation (step {run.steps})\n\n" + _table(("metric", "value"), rows))
+    general = harness.table(run.metrics)
+    if general:
+        parts.append(
+            "## General ability (lm-evaluation-harness)\n\nThe reference is the model before DPO; the delta is the "
+            "policy's score minus the reference's.\n\n" + general
+        )
     if run.directory is not None and (run.directory / REPORT).is_file():
         parts.append(f"## Training picture\n\n![training report]({REPORT})")
     return "\n\n".join(parts)

@@ -19,7 +19,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from lit_dpo.callbacks import FinishRun, RunLock, Throughput, TrainingHealth, WinRate
+from lit_dpo.callbacks import EvalHarness, FinishRun, RunLock, Throughput, TrainingHealth, WinRate
 from lit_dpo.callbacks.progress import DPOModelSummary, DPOProgressBar, quiet_third_party_noise
 from lit_dpo.checkpoints import (
     AtomicCheckpointIO,
@@ -102,6 +102,7 @@ class DPOCLI(LightningCLI):
         parser.add_lightning_class_args(WinRate, "generations")
         parser.add_lightning_class_args(TrainingHealth, "health")
         parser.add_lightning_class_args(Throughput, "perf")
+        parser.add_lightning_class_args(EvalHarness, "eval_harness")  # before FinishRun: the card shows its table
         parser.add_lightning_class_args(FinishRun, "finish")
         parser.add_argument(
             "--ckpt_path",

@@ -31,8 +31,8 @@ examples:
   python -m lit_dpo.validate --data.val_path=held_out.jsonl --ckpt_path=runs/.../checkpoints/last.ckpt
 
 Option groups: --model.* (the policy, reference, loss and optimizer), --data.* (--data.help: every data
-option), lit_dpo's callbacks (--checkpoint.*, --generations.*, --health.*, --perf.*, --finish.*), the run
-(--config, --ckpt_path, --export_dir, --seed_everything), then Lightning's --trainer.*."""
+option), lit_dpo's callbacks (--checkpoint.*, --generations.*, --health.*, --perf.*, --eval_harness.*,
+--finish.*), the run (--config, --ckpt_path, --export_dir, --seed_everything), then Lightning's --trainer.*."""
 
 DATA_DESCRIPTION = """\
 The data report of a fit's --data options: reads, validates and tokenizes the rows as the fit would (no model is

@@ -23,7 +23,8 @@ def exported(tiny_model_dir, pair_files, tmp_path_factory, fit_args):
     shutil.copytree(tiny_model_dir, base)
     (base / "README.md").write_text("---\nlicense: mit\n---\n# a base model\n")
     fit.main(fit_args(str(base), *pair_files, root, "--trainer.max_steps=3", "--data.batch_size=4",
-                      "--model.loss_type=[sigmoid, sft]", f"--export_dir={root / 'export'}"))  # fmt: skip
+                      "--model.loss_type=[sigmoid, sft]", f"--export_dir={root / 'export'}",
+                      "--eval_harness.tasks=[lit_dpo_arithmetic]", "--eval_harness.limit=6"))  # fmt: skip
     return root / "export"
 
 
@@ -33,6 +34,8 @@ def test_the_card_metadata_describes_the_run(exported):
     assert {"dpo", "lit_dpo", "sigmoid", "sft"} <= set(card.data.tags)
     assert card.data.base_model is None  # a local folder is no Hub id
     assert card.data.datasets is None  # local files
+    (result,) = [r for r in card.data.eval_results if r.metric_type == "acc"]  # the Hub's model-index
+    assert result.dataset_name == "lit_dpo_arithmetic" and 0 <= result.metric_value <= 1
 
 
 def test_the_card_body_says_how_it_was_trained_and_what_came_of_it(exported):
@@ -44,6 +47,7 @@ def test_the_card_body_says_how_it_was_trained_and_what_came_of_it(exported):
     assert "![training report](report.png)" in text and (exported / "report.png").is_file()
     assert "python -m lit_dpo.fit --config config.yaml" in text and "batch_size: 4" in text
     assert "| train | 16 | 16 | 16 |" in text  # rows read, kept, in the training set
+    assert "## General ability (lm-evaluation-harness)" in text and "| lit_dpo_arithmetic | acc_norm |" in text
 
 
 def test_the_demo_pairs_are_named_not_located():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lit_dpo import eval as lit_eval
 from lit_dpo import export, fit, validate
 from lit_dpo.cli import DPOCLI
 from lit_dpo.data import __main__ as data_report
@@ -14,7 +15,7 @@ from lit_dpo.parser import _option_names
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-GROUPS = ("model", "data", "trainer", "generations", "health", "perf", "checkpoint", "finish")
+GROUPS = ("model", "data", "trainer", "generations", "health", "perf", "checkpoint", "eval_harness", "finish")
 ENTRY_POINTS = {"lit_dpo.fit": fit.main, "lit_dpo.validate": validate.main, "lit_dpo.data": data_report.main}
 
 
@@ -50,6 +51,8 @@ def test_every_documented_command_parses(where, words, monkeypatch, capsys):
         assert exit_info.value.code in (0, None), capsys.readouterr().err
     elif words[:3] == ["python", "-m", "lit_dpo.export"]:  # parsed, not run (it needs a checkpoint)
         export.parser().parse_args(words[3:])
+    elif words[:3] == ["python", "-m", "lit_dpo.eval"]:  # parsed, not run (it needs an export)
+        lit_eval.parser().parse_args(words[3:])
     elif words[0] == "python":  # a benchmark, a script or python -m lit_dpo.report: it exists
         target = words[1] if words[1] != "-m" else words[2].replace(".", "/") + ".py"
         assert (ROOT / target).is_file(), where
