@@ -38,7 +38,13 @@ VARIANTS = {
     "lit_dpo_live_ref": {"precompute_ref_log_probs": False},
     "lit_dpo_lora": {"lora_r": 16, "lora_alpha": 32},
     "lit_dpo_compile": {"compile": True},  # its one-off compilation falls in the warm-up steps
+    "lit_dpo_flex": {"attn_implementation": "flex_attention"},  # block masks: masked tiles are skipped
+    "lit_dpo_padded": {"prefix_sharing": False},  # TRL's layout: 2B padded rows (a data option)
+    "lit_dpo_unpacked": {"pack_length": 0},  # prefix sharing, one pair a row (a data option)
+    "lit_dpo_plain_adamw": {"optimizer_in_backward": False},  # AdamW after the backward
 }
+DATA_OPTIONS = ("prefix_sharing", "pack_length")  # variants' options that belong to the data module
+TRL_LIGER = "trl_liger"  # TRL's defaults with use_liger_kernel=True (GPU only: Triton kernels), benchmarks/gpu.py
 
 
 def _tiny_model(root: Path) -> str:
@@ -60,6 +66,35 @@ def _pairs(path: str, model: str, n: int) -> tuple[list[dict], int]:
     pairs = [tokenize_row(tokenizer, r) for r in rows]
     tokens = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
     return [{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected} for r in rows], tokens
+
+
+class KernelProfile:
+    """``--profile_to FILE``: torch.profiler over two steps after the warm-up, its busiest operators written to FILE
+    (by device time on a GPU, by CPU time on a CPU)."""
+
+    def __init__(self, path: str, start_step: int) -> None:
+        self.path, self.start_step, self.step, self.profiler = path, start_step, 0, None
+
+    def step_ended(self) -> None:
+        import torch
+
+        self.step += 1
+        if self.step == self.start_step:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+        elif self.step == self.start_step + 2 and self.profiler is not None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.profiler.__exit__(None, None, None)
+            table = self.profiler.key_averages()
+            by = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+            text = (
+                table.table(sort_by=by, row_limit=30) + "\n" + table.table(sort_by="self_cpu_time_total", row_limit=20)
+            )
+            Path(self.path).write_text(text)
 
 
 class Record:
@@ -89,6 +124,7 @@ def run_lit_dpo(args: argparse.Namespace, data: str) -> Record:
     from lit_dpo.reference import cached, schedule
 
     record = Record()
+    profile = KernelProfile(args.profile_to, args.warmup) if args.profile_to else None
     cached.load = lambda key, rows: None  # always compute the pass, as TRL does for an in-memory dataset
     schedule.cache_stages = record.timed(schedule.cache_stages)  # ReferenceSchedule's one pass
 
@@ -96,19 +132,26 @@ def run_lit_dpo(args: argparse.Namespace, data: str) -> Record:
         def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, *_: Any) -> None:
             record.stamps.append(time.perf_counter())
             record.losses.append(outputs["loss"].item())
+            if profile is not None:
+                profile.step_ended()
 
     L.seed_everything(0)
-    options = VARIANTS.get(args.worker, {})
-    module = DPOModule(model_name_or_path=args.model, learning_rate=args.lr, warmup_steps=0, **options)
+    options = dict(VARIANTS.get(args.worker, {}))
+    data_options = {name: options.pop(name) for name in DATA_OPTIONS if name in options}
+    module = DPOModule(
+        model_name_or_path=args.model, learning_rate=args.lr, warmup_steps=0, dtype=args.dtype, **options
+    )
     datamodule = PreferenceDataModule(path=data, val_split=0, batch_size=args.batch, max_length=args.max_length,
-                                      shuffle=False, tokenizer_name_or_path=args.model)  # fmt: skip
-    trainer = L.Trainer(max_steps=args.steps + args.warmup, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Clock()], limit_val_batches=0)  # fmt: skip
+                                      shuffle=False, tokenizer_name_or_path=args.model, **data_options)  # fmt: skip
+    trainer = L.Trainer(max_steps=args.steps + args.warmup, accelerator=args.device, devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[Clock()], limit_val_batches=0)  # fmt: skip
     trainer.fit(module, datamodule=datamodule)
     return record
 
 
-def run_trl(args: argparse.Namespace, data: str, best: bool) -> Record:
+def run_trl(args: argparse.Namespace, data: str, best: bool, liger: bool = False) -> Record:
+    import torch
     import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
@@ -127,20 +170,26 @@ def run_trl(args: argparse.Namespace, data: str, best: bool) -> Record:
 
     trl.DPOTrainer.compute_loss = recorded_loss
 
+    profile = KernelProfile(args.profile_to, args.warmup) if args.profile_to else None
+
     class Clock(TrainerCallback):
         def on_step_end(self, *_: object, **__: object) -> None:
             record.stamps.append(time.perf_counter())
+            if profile is not None:
+                profile.step_ended()
 
     rows = [json.loads(line) for line in Path(data).read_text().splitlines() if line.strip()]
     config = trl.DPOConfig(
-        output_dir=tempfile.mkdtemp(), report_to="none", use_cpu=True, bf16=False, seed=0,
+        output_dir=tempfile.mkdtemp(), report_to="none", use_cpu=args.device == "cpu", bf16=args.dtype == "bfloat16",
+        seed=0, use_liger_kernel=liger,
         per_device_train_batch_size=args.batch, max_steps=args.steps + args.warmup, learning_rate=args.lr,
         max_length=args.max_length, save_strategy="no", logging_steps=1000, lr_scheduler_type="constant",
         train_sampling_strategy="sequential", max_grad_norm=0.0,
         **({"gradient_checkpointing": False, "precompute_ref_log_probs": True} if best else {}),
     )  # fmt: skip
     trainer = trl.DPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(resolve(args.model)),  # TRL loads its reference itself
+        model=AutoModelForCausalLM.from_pretrained(resolve(args.model), dtype=getattr(torch, args.dtype)),  # TRL
+        # loads its reference itself, in the policy's dtype
         args=config,
         train_dataset=Dataset.from_list(rows),
         processing_class=load_tokenizer(args.model),
@@ -158,7 +207,7 @@ def worker(args: argparse.Namespace) -> None:
     record = (
         run_lit_dpo(args, str(data))
         if args.worker.startswith("lit_dpo")
-        else run_trl(args, str(data), args.worker == "trl_best")
+        else run_trl(args, str(data), args.worker == "trl_best", args.worker == TRL_LIGER)
     )
     _, tokens = _pairs(str(data), args.model, n)
     timed = record.stamps[args.warmup - 1 :] if args.warmup else record.stamps
@@ -170,13 +219,22 @@ def worker(args: argparse.Namespace) -> None:
         "pairs_per_s": steps * args.batch / seconds,
         "tokens_per_s": steps * per_step_tokens / seconds,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_gpu_gib": _peak_gpu_gib(),
+        "step_s": seconds / steps,
         "ref_pass_s": record.ref_pass_s,
         "losses": record.losses,
     }))  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _peak_gpu_gib() -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The options every worker takes (``benchmarks/gpu.py`` runs these workers too)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="bundled:SmolLM2-135M-Instruct")
     parser.add_argument("--tiny", action="store_true", help="a 2-layer random Llama instead of --model")
     parser.add_argument(
@@ -189,8 +247,15 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--repeats", type=int, default=1, help="runs per system; the median is reported")
     parser.add_argument("--variants", action="store_true", help="also lit_dpo with other settings (VARIANTS)")
-    parser.add_argument("--worker", choices=SYSTEMS + tuple(VARIANTS), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="both systems' weights")
+    parser.add_argument("--profile_to", default=None, help="a worker writes its busiest operators to this file")
+    parser.add_argument("--worker", choices=SYSTEMS + tuple(VARIANTS) + (TRL_LIGER,), help=argparse.SUPPRESS)
+    return parser
+
+
+def main() -> None:
+    args = arguments(__doc__.splitlines()[0]).parse_args()
     if args.worker:
         return worker(args)
     if args.tiny:
@@ -222,7 +287,10 @@ def main() -> None:
 def _run_worker(args: argparse.Namespace, system: str) -> dict:
     command = [sys.executable, __file__, "--worker", system, "--model", args.model, "--data", args.data]
     command += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch)]
-    command += ["--max_length", str(args.max_length), "--lr", str(args.lr)]
+    command += ["--max_length", str(args.max_length), "--lr", str(args.lr), "--device", args.device]
+    command += ["--dtype", args.dtype]
+    if getattr(args, "profile_dir", None):
+        command += ["--profile_to", str(Path(args.profile_dir) / f"{system}.txt")]
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
     if done.returncode:
         sys.exit(f"{system} failed:\n{done.stderr[-3000:]}")

@@ -66,7 +66,8 @@ def nonfinite_gradients(model: torch.nn.Module) -> list[str]:
     if not grads:
         return []
     local = [g.to_local() if hasattr(g, "to_local") else g for _, g in grads]  # FSDP: this rank's shard
-    finite = torch.stack([torch.isfinite(g).all() for g in local]).tolist()
+    # one reduction each: a NaN or infinite element makes the (fp32) sum non-finite
+    finite = torch.isfinite(torch.stack([g.sum(dtype=torch.float32) for g in local])).tolist()
     return [name for (name, _), ok in zip(grads, finite) if not ok]
 
 

@@ -30,6 +30,7 @@ class ModelSpec:
     trust_remote_code: bool = False
     disable_dropout: bool = True
     activation_checkpointing: bool = False
+    attn_implementation: Optional[str] = None
     lora_r: int = 0
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -86,7 +87,11 @@ def build_models(spec: ModelSpec, run: Run) -> Models:
         raise InputError("--model.quantization=nf4 cannot be sharded (FSDP): bitsandbytes' 4-bit weights are not "
                          "DTensors; use DDP or one device (the 4-bit base is small)")  # fmt: skip
     device = run.trainer.strategy.root_device if run.trainer is not None else torch.device("cpu")
-    loading = (spec.dtype, spec.trust_remote_code, spec.quantization, device)
+    fitting = run.trainer is not None and run.trainer.state.fn == "fit"
+    if spec.attn_implementation == "flex_attention" and device.type == "cpu" and fitting:
+        raise InputError("--model.attn_implementation=flex_attention trains on GPUs only (PyTorch's FlexAttention "
+                         "has no backward on CPUs); on a CPU use sdpa, the default")  # fmt: skip
+    loading = (spec.dtype, spec.trust_remote_code, spec.quantization, device, spec.attn_implementation)
     policy = load_policy(spec.model_name_or_path, *loading, spec.disable_dropout, spec.activation_checkpointing)
     reference: Optional[Reference] = None
     separate = run.needs_reference and (spec.ref_model_name_or_path is not None or not spec.lora_r)

@@ -20,7 +20,7 @@ from lit_dpo.card import card_writer
 from lit_dpo.data.collate import Batch
 from lit_dpo.data.protocol import PreferenceData, preference_data
 from lit_dpo.errors import InputError, nonfinite_gradients, raise_if_gradients_not_finite, raise_if_not_finite
-from lit_dpo.hf import export_policy, load_model, load_tokenizer
+from lit_dpo.hf import export_policy, load_model, load_tokenizer, sparse_tied_embedding
 from lit_dpo.losses import OPTIONS, build_objective
 from lit_dpo.losses.unpaired import kl_reference_point
 from lit_dpo.metrics import PreferenceMetrics, SourceMetrics
@@ -94,6 +94,8 @@ class DPOModule(DPOOptions):
             self.policy, self.reference, self.caches_reference = models.policy, models.reference, models.caches_reference  # fmt: skip
             if models.synced_reference is not None:  # training state: in the module tree, so checkpoints hold it
                 self.synced_reference = models.synced_reference
+            if self._trainer is None or self.trainer.world_size == 1:
+                sparse_tied_embedding(self.policy)
         frozen = self.reference.model if self.reference is not None else None
         if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2
             shard_over(self.trainer.strategy, self.device_mesh, self.policy, frozen)

@@ -44,6 +44,8 @@ class DPOOptions(L.LightningModule):
         dtype: Weight dtype of policy and reference; ``--trainer.precision`` for mixed precision.
         disable_dropout: Set every dropout in the policy to 0, as TRL does by default.
         activation_checkpointing: Recompute each decoder layer's activations in the backward (less memory).
+        attn_implementation: transformers' attention: ``sdpa``, ``eager``, ``flex_attention`` (block masks that skip
+            what prefix sharing masks out), ``flash_attention_2`` (padded rows only). None: transformers' default.
         compile: ``torch.compile`` each decoder layer (needs a C++ compiler on CPUs, Triton on GPUs).
         trust_remote_code: Allow model code from the Hub (off: only transformers' own architectures).
         allow_changed: Resume although these changed: ``data``, ``reference``, or settings like ``model.beta``.
@@ -80,6 +82,7 @@ class DPOOptions(L.LightningModule):
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         disable_dropout: bool = True,
         activation_checkpointing: bool = False,
+        attn_implementation: Optional[Literal["sdpa", "eager", "flex_attention", "flash_attention_2"]] = None,
         compile: bool = False,
         trust_remote_code: bool = False,
         allow_changed: Optional[list[str]] = None,

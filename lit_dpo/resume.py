@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # annotations only: data modules import what imports this mod
 # DPOModule options that change neither the numbers nor the schedule (speed, memory, how the reference is computed),
 # and the models' paths: the policy's weights come from the checkpoint, and the reference's and the data's
 # fingerprints tell whether what those paths hold changed (a moved folder is the same job)
-FREE_MODEL_OPTIONS = {"allow_changed", "compile", "activation_checkpointing", "optimizer_in_backward",
+FREE_MODEL_OPTIONS = {"allow_changed", "compile", "attn_implementation", "activation_checkpointing", "optimizer_in_backward",
                       "precompute_ref_log_probs", "trust_remote_code", "model_name_or_path", "ref_model_name_or_path"}  # fmt: skip
 
 # the data module's options that shape training (``PreferenceData.training_settings``)

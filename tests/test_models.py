@@ -1,8 +1,10 @@
 """lit_dpo/models.py: which policy and reference a run trains with, decided from its options."""
 
 import inspect
+import types
 
 import pytest
+import torch
 
 from lit_dpo.errors import InputError
 from lit_dpo.losses import build_objective
@@ -52,3 +54,34 @@ def test_options_that_cannot_work_together_are_refused(options, problem):
     with pytest.raises(InputError, match=problem):
         check_options(objective, options.get("beta", 0.1), options.get("precompute"), options.get("sync_steps", 0),
                       0.6, options.get("sync_epochs", 0))  # fmt: skip
+
+
+def test_flex_attention_is_refused_for_training_on_a_cpu(tiny_model_dir):
+    fitting = types.SimpleNamespace(state=types.SimpleNamespace(fn="fit"), strategy=types.SimpleNamespace(
+        root_device=torch.device("cpu")))  # fmt: skip
+    with pytest.raises(InputError, match="flex_attention trains on GPUs only"):
+        build_models(ModelSpec(tiny_model_dir, attn_implementation="flex_attention"), Run(True, False, trainer=fitting))
+    scoring = build_models(ModelSpec(tiny_model_dir, attn_implementation="flex_attention"), Run(True, False))
+    assert scoring.policy.config._attn_implementation == "flex_attention"  # no grad needed: fine on a CPU
+
+
+def test_a_tied_embedding_gets_the_same_gradient_from_sparse_rows(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lit_dpo.hf import sparse_tied_embedding
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)  # fmt: skip
+    ids = torch.tensor([[5, 7, 5, 9, 11]])
+    grads = []
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+        assert sparse_tied_embedding(model) if sparse else True
+        model(input_ids=ids, labels=ids).loss.backward()
+        weight = model.get_input_embeddings().weight
+        assert not weight.grad.is_sparse  # the head's dense gradient plus the embedding's rows
+        grads.append(weight.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=1e-7)
+    untied = LlamaForCausalLM(LlamaConfig(**{**config.to_dict(), "tie_word_embeddings": False}))
+    assert not sparse_tied_embedding(untied) and not untied.get_input_embeddings().sparse

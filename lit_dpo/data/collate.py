@@ -59,6 +59,9 @@ class Batch(_Movable):
     desirable: Optional[Tensor] = None  # (B,) bool labels of unpaired (KTO) examples; None for pairs
     tokens: int = 0  # prompt and completion tokens of the examples (a count on the CPU, for throughput)
     positions: int = 0  # token positions the forward computes (prompts twice when padded): the rest is padding
+    # (rows, T) with prefix sharing: example * 4 + PROMPT/CHOSEN/REJECTED, -1 for padding; what a FlexAttention
+    # block mask is built from (``lit_dpo.scoring.flex``)
+    segments: Optional[Tensor] = None
 
     @property
     def num_pairs(self) -> int:
@@ -75,6 +78,7 @@ class _Layout(NamedTuple):
     position_ids: Optional[Tensor]
     completions: Positions
     prompts: Positions
+    segments: Optional[Tensor] = None
 
 
 Triple = tuple[list[int], list[int], list[int]]  # prompt, first completion, second completion
@@ -89,8 +93,10 @@ class _Collator:
     def __call__(self, examples: Sequence[Example]) -> Batch:
         pairs = all(isinstance(ex, Pair) for ex in examples)
         triples = [_triple(examples, i, self.max_length) for i in range(len(examples))]
+        layout = self._lay_out(triples)
         return Batch(
-            *self._lay_out(triples),
+            *layout[:5],
+            segments=layout.segments,
             weights=torch.tensor([float(ex.weight) for ex in examples]),
             indices=torch.tensor([ex.index for ex in examples], dtype=torch.long),
             sources=torch.tensor([ex.source for ex in examples], dtype=torch.long),
@@ -215,6 +221,7 @@ class _PackedRows:
             self.position_ids.view(rows, width),
             _positions(*self.completions),
             _positions(*self.prompts),
+            torch.where(segment == PAD, -1, pair * 4 + segment),
         )
 
 

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from lit_dpo.data.collate import Batch
 from lit_dpo.errors import InputError
+from lit_dpo.scoring.flex import block_mask
 from lit_dpo.scoring.lm_head import head_on_positions, token_scores
 
 
@@ -93,9 +94,13 @@ def _model_inputs(model: torch.nn.Module, batch: Batch) -> dict[str, Tensor]:
         return inputs
     inputs["position_ids"] = batch.position_ids  # shared-prefix layout: a (rows, 1, T, T) boolean mask
     attention = model.config._attn_implementation
+    if attention == "flex_attention":  # a block mask: the kernel skips the blocks prefix sharing masks out
+        inputs["attention_mask"] = block_mask(batch.segments)
+        return inputs
     if attention not in ("sdpa", "eager"):
         raise InputError(
-            f"prefix sharing needs sdpa or eager attention, not {attention}: pass --data.prefix_sharing=false"
+            f"prefix sharing needs sdpa, eager or flex_attention attention, not {attention}: pass "
+            "--data.prefix_sharing=false, or another --model.attn_implementation"
         )
     if attention == "eager":  # eager attention adds the mask to the scores
         blocked = torch.finfo(model.dtype).min

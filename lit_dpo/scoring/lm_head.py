@@ -16,6 +16,9 @@ import torch
 from torch import Tensor
 
 CHUNK_ELEMENTS = 2**24  # logits per chunk: 64 MiB in fp32; C = CHUNK_ELEMENTS // V positions
+# on a GPU, 1 GiB chunks: each chunk reads the whole (V, H) head and adds a (V, H) gradient, so chunks of a few
+# hundred positions would make that traffic, not the matmuls, the cost (a 128k vocabulary: 130 positions a chunk)
+GPU_CHUNK_ELEMENTS = 2**28
 # causal LMs whose forward returns the LM head's output as the logits, untouched (no softcapping or scaling after
 # the head): for them the head may return per-token scores computed in chunks
 PLAIN_HEAD_MODELS = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
@@ -27,9 +30,11 @@ class TokenScores(NamedTuple):
     wpo: Optional[Tensor] = None  # (M,) log p(target) - log sum_v p(v)^2, no gradient (WPO's weights)
 
 
-def chunk_rows(vocab_size: int) -> int:
-    """Positions per chunk: ``$LIT_DPO_CHUNK_ELEMENTS`` (default ``CHUNK_ELEMENTS``) logits over ``vocab_size``."""
-    return max(1, int(os.environ.get("LIT_DPO_CHUNK_ELEMENTS", CHUNK_ELEMENTS)) // vocab_size)
+def chunk_rows(vocab_size: int, device: Optional[torch.device] = None) -> int:
+    """Positions per chunk: ``$LIT_DPO_CHUNK_ELEMENTS`` (default ``CHUNK_ELEMENTS``, ``GPU_CHUNK_ELEMENTS`` on a
+    GPU) logits over ``vocab_size``."""
+    default = GPU_CHUNK_ELEMENTS if device is not None and device.type == "cuda" else CHUNK_ELEMENTS
+    return max(1, int(os.environ.get("LIT_DPO_CHUNK_ELEMENTS", default)) // vocab_size)
 
 
 def token_scores(logits: Tensor, targets: Tensor, wpo: bool = False) -> TokenScores:
@@ -64,7 +69,7 @@ def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Ten
 class _ChunkedLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, wpo):  # type: ignore[override]
-        rows = chunk_rows(weight.shape[0])
+        rows = chunk_rows(weight.shape[0], hidden.device)
         outputs: list[list[Tensor]] = [[], [], []]
         for start in range(0, hidden.shape[0], rows):
             logits = _chunk_logits(hidden[start : start + rows], weight, bias)  # (C, V)
@@ -84,7 +89,7 @@ class _ChunkedLogps(torch.autograd.Function):
     def backward(ctx, grad_logps, *_):  # type: ignore[override]
         hidden, weight, bias, targets, logps = ctx.saved_tensors
         device, enabled, dtype = ctx.autocast
-        rows = chunk_rows(weight.shape[0])
+        rows = chunk_rows(weight.shape[0], hidden.device)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None else None

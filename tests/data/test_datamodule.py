@@ -1,8 +1,10 @@
 """lit_dpo/data/datamodule.py: examples numbered across train and val, and validation evened out over ranks."""
 
 import csv
+import types
 
 import pytest
+import torch
 
 from lit_dpo import fit
 from lit_dpo.data import Pair, PreferenceDataModule, UnpairedExample, pad_for_ranks
@@ -150,3 +152,10 @@ def test_mixed_sources_and_metrics_per_validation_source(
     # every pair once: the overall mean is the pair-weighted mean of the two sources (6 pairs each)
     overall = (float(final["val/a/loss"]) + float(final["val/qa/loss"])) / 2
     assert float(final["val/loss"]) == pytest.approx(overall, rel=1e-5)
+
+
+def test_rows_are_rounded_to_64_tokens_on_a_gpu(tiny_model_dir):
+    data = _setup(tiny_model_dir)
+    assert data.collator().pad_to_multiple_of is None  # no trainer: a CPU, no padding added
+    data.trainer = types.SimpleNamespace(strategy=types.SimpleNamespace(root_device=torch.device("cuda", 0)))
+    assert data.collator().pad_to_multiple_of == 64

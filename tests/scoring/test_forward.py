@@ -41,13 +41,13 @@ def test_wpo_means_by_hand():
     torch.testing.assert_close(got, torch.tensor(expected))
 
 
-def test_shared_prefix_masks_work_with_sdpa_and_eager(dpo_module, tiny_model_dir, make_batch, standard_rows):
+def test_shared_prefix_masks_work_with_sdpa_eager_and_flex(dpo_module, tiny_model_dir, make_batch, standard_rows):
     module = dpo_module(model_name_or_path=tiny_model_dir)
     rows = standard_rows(5)
     shared, padded = make_batch(rows, "shared"), make_batch(rows, "padded")
     with torch.no_grad():
         expected = score_sequences(module.policy, padded)
-        for attention in ("sdpa", "eager"):
+        for attention in ("sdpa", "eager", "flex_attention"):
             module.policy.set_attn_implementation(attention)
             for got, want in zip(score_sequences(module.policy, shared)[:3], expected[:3]):
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
