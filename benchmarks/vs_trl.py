@@ -57,6 +57,27 @@ def _tiny_model(root: Path) -> str:
     return str(root / "tiny")
 
 
+def dialogue_pairs(root: Path, n: int, seed: int = 0) -> str:
+    """``n`` dialogue-length pairs in hh-rlhf's raw style: a three-turn ``Human:``/``Assistant:`` prompt of 150-250
+    words and answers of 60-140 words (random words: speed does not depend on the text), as a JSONL file."""
+    import random
+
+    rng = random.Random(seed)
+    words = "the a cat dog runs fast slow over under house tree river mountain sky blue green red happy sad".split()
+
+    def text(low: int, high: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(low, high)))
+
+    rows = [
+        {"prompt": f"Human: {text(50, 80)}\n\nAssistant: {text(50, 90)}\n\nHuman: {text(50, 80)}\n\nAssistant:",
+         "chosen": " " + text(60, 140), "rejected": " " + text(60, 140)}
+        for _ in range(n)
+    ]  # fmt: skip
+    path = root / "dialogues.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
 def _pairs(path: str, model: str, n: int) -> tuple[list[dict], int]:
     from lit_dpo.data import read_rows, tokenize_row
     from lit_dpo.hf import load_tokenizer
@@ -104,6 +125,7 @@ class Record:
         self.stamps: list[float] = []
         self.losses: list[float] = []
         self.ref_pass_s = 0.0
+        self.components: dict[str, float] = {}  # lit_dpo: seconds per timed step, by component
 
     def timed(self, fn: Callable) -> Callable:
         def wrapper(*a: Any, **k: Any) -> Any:
@@ -118,6 +140,7 @@ class Record:
 
 def run_lit_dpo(args: argparse.Namespace, data: str) -> Record:
     import lightning as L
+    from lightning.pytorch.profilers import SimpleProfiler
 
     from lit_dpo.data import PreferenceDataModule
     from lit_dpo.module import DPOModule
@@ -145,9 +168,34 @@ def run_lit_dpo(args: argparse.Namespace, data: str) -> Record:
                                       shuffle=False, tokenizer_name_or_path=args.model, **data_options)  # fmt: skip
     trainer = L.Trainer(max_steps=args.steps + args.warmup, accelerator=args.device, devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[Clock()], limit_val_batches=0)  # fmt: skip
+                        callbacks=[Clock()], limit_val_batches=0, profiler=SimpleProfiler())  # fmt: skip
     trainer.fit(module, datamodule=datamodule)
+    record.components = components(trainer.profiler.recorded_durations, args.steps)
     return record
+
+
+# the Lightning profiler's actions, by component of a training step (names of a one-device fit)
+COMPONENTS = {
+    "data and collation": ("[_TrainingEpochLoop].train_dataloader_next",),
+    "to device": ("[Strategy]SingleDeviceStrategy.batch_to_device",),
+    "forward, loss, metrics": ("[Strategy]SingleDeviceStrategy.training_step",),
+    "backward with AdamW": ("[Strategy]SingleDeviceStrategy.backward",),
+    "gradient checks, train/ metrics": ("[LightningModule]DPOModule.on_before_optimizer_step",),
+    "callbacks": ("[Callback]",),
+}
+
+
+def components(durations: dict[str, list[float]], steps: int) -> dict[str, float]:
+    """Mean seconds per step of each component over the last ``steps`` steps (``SimpleProfiler``'s records);
+    ``rest`` is the optimizer step's time outside its closure and the loop's own."""
+    out = {}
+    for name, prefixes in COMPONENTS.items():
+        actions = [a for a in durations if a.startswith(prefixes) and (name != "callbacks" or "batch" in a)]
+        out[name] = sum(sum(durations[a][-steps:]) for a in actions) / steps
+    batch = sum(durations.get("run_training_batch", [])[-steps:]) / steps
+    inside = sum(v for k, v in out.items() if k not in ("data and collation", "callbacks", "to device"))
+    out["optimizer step, loop"] = batch - inside
+    return out
 
 
 def run_trl(args: argparse.Namespace, data: str, best: bool, liger: bool = False) -> Record:
@@ -223,6 +271,7 @@ def worker(args: argparse.Namespace) -> None:
         "step_s": seconds / steps,
         "ref_pass_s": record.ref_pass_s,
         "losses": record.losses,
+        "components": record.components,
     }))  # fmt: skip
 
 
@@ -240,6 +289,8 @@ def arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--data", default=str(Path(__file__).resolve().parents[1] / "lit_dpo" / "data" / "demo" / "train.jsonl")
     )
+    parser.add_argument("--workload", choices=("short", "long"), default="short", help="short: the demo pairs "
+                        "(prompts ~20 tokens, answers ~17); long: dialogue-length pairs (dialogue_pairs), --data ignored")  # fmt: skip
     parser.add_argument("--steps", type=int, default=24, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--batch", type=int, default=4, help="pairs per step")
@@ -260,6 +311,8 @@ def main() -> None:
         return worker(args)
     if args.tiny:
         args.model = _tiny_model(Path(tempfile.mkdtemp()))
+    if args.workload == "long":
+        args.data = dialogue_pairs(Path(tempfile.mkdtemp()), (args.steps + args.warmup) * args.batch)
     runs: dict[str, list[dict]] = {}
     systems = SYSTEMS[:1] + (tuple(VARIANTS) if args.variants else ()) + SYSTEMS[1:]
     for _ in range(args.repeats):  # interleaved, so that a slow spell of a shared machine hits every system
@@ -267,7 +320,7 @@ def main() -> None:
             runs.setdefault(system, []).append(_run_worker(args, system))
     results = {system: _median_run(r) for system, r in runs.items()}
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, fp32, {args.model}")
-    print(f"# {args.batch} pairs/step, {args.steps} timed steps after {args.warmup}, max_length {args.max_length}"
+    print(f"# {args.workload} workload, {args.batch} pairs/step, {args.steps} timed steps after {args.warmup}, max_length {args.max_length}"
           f"{f', median of {args.repeats} runs each' if args.repeats > 1 else ''}")  # fmt: skip
     print(
         f"{'system':22s} {'pairs/s':>8s} {'tokens/s':>9s} {'ref pass s':>10s} {'peak RSS GiB':>13s} {'loss diff':>10s}"
@@ -277,6 +330,10 @@ def main() -> None:
         print(f"{system:22s} {r['pairs_per_s']:8.3f} {r['tokens_per_s']:9.1f} {r['ref_pass_s']:10.1f} "
               f"{r['peak_rss_gib']:13.2f} {diff:10.1e}")  # fmt: skip
     print("# loss diff: the largest relative difference from lit_dpo's loss, over every step")
+    for system, r in results.items():
+        if r.get("components"):
+            parts = ", ".join(f"{name} {seconds:.3f}" for name, seconds in r["components"].items())
+            print(f"# {system}, seconds per step by component: {parts}")
     for mine in (s for s in results if s.startswith("lit_dpo")):
         for system in SYSTEMS[1:]:
             lit, r = results[mine], results[system]

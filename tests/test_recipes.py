@@ -78,9 +78,10 @@ def test_ddp_validation_counts_every_pair_once(tiny_dirs, files, tmp_path):
 
 SYNC = ["--model.ref_sync_steps=1", "--model.ref_sync_alpha=0.5"]
 LIVE = ["--model.precompute_ref_log_probs=false"]
+EVAL = ["--eval_harness.tasks=[lit_dpo_arithmetic]", "--eval_harness.limit=6"]  # every rank scores, rank 0 reports
 RUNS = {  # name: (extra arguments, the run it must equal)
-    "ddp": (LIVE, None),
-    "fsdp": (LIVE, "ddp"),
+    "ddp": ([*LIVE, *EVAL], None),
+    "fsdp": ([*LIVE, *EVAL], "ddp"),
     "fsdp-cached": ([], "ddp"),  # the default for a one-epoch fit; each rank computes half
     "ddp-sync": (SYNC, None),
     "fsdp-sync": (SYNC, "ddp-sync"),  # TR-DPO on sharded reference and policy
@@ -146,6 +147,13 @@ def test_strategy_fit_on_two_cpu_processes(run, tiny_model_dir, files, strategy_
             assert float(final[key]) == pytest.approx(float(ddp_final[key]), rel=1e-4, abs=1e-6), key
         for name, value in ddp_state.items():
             torch.testing.assert_close(state[name], value, rtol=1e-4, atol=1e-6)
+    if "--eval_harness.limit=6" in RUNS[run][0]:  # general ability, before and after: the same on sharded weights
+        scores = [{k: v for k, v in r.items() if k.startswith("eval/") and v} for r in rows]
+        scores = {k: v for row in scores for k, v in row.items()}
+        assert "eval/delta/lit_dpo_arithmetic/acc" in scores
+        if same_as:
+            ddp_scores = {k: v for r in ddp_rows for k, v in r.items() if k.startswith("eval/") and v}
+            assert scores == ddp_scores
 
 
 @pytest.mark.integration

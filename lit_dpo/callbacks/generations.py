@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import sys
+import time
 from typing import Any, Iterator, Optional
 
 import torch
@@ -92,6 +93,7 @@ class WinRate(Callback):
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or not (prompts := self._all_prompts(trainer)):
             return
+        started = time.perf_counter()
         rank, world = trainer.global_rank, trainer.world_size
         synced = bool(pl_module.hparams.get("ref_sync_steps"))  # TR-DPO: against the reference of the moment
         fresh = self.reference_answers is None or len(self.reference_answers) != len(prompts) or synced
@@ -111,7 +113,7 @@ class WinRate(Callback):
             return
         if fresh:
             self.reference_answers = gather_in_order(trainer, reference)
-        self._log(trainer, pl_module, gather_in_order(trainer, records))
+        self._log(trainer, pl_module, gather_in_order(trainer, records), time.perf_counter() - started)
 
     def _judged(
         self, trainer: Trainer, mine: list[Prompt], policy: list[list[int]], reference: list[list[int]]
@@ -130,7 +132,7 @@ class WinRate(Callback):
             record["win"] = score
         return records
 
-    def _log(self, trainer: Trainer, pl_module: LightningModule, records: list[dict[str, Any]]) -> None:
+    def _log(self, trainer: Trainer, pl_module: LightningModule, records: list[dict[str, Any]], seconds: float) -> None:
         count = len(records)
         values = {
             "val/win_rate": sum(r["win"] for r in records) / count,
@@ -138,6 +140,8 @@ class WinRate(Callback):
             "val/gen_length/reference": sum(r["reference_length"] for r in records) / count,
         }
         pl_module.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)  # the same on every rank
+        # what the generations cost this validation (longer answers as the policy changes): never in perf/ rates
+        pl_module.log("perf/generation_seconds", seconds, on_step=False, on_epoch=True, sync_dist=False)
         self.last = values
         if trainer.is_global_zero:
             write_records(run_directory(trainer) / "generations" / f"step_{trainer.global_step}.jsonl", records)

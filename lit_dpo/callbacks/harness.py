@@ -77,14 +77,16 @@ class EvalHarness(Callback):
         _show(trainer, scores, self.tasks)
 
     def _evaluate(self, trainer: Trainer, pl_module: LightningModule) -> harness.Scores:
-        """Every rank scores the same requests: a sharded model's forward needs them all; rank 0's are logged."""
+        """Every rank scores the same requests (a sharded model's forward needs them all); rank 0's scores, which
+        lm-evaluation-harness reports, go to every rank."""
         data = preference_data(trainer)
         if data is None:
             raise InputError("EvalHarness needs lit_dpo's data module (its tokenizer)")
         model = pl_module.policy  # type: ignore[attr-defined]  (DPOModule's)
-        return harness.evaluate(
+        scores = harness.evaluate(
             model, data.tokenizer, self.tasks, self.manager, self.limit, self.batch_size, self.num_fewshot
         )
+        return trainer.strategy.broadcast(scores, src=0)
 
     @rank_zero_only
     def _log(self, trainer: Trainer, scores: dict[str, float]) -> None:

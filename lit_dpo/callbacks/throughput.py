@@ -57,6 +57,7 @@ class Throughput(Callback):
         self.peak_tflops = peak_tflops
         self._counts = [0, 0, 0, 0]  # tokens, pairs, positions, padded positions since the last log
         self._since: Optional[float] = None
+        self._validation_started: Optional[float] = None
         self._flops_per_position = 0.0
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -65,6 +66,15 @@ class Throughput(Callback):
         live = sum(p.numel() for p in reference.parameters()) if reference is not None else 0
         self._flops_per_position = 6.0 * policy + 2.0 * live
         self._since = time.perf_counter()
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._validation_started = time.perf_counter()
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # a validation (and WinRate's generations: perf/generation_seconds) is no training time
+        if self._since is not None and self._validation_started is not None:
+            self._since += time.perf_counter() - self._validation_started
+        self._validation_started = None
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:  # fmt: skip

@@ -60,9 +60,10 @@ def evaluate(
     limit: Optional[int] = None,
     batch_size: int = 8,
     num_fewshot: Optional[int] = None,
-) -> Scores:
+) -> Optional[Scores]:
     """``tasks``' scores of ``model`` (a transformers model, a PEFT model or a sharded one: every rank of a sharded
-    model must call this), leaving its train/eval mode and the global random state as they were."""
+    model must call this), leaving its train/eval mode and the global random state as they were. In a process
+    group, lm-evaluation-harness reports on rank 0 only: None on the other ranks."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
@@ -79,7 +80,7 @@ def evaluate(
             )  # fmt: skip
     finally:
         model.train(was_training)
-    return _scores(results["results"])
+    return _scores(results["results"]) if results is not None else None
 
 
 def _scores(results: dict[str, dict[str, Any]]) -> Scores:

@@ -42,6 +42,7 @@ def test_win_rate_judges_policy_against_reference_with_the_users_judge(
     final = [row for row in _rows(run) if row["val/win_rate"]][-1]
     assert float(final["val/win_rate"]) == pytest.approx(sum(r["win"] for r in records) / 4)
     assert float(final["val/gen_length/policy"]) == pytest.approx(sum(r["policy_length"] for r in records) / 4)
+    assert float(final["perf/generation_seconds"]) > 0  # what the generations cost, apart from training
     assert (run / "report.png").stat().st_size > 10_000
 
 

@@ -32,6 +32,20 @@ def test_rates_padding_and_mfu_from_counts(monkeypatch):
     assert module.logged["perf/mfu"] == pytest.approx(6 * 110 * 24 / 2 / 1000)
 
 
+def test_validation_time_is_no_training_time(monkeypatch):
+    clock = iter([100.0, 101.0, 109.0, 110.0])  # train start, validation 101-109, batch end at 110
+    monkeypatch.setattr("lit_dpo.callbacks.throughput.time.perf_counter", lambda: next(clock))
+    callback, module = Throughput(), _Module()
+    loop = SimpleNamespace(epoch_loop=SimpleNamespace(_should_accumulate=lambda: False))
+    trainer = SimpleNamespace(global_step=1, log_every_n_steps=1, fit_loop=loop, world_size=1, precision="32-true")
+    callback.on_train_start(trainer, module)
+    callback.on_validation_start(trainer, module)
+    callback.on_validation_end(trainer, module)
+    callback.on_train_batch_end(trainer, module, None, SimpleNamespace(tokens=30, num_pairs=4, positions=24,
+                                input_ids=torch.zeros(4, 8)), 0)  # fmt: skip
+    assert module.logged["perf/pairs_per_sec"] == 2.0  # 4 pairs in 2 s of training, not in 10 s
+
+
 def test_peak_flops_from_the_option_or_the_gpu_table():
     assert device_peak_tflops("32-true", 50.0) == 50.0
     if not torch.cuda.is_available():
