@@ -41,12 +41,30 @@ def token_scores(logits: Tensor, targets: Tensor, wpo: bool = False) -> TokenSco
     """Scores from logits ``(M, V)`` of the positions predicting ``targets`` ``(M,)``."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half-precision logsumexp loses digits
     # gather - logsumexp avoids materialising a second (M, V) tensor as log_softmax would
-    normalizer = torch.logsumexp(logits, dim=-1)  # (M,)
-    logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normalizer
+    normalizer = torch.logsumexp(logits.detach(), dim=-1)  # (M,)
+    logps = _TargetLogps.apply(logits, targets, normalizer)
     with torch.no_grad():
         mean_logits = logits.mean(-1)
         wpo_terms = _wpo_terms(logps, logits, normalizer) if wpo else None
     return TokenScores(logps, mean_logits, wpo_terms)
+
+
+class _TargetLogps(torch.autograd.Function):
+    """``logits[m, targets[m]] - normalizer[m]`` with a one-buffer backward: the gradient ``onehot - softmax`` is
+    built in place in one (M, V) tensor, where autograd's gather and logsumexp backwards fill, subtract,
+    exponentiate, multiply and add four (M, V) tensors (0.1 s of a 2.2 s CPU step on SmolLM2)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, normalizer):  # type: ignore[override]
+        ctx.save_for_backward(logits, targets, normalizer)
+        return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normalizer
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        logits, targets, normalizer = ctx.saved_tensors
+        grad_logits = torch.sub(logits, normalizer[:, None]).exp_().mul_(-grad[:, None])  # -g * softmax
+        grad_logits.scatter_add_(-1, targets[:, None], grad[:, None].to(grad_logits.dtype))  # + g at the target
+        return grad_logits, None, None
 
 
 def _wpo_terms(logps: Tensor, logits: Tensor, normalizer: Tensor) -> Tensor:

@@ -69,3 +69,15 @@ def test_score_chunks_a_plain_head_model_with_the_same_results(
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     for a, b in zip(chunk_grads, plain_grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # sums over positions in another order
+
+
+def test_token_scores_gradient_is_autograds():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([1, 7, 7, 49, 0, 3])
+    weights = torch.randn(6, dtype=torch.float64)
+    (token_scores(logits, targets).logps * weights).sum().backward()
+    mine, logits.grad = logits.grad, None
+    (torch.log_softmax(logits, -1).gather(-1, targets[:, None]).squeeze(-1) * weights).sum().backward()
+    torch.testing.assert_close(mine, logits.grad)
+    assert torch.autograd.gradcheck(lambda x: token_scores(x, targets).logps, (logits.detach().requires_grad_(),))
