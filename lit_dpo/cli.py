@@ -8,12 +8,12 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Iterator, Literal, NoReturn, Optional
 
 import lightning as L
 import torch
 import yaml
-from jsonargparse import Namespace
+from jsonargparse import ArgumentParser, Namespace
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
@@ -288,6 +288,15 @@ def user_errors() -> Iterator[None]:
         raise SystemExit(2) from None
     finally:
         end_process_group()
+
+
+class CommandParser(ArgumentParser):
+    """The parser of lit_dpo's smaller commands (``python -m lit_dpo.export``, ``python -m lit_dpo.eval``): a
+    mistake is one line, ``lit_dpo.<command>: error: ...``, and exit status 2."""
+
+    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
+        say(f"{self.prog.split()[-1]}: error: {message.splitlines()[0]}")
+        raise SystemExit(2)
 
 
 def say(line: str) -> None:

@@ -60,15 +60,20 @@ def raise_if_not_finite(terms: dict[str, Tensor], step: int, agree: Optional[Cal
     )
 
 
+def nonfinite(tensor: Tensor) -> Tensor:
+    """True (a 0-dim device tensor, no sync) when ``tensor`` holds a NaN or an infinity: one reduction, since such an
+    element makes the fp32 sum non-finite (``isfinite().all()`` makes four passes; fp16 sums would overflow)."""
+    return ~torch.isfinite(tensor.sum(dtype=torch.float32))
+
+
 def nonfinite_gradients(model: torch.nn.Module) -> list[str]:
     """The parameters of ``model`` whose gradient holds a NaN or an infinity (one sync for all of them)."""
     grads = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
     if not grads:
         return []
     local = [g.to_local() if hasattr(g, "to_local") else g for _, g in grads]  # FSDP: this rank's shard
-    # one reduction each: a NaN or infinite element makes the (fp32) sum non-finite
-    finite = torch.isfinite(torch.stack([g.sum(dtype=torch.float32) for g in local])).tolist()
-    return [name for (name, _), ok in zip(grads, finite) if not ok]
+    bad = torch.stack([nonfinite(g) for g in local]).tolist()
+    return [name for (name, _), flag in zip(grads, bad) if flag]
 
 
 def raise_if_gradients_not_finite(names: list[str], step: int, agree: Optional[Callable[..., bool]] = None) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Optional
 
 import torch
 from huggingface_hub import ModelCard
@@ -21,7 +21,7 @@ from jsonargparse import ArgumentParser
 
 from lit_dpo import harness
 from lit_dpo.callbacks.progress import quiet_third_party_noise
-from lit_dpo.cli import say, user_errors
+from lit_dpo.cli import CommandParser, user_errors
 from lit_dpo.errors import InputError
 from lit_dpo.harness.offline import NAME as OFFLINE_TASK
 from lit_dpo.hf import load_model, load_tokenizer
@@ -74,15 +74,9 @@ def _load(name_or_path: str, dtype: str) -> torch.nn.Module:
     return load_model(name_or_path, dtype)
 
 
-class _Parser(ArgumentParser):
-    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
-        say(f"lit_dpo.eval: error: {message.splitlines()[0]}")
-        raise SystemExit(2)
-
-
 def parser() -> ArgumentParser:
     """The command line of ``python -m lit_dpo.eval``."""
-    parser = _Parser(prog="python -m lit_dpo.eval", description=DESCRIPTION)
+    parser = CommandParser(prog="python -m lit_dpo.eval", description=DESCRIPTION)
     parser.add_argument("model_dir", help="A Hugging Face model folder (a lit_dpo export, say).")
     parser.add_argument("--tasks", required=True, nargs="+",
                         help=f"lm-evaluation-harness task names ({OFFLINE_TASK}: lit_dpo's offline task).")  # fmt: skip

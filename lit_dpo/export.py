@@ -16,7 +16,7 @@ import inspect
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, Optional
 
 import torch
 from jsonargparse import ArgumentParser
@@ -24,7 +24,7 @@ from jsonargparse import ArgumentParser
 from lit_dpo.callbacks.progress import quiet_third_party_noise
 from lit_dpo.card import card_of, checkpoint_run, write_card
 from lit_dpo.checkpoints import check_distributed_checkpoint, resumable_checkpoints
-from lit_dpo.cli import say, user_errors
+from lit_dpo.cli import CommandParser, user_errors
 from lit_dpo.errors import InputError
 from lit_dpo.hf import check_export_dir, export_adapter, export_policy, load_tokenizer
 from lit_dpo.models import ModelSpec, Run, build_models
@@ -103,15 +103,9 @@ def _resolve(ckpt_path: str, root: Path) -> Path:
     return found[-1][1]
 
 
-class _Parser(ArgumentParser):
-    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
-        say(f"lit_dpo.export: error: {message.splitlines()[0]}")
-        raise SystemExit(2)
-
-
 def parser() -> ArgumentParser:
     """The command line of ``python -m lit_dpo.export``."""
-    parser = _Parser(prog="python -m lit_dpo.export", description=DESCRIPTION)
+    parser = CommandParser(prog="python -m lit_dpo.export", description=DESCRIPTION)
     parser.add_argument("--ckpt_path", required=True, help="A .ckpt file, a distributed checkpoint's folder, or "
                         "'last': the newest run's checkpoint under --root.")  # fmt: skip
     parser.add_argument("--export_dir", required=True, help="The folder to write: new, empty, or a lit_dpo export.")

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import tempfile
-from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -33,8 +31,9 @@ def task_manager(tasks: Optional[list[str]] = None) -> Any:
     except ImportError:
         raise InputError(INSTALL) from None
     from lit_dpo.harness import offline  # here: ``python -m lit_dpo.harness.offline`` runs that module as a script
+    from lit_dpo.hf import cache_dir, private_dir
 
-    folder = Path(tempfile.mkdtemp(prefix="lit_dpo_tasks_"))
+    folder = private_dir(cache_dir() / "harness_tasks")  # one folder, rewritten: no temporary folder left per run
     offline.write_config(folder)
     with _quiet():
         defaults = tasks is None or any(t != offline.NAME for t in tasks)

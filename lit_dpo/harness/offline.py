@@ -10,6 +10,7 @@ model has before DPO and can lose. Rebuild the shipped rows (they are the script
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -82,7 +83,9 @@ def write_config(folder: Path) -> Path:
     """The task's YAML in ``folder`` (lm-evaluation-harness's ``include_path``), reading the shipped rows."""
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / f"{NAME}.yaml"
-    config.write_text(CONFIG.format(name=NAME, rows=json.dumps(str(ROWS.resolve()))))
+    partial = folder / f"{NAME}.{os.getpid()}.partial"  # ranks write it at once: each renames a whole file in
+    partial.write_text(CONFIG.format(name=NAME, rows=json.dumps(str(ROWS.resolve()))))
+    os.replace(partial, config)
     return config
 
 

@@ -62,9 +62,14 @@ class _TargetLogps(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         logits, targets, normalizer = ctx.saved_tensors
-        grad_logits = torch.sub(logits, normalizer[:, None]).exp_().mul_(-grad[:, None])  # -g * softmax
-        grad_logits.scatter_add_(-1, targets[:, None], grad[:, None].to(grad_logits.dtype))  # + g at the target
-        return grad_logits, None, None
+        return _grad_of_target_logps(torch.sub(logits, normalizer[:, None]), targets, grad), None, None
+
+
+def _grad_of_target_logps(log_probs: Tensor, targets: Tensor, grad: Tensor) -> Tensor:
+    """The gradient ``grad * (onehot(targets) - softmax)`` w.r.t. the logits, built in place in ``log_probs``
+    ``(M, V)`` (logits minus their normaliser, a tensor of the caller's own)."""
+    grad_logits = log_probs.exp_().mul_(-grad[:, None])  # -g * softmax
+    return grad_logits.scatter_add_(-1, targets[:, None], grad[:, None].to(grad_logits.dtype))  # + g at the target
 
 
 def _wpo_terms(logps: Tensor, logits: Tensor, normalizer: Tensor) -> Tensor:
@@ -115,11 +120,9 @@ class _ChunkedLogps(torch.autograd.Function):
             for start in range(0, hidden.shape[0], rows):
                 h, g, t = hidden[start : start + rows], grad_logps[start : start + rows], targets[start : start + rows]
                 logits = _chunk_logits(h, weight, bias).float()  # recomputed, (C, V)
-                # d log p(t) / d logits = onehot(t) - softmax; the normaliser from the saved log p(t)
+                # the normaliser from the saved log p(t); in place: one (C, V)
                 normalizer = logits.gather(-1, t[:, None]).squeeze(-1) - logps[start : start + rows]
-                grad_logits = logits.sub_(normalizer[:, None]).exp_().mul_(-g[:, None])  # in place: one (C, V)
-                grad_logits.scatter_add_(-1, t[:, None], g[:, None].float())
-                grad_logits = grad_logits.to(ctx.logits_dtype)
+                grad_logits = _grad_of_target_logps(logits.sub_(normalizer[:, None]), t, g).to(ctx.logits_dtype)
                 grad_hidden[start : start + rows] = grad_logits @ weight
                 grad_weight += (grad_logits.T @ h).float()
                 if grad_bias is not None:
