@@ -4,7 +4,6 @@ and a body saying how the model was trained, on what, with what result, and how 
 from __future__ import annotations
 
 import shutil
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -179,9 +178,8 @@ def _training(module: DPOModule, run: Run) -> str:
 def _data(data: Optional[PreferenceData]) -> str:
     if data is None or not data.logs:
         return ""
-    trained = Counter(data.source_names[ex.source] for ex in data.train_examples if ex.weight > 0)
     rows = [
-        (log.name, _shown(log.path), log.stage, log.rows, log.kept, trained[log.name] if log.stage == "train" else "-")
+        (log.name, _shown(log.path), log.stage, log.rows, log.kept, log.sampled if log.stage == "train" else "-")
         for log in data.logs
     ]
     return "## Data\n\n" + _table(("source", "path", "stage", "rows read", "rows kept", "in the training set"), rows)

@@ -19,3 +19,14 @@ def test_vs_trl_times_lit_dpo_on_a_tiny_model():
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["pairs_per_s"] > 0 and figures["ref_pass_s"] > 0 and len(figures["losses"]) == 2
+
+
+@pytest.mark.integration
+def test_data_scale_measures_both_ways(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "data_scale.py"), "--rows", "300", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = done.stdout.strip().splitlines()[-1]
+    assert row.startswith("| 300 (0 MB) |") and row.count(" s, ") == 4, done.stdout

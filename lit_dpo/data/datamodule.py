@@ -1,30 +1,30 @@
-"""The preference LightningDataModule: read and validate rows from one or more sources, tokenize them once,
-batch them per step."""
+"""The preference LightningDataModule: read, validate and tokenize rows from one or more sources once (into
+memory-mapped stores, cached across runs: ``lit_dpo.data.store``), batch them per step."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-from array import array
-from dataclasses import replace
+from itertools import islice
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from lit_dpo.data.collate import PaddedCollator, SharedPrefixCollator
-from lit_dpo.data.prepare import Limits, SourceLog, hold_out, read_source, tokenize_rows
+from lit_dpo.data.examples import Examples, Padded, Part
+from lit_dpo.data.prepare import SourceLog, held_out_positions, kept_positions
 from lit_dpo.data.prompts import Prompt
 from lit_dpo.data.protocol import TokenizerSource
-from lit_dpo.data.rows import Rows
-from lit_dpo.data.sources import Source, Sources, as_sources, sample
+from lit_dpo.data.sources import Source, Sources, as_sources, sampled_positions
+from lit_dpo.data.store import ExampleStore, Limits, open_store
 from lit_dpo.data.tokenize import Example, Pair, Truncation, UnpairedExample
 from lit_dpo.errors import DataError, InputError
-from lit_dpo.hf import BUNDLED, load_tokenizer
+from lit_dpo.hf import BUNDLED, cache_dir, load_tokenizer, private_dir
 from lit_dpo.resume import DATA_SETTINGS
 
 DEMO = "demo"
@@ -71,6 +71,11 @@ class PreferenceDataModule(L.LightningDataModule):
             diagonal mask), so no compute is spent on padding; 0 keeps one pair per row. Attention is dense
             over a row, so long rows cost quadratically: ~512 suits short pairs, 0 suits long ones.
         num_workers: DataLoader worker processes (tokenization happens once, up front).
+        num_proc: Processes that tokenize a source the first time it is read (one process per node does it; the
+            others, later runs and resumes read the cached result); default: the CPUs available, at most 8.
+        cache_dir: Where tokenized sources are cached (memory-mapped Arrow files, keyed by the source's files,
+            the tokenizer and the options); default: ``$LIT_DPO_CACHE/data`` (``~/.cache/lit_dpo/data``). On a
+            cluster, a folder every node can read lets one node's work serve the others.
         tokenizer_name_or_path: Tokenizer; None: the model's (``DPOModule.model_name_or_path``; the CLI links
             it to ``--model.model_name_or_path``), or the bundled model's outside a trainer.
         trust_remote_code: Allow tokenizer code from the Hub; with the model's tokenizer, the model's setting.
@@ -95,21 +100,28 @@ class PreferenceDataModule(L.LightningDataModule):
         prefix_sharing: bool = True,
         pack_length: int = 512,
         num_workers: int = 0,
+        num_proc: Optional[int] = None,
+        cache_dir: Optional[str] = None,
         tokenizer_name_or_path: Optional[str] = None,
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        _check_options(batch_size, val_batch_size, max_length, max_prompt_length, val_split, pack_length)
+        _check_options(batch_size, val_batch_size, max_length, max_prompt_length, val_split, pack_length, num_proc)
         self.tokenizer: Any = None
-        self.train_examples: list[Example] = []
-        self.val_examples: list[Example] = []
+        self.train_examples: Sequence[Example] = []
+        self.val_examples: Sequence[Example] = []
         self.source_names: list[str] = []  # Example.source indexes it
         self.logs: list[SourceLog] = []  # what became of every source's rows
-        self._fingerprint: Optional[str] = None
         self.judge: Any = None  # the data's own judge: only online DPO has one
 
     online = False  # pairs are known before training (``OnlineDataModule`` samples them each round)
+
+    def prepare_data(self) -> None:
+        """Tokenize every source not cached yet (Lightning calls this on one process per node, before ``setup``)."""
+        tokenizer = load_tokenizer(*self.tokenizer_source())
+        for source in [s for sources in self._sources() for s in sources]:
+            self._store(source, tokenizer)
 
     def setup(self, stage: str) -> None:
         if self.tokenizer is not None:
@@ -117,22 +129,30 @@ class PreferenceDataModule(L.LightningDataModule):
         hp = self.hparams
         self.tokenizer = load_tokenizer(*self.tokenizer_source())
         train, val = self._sources()
-        train_rows = [read_source(s, s.split, hp.roles) for s in train]
-        val_rows = [read_source(s, s.split, hp.roles) for s in val]
-        if not val and hp.val_split > 0:  # hold out the same fraction of every source
-            held = [hold_out(rows.rows, hp.val_split, s.path) for s, rows in zip(train, train_rows)]
-            val, val_rows = train, [Rows(part) for _, part in held]
-            train_rows = [Rows(part, rows.dropped) for (part, _), rows in zip(held, train_rows)]
+        train_stores = [self._store(s, self.tokenizer) for s in train]
+        held_out = not val and hp.val_split > 0  # hold out the same fraction of every source
+        if held_out:
+            held = [held_out_positions(len(store), hp.val_split, s.path) for s, store in zip(train, train_stores)]
+            val, val_stores = train, train_stores
+            train_positions, val_positions = [t for t, _ in held], [v for _, v in held]
+        else:
+            val_stores = [self._store(s, self.tokenizer) for s in val]
+            train_positions = [np.arange(len(store)) for store in train_stores]
+            val_positions = [np.arange(len(store)) for store in val_stores]
         self.source_names = list(dict.fromkeys(s.name for s in train + val))
-        self.train_examples = self._examples(train, train_rows, "train", weigh=True)
-        self.val_examples = self._examples(val, val_rows, "val", weigh=False)
+        self.train_examples = self._examples(train, train_stores, train_positions, "train", read_drops=True)
+        self.val_examples = self._examples(val, val_stores, val_positions, "val", read_drops=not held_out)
         for log in self.logs:
             if log.warning(self.limits) is not None:
                 rank_zero_warn(log.warning(self.limits))
-        forms = {type(ex) for ex in self.train_examples + self.val_examples}
-        if len(forms) > 1:
+        if len({store.unpaired for store in train_stores + val_stores}) > 1:
             raise DataError("the sources mix row forms: preference pairs (prompt/chosen/rejected) and unpaired rows "
                             "(prompt/completion/label); use one form per run")  # fmt: skip
+
+    def _store(self, source: Source, tokenizer: Any) -> ExampleStore:
+        hp = self.hparams
+        root = Path(hp.cache_dir) if hp.cache_dir is not None else private_dir(cache_dir() / "data")
+        return open_store(source, hp.roles, tokenizer, self.limits, root, hp.num_proc)
 
     def tokenizer_source(self) -> tuple[str, bool]:
         """The tokenizer to load and whether it may run Hub code: the one given, else the model's."""
@@ -161,35 +181,35 @@ class PreferenceDataModule(L.LightningDataModule):
     def limits(self) -> Limits:
         return Limits(self.hparams.max_length, self.hparams.max_prompt_length, self.hparams.truncation)
 
-    def _examples(self, sources: list[Source], rows: list[Rows], stage: str, weigh: bool) -> list[Example]:
-        """Every source's rows as examples, numbered after those made so far (``Example.index``)."""
-        examples: list[Example] = []
-        first = len(self.train_examples)
-        for source, read in zip(sources, rows):
-            log = SourceLog(source.name, source.path, stage, len(read.rows) + sum(map(len, read.dropped.values())))
-            log.dropped.update(read.dropped)
-            tokenized = tokenize_rows(read.rows, self.tokenizer, self.limits, log)
-            if read.rows and not tokenized:
+    def _examples(
+        self, sources: list[Source], stores: list[ExampleStore], positions: list[np.ndarray], stage: str,
+        read_drops: bool,
+    ) -> Examples:  # fmt: skip
+        """Each source's kept rows (weighted for training) as examples, numbered after those made so far; what
+        became of its rows goes into ``self.logs`` (``read_drops``: with the rows validation left out)."""
+        parts = []
+        for source, store, chosen in zip(sources, stores, positions):
+            dropped = store.read_dropped if read_drops else {}
+            log = SourceLog(source.name, source.path, stage, len(chosen) + sum(map(len, dropped.values())))
+            log.dropped.update(dropped)
+            kept = kept_positions(store, chosen, log)
+            if len(chosen) and not len(kept):
                 raise DataError(f"{source.path}: every row was dropped by the length limits")
+            if stage == "train":
+                kept = kept[sampled_positions(len(kept), source)]
+            log.sampled = len(kept)
             self.logs.append(log)
-            sampled = sample(tokenized, source) if weigh else tokenized
-            index = self.source_names.index(source.name)
-            examples += [replace(ex, source=index) for ex in sampled]
-        if sources and not examples:
+            parts.append(Part(store, kept, self.source_names.index(source.name)))
+        examples = Examples(parts, first=len(self.train_examples))
+        if sources and not len(examples):
             raise DataError(f"{sources[0].path}: no rows left to {stage} on (see the warning above)")
-        return [replace(ex, index=first + i) for i, ex in enumerate(examples)]
+        return examples
 
     def fingerprint(self) -> str:
-        """SHA-256 of the training examples in order (token ids, weights, sources): what a run's sample order and
+        """SHA-256 of the training examples in order (token ids, labels, sources): what a run's sample order and
         schedule follow from. Checkpoints record it, so that a resumed run can tell its data changed."""
-        if self._fingerprint is None:
-            digest = hashlib.sha256()
-            for ex in self.train_examples:
-                fields = [ex.prompt_ids, *ex.completions.values(), [ex.source, int(getattr(ex, "desirable", 0))]]
-                for ids in fields:
-                    digest.update(array("q", [len(ids), *ids]).tobytes())
-            self._fingerprint = digest.hexdigest()
-        return self._fingerprint
+        assert isinstance(self.train_examples, Examples), "fingerprint() needs setup() first"
+        return self.train_examples.fingerprint()
 
     def training_settings(self) -> dict[str, Any]:
         return {name: self.hparams[name] for name in DATA_SETTINGS}
@@ -208,7 +228,7 @@ class PreferenceDataModule(L.LightningDataModule):
     def held_out_prompts(self, count: int) -> list[Prompt]:
         """The first ``count`` validation prompts, for generations, with the pair's answers as the judge's columns."""
         decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
-        pairs = [ex for ex in self.val_examples if isinstance(ex, Pair) and ex.weight > 0][:count]
+        pairs = list(islice((ex for ex in self.val_examples if isinstance(ex, Pair) and ex.weight > 0), count))
         return [
             Prompt(ex.prompt_ids, decode(ex.prompt_ids), {"chosen": decode(ex.chosen_ids),
                    "rejected": decode(ex.rejected_ids)}, row=ex.row)
@@ -268,7 +288,7 @@ class PreferenceDataModule(L.LightningDataModule):
 
 def _check_options(
     batch_size: int, val_batch_size: Optional[int], max_length: Optional[int], max_prompt_length: Optional[int],
-    val_split: float, pack_length: int,
+    val_split: float, pack_length: int, num_proc: Optional[int],
 ) -> None:  # fmt: skip
     """Refuse option values that cannot work, before anything loads."""
     problems = {
@@ -278,15 +298,15 @@ def _check_options(
         f"--data.max_prompt_length must be >= 0, got {max_prompt_length}": (max_prompt_length or 0) < 0,
         f"--data.val_split must be in [0, 1), got {val_split}": not 0 <= val_split < 1,
         f"--data.pack_length must be >= 0, got {pack_length}": pack_length < 0,
+        f"--data.num_proc must be >= 1, got {num_proc}": num_proc is not None and num_proc < 1,
     }
     for problem, wrong in problems.items():
         if wrong:
             raise InputError(problem)
 
 
-def pad_for_ranks(examples: list[Example], world_size: int) -> list[Example]:
+def pad_for_ranks(examples: Sequence[Example], world_size: int) -> Sequence[Example]:
     """Pad to a multiple of ``world_size`` with weight-0 copies, so every rank runs as many batches (collectives
     in the forward, as under FSDP, must match) and the sampler repeats nothing: metrics count each pair once."""
     missing = -len(examples) % world_size
-    copies = [replace(examples[i % len(examples)], weight=0.0) for i in range(missing)] if examples else []
-    return examples + copies
+    return Padded(examples, missing) if missing and len(examples) else examples

@@ -24,14 +24,40 @@ _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # how surrogateescape keeps a byt
 
 def records(path: str, split: str = "train", config_name: Optional[str] = None) -> Iterator[tuple[int, Any]]:
     """Every record of ``path``: a data file, a saved data set or folder of data files, or a Hub data set."""
+    for number, raw in raw_records(path, split, config_name):
+        record = record_of(raw, path, number)
+        if record is not None:
+            yield number, record
+
+
+class RawLine(bytes):
+    """A JSONL line not decoded yet (``record_of`` decodes it, in whichever process tokenizes it)."""
+
+
+def raw_records(path: str, split: str = "train", config_name: Optional[str] = None) -> Iterator[tuple[int, Any]]:
+    """``records`` before decoding: JSONL lines as ``RawLine`` (decoding is most of reading them), other records
+    as they are."""
     local = Path(path).expanduser()
     if local.is_file():
         return _file_records(local, path)
     if local.is_dir() or not looks_local(path):
-        return enumerate(_hf_dataset(path, split, config_name), start=1)
+        return enumerate(hf_dataset(path, split, config_name), start=1)
     raise DataError.at(
         path, None, None, "file not found" if local.suffix.lower() in SUFFIXES else "no such file or folder"
     )
+
+
+def record_of(raw: Any, path: str, number: int) -> Any:
+    """The record a ``raw_records`` item holds; None for a blank line."""
+    if not isinstance(raw, RawLine):
+        return raw
+    line = raw.decode("utf-8-sig" if number == 1 else "utf-8", errors="surrogateescape")
+    if not line.strip():
+        return None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError.at(path, number, None, f"invalid JSON ({err.msg} at column {err.colno})") from None
 
 
 def looks_local(path: str) -> bool:
@@ -61,21 +87,18 @@ def _decoded(path: Path) -> str:
 
 
 def _json_records(path: Path, name: str) -> Iterator[tuple[int, Any]]:
-    text = _decoded(path)
-    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+    with path.open("rb") as handle:
+        start = handle.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if path.suffix.lower() == ".json" and start.startswith(b"["):  # one JSON array: read whole
         try:
-            records = json.loads(text)
+            records = json.loads(_decoded(path))
         except json.JSONDecodeError as err:
             raise DataError.at(name, None, None, f"invalid JSON at line {err.lineno}: {err.msg}") from None
         yield from enumerate(records, start=1)
         return
-    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 inside a string is text
-        if not line.strip():
-            continue
-        try:
-            yield number, json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError.at(name, number, None, f"invalid JSON ({err.msg} at column {err.colno})") from None
+    with path.open("rb") as handle:  # line by line: memory stays flat in the file's size
+        for number, raw in enumerate(handle, start=1):  # binary lines end at b"\n" only: U+2028 inside is text
+            yield number, RawLine(raw)
 
 
 def _csv_records(path: Path) -> Iterator[tuple[int, Any]]:
@@ -86,17 +109,18 @@ def _csv_records(path: Path) -> Iterator[tuple[int, Any]]:
             yield reader.line_num, record
 
 
-def _parquet_rows(path: Path, name: str) -> list[dict[str, Any]]:
+def _parquet_rows(path: Path, name: str) -> Iterator[dict[str, Any]]:
     import pyarrow
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(path).to_pylist()
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):  # batch by batch: memory stays flat
+            yield from batch.to_pylist()
     except (pyarrow.ArrowException, OSError) as err:
         raise DataError.at(name, None, None, f"not a readable Parquet file ({str(err).splitlines()[0]})") from None
 
 
-def _hf_dataset(path: str, split: str, config_name: Optional[str]) -> Any:
+def hf_dataset(path: str, split: str, config_name: Optional[str]) -> Any:
     """A data set saved with ``save_to_disk``, a folder of data files, or a Hub data set's ``split``."""
     import datasets
 

@@ -64,14 +64,27 @@ def split_shared_messages(chosen: list, rejected: list) -> tuple[list, list, lis
 
 def split_shared_text(chosen: str, rejected: str) -> tuple[str, str, str]:
     """``(prompt, chosen, rejected)`` as TRL's ``extract_prompt`` splits strings: the longest common prefix is the
-    prompt, except that a space ending it goes to the completions (hh-rlhf: "...Assistant:" | " answer")."""
-    idx = 0
-    for idx in range(min(len(chosen), len(rejected))):
-        if chosen[idx] != rejected[idx]:
-            if chosen[idx - 1] == " ":
-                idx -= 1
-            break
+    prompt, except that a space ending it goes to the completions (hh-rlhf: "...Assistant:" | " answer"). Like
+    TRL's loop, a string that is a prefix of the other leaves its last character to the completions."""
+    shortest = min(len(chosen), len(rejected))
+    idx = _common_prefix_length(chosen, rejected, shortest)
+    if idx == shortest:
+        idx = max(shortest - 1, 0)
+    elif chosen[idx - 1] == " ":
+        idx -= 1
     return chosen[:idx], chosen[idx:], rejected[idx:]
+
+
+def _common_prefix_length(a: str, b: str, shortest: int) -> int:
+    """By bisection over slices compared in C: a character-by-character loop costs more than tokenizing the row."""
+    low, high = 0, shortest  # a[:low] == b[:low]; the prefix ends at or before high
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[low:middle] == b[low:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def is_blank(value: Any) -> bool:

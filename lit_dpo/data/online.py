@@ -92,6 +92,10 @@ class OnlineDataModule(PreferenceDataModule):
         self.val_prompts: list[Prompt] = []
         self.round = -1  # the round whose pairs train_examples holds
         self.val_formed = False
+        self._fingerprint: Optional[str] = None
+
+    def prepare_data(self) -> None:
+        pass  # prompts are read in ``setup``: there is nothing to tokenize ahead (pairs are sampled each round)
 
     def setup(self, stage: str) -> None:
         if self.tokenizer is not None:

@@ -1,27 +1,18 @@
-"""From sources to examples: read each source's rows, hold some out, tokenize them, fit them to the length
-limits, and keep a ``SourceLog`` of what became of every row (for the one warning per source, and the data
-report)."""
+"""From stores to examples: hold some of a source's rows out, keep those the length limits left, and keep a
+``SourceLog`` of what became of every row (for the one warning per source, the data report and the model card)."""
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence, TypeVar
 
-from lit_dpo.data.rows import Row, RowFormat, Rows, read_rows
-from lit_dpo.data.sources import Source
-from lit_dpo.data.tokenize import Example, Pair, Truncation, fit_length, tokenize_row
+import numpy as np
+
+from lit_dpo.data.store import DROP_REASONS, KEPT, TRUNCATED, ExampleStore, Limits
 from lit_dpo.errors import DataError
 
-
-@dataclass(frozen=True)
-class Limits:
-    max_length: Optional[int]
-    max_prompt_length: Optional[int]
-    truncation: Truncation
-
-    def __str__(self) -> str:
-        return f"max_length={self.max_length}, max_prompt_length={self.max_prompt_length}"
+T = TypeVar("T")
+Numbers = Sequence[int]  # row numbers: a list, or a NumPy array for a large source
 
 
 @dataclass
@@ -32,9 +23,10 @@ class SourceLog:
     path: str
     stage: str
     rows: int = 0  # rows read, dropped ones included
-    truncated: list[int] = field(default_factory=list)  # row numbers
-    dropped: dict[str, list[int]] = field(default_factory=dict)  # reason -> row numbers
-    lengths: dict[str, list[int]] = field(default_factory=dict)  # prompt/chosen/... -> tokens before the limits
+    truncated: Numbers = field(default_factory=list)  # row numbers
+    dropped: dict[str, Numbers] = field(default_factory=dict)  # reason -> row numbers
+    lengths: dict[str, Numbers] = field(default_factory=dict)  # prompt/chosen/... -> tokens before the limits
+    sampled: int = 0  # examples a training set takes from it (``Source.weight`` / ``rows`` applied)
 
     @property
     def kept(self) -> int:
@@ -45,9 +37,9 @@ class SourceLog:
         by_length = {reason: rows for reason, rows in self.dropped.items() if reason in _LENGTH_REASONS}
         other = {reason: rows for reason, rows in self.dropped.items() if reason not in _LENGTH_REASONS}
         parts = []
-        if self.truncated or by_length:
+        if len(self.truncated) or by_length:
             dropped = sum(len(rows) for rows in by_length.values())
-            details = ([("truncated", self.truncated)] if self.truncated else []) + list(by_length.items())
+            details = ([("truncated", self.truncated)] if len(self.truncated) else []) + list(by_length.items())
             parts.append(
                 f"{len(self.truncated)} of {self.rows - _count(other)} pairs truncated and {dropped} dropped to fit "
                 f"{limits} ({'; '.join(f'{what}: {row_list(rows)}' for what, rows in details)})"
@@ -58,61 +50,44 @@ class SourceLog:
         return f"{self.path}: {'; '.join(parts)}" if parts else None
 
 
-_LENGTH_REASONS = ("over a length limit", "identical completions after truncation")
+_LENGTH_REASONS = tuple(DROP_REASONS.values())
 
 
-def read_source(source: Source, split: str, roles: Optional[dict[str, str]]) -> Rows:
-    return read_rows(source.path, split, source.config_name, RowFormat(source.columns or {}, roles or {}))
+def held_out_positions(n: int, fraction: float, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """The positions (sorted) of ``n`` rows to train on and to hold out: a fixed, seeded random ``fraction`` of
+    them, the same on every rank and every run."""
+    n_val = max(1, round(n * fraction))
+    if n_val >= n:
+        raise DataError(f"{source}: {n} rows are too few to hold out val_split={fraction}")
+    val = np.zeros(n, dtype=bool)
+    val[np.random.default_rng(0).permutation(n)[:n_val]] = True
+    return np.flatnonzero(~val), np.flatnonzero(val)
 
 
-def hold_out(rows: Sequence[Row], fraction: float, source: str) -> tuple[list[Row], list[Row]]:
-    """Split off a fixed, seeded random ``fraction`` of rows (the same on every rank and every run)."""
-    order = list(range(len(rows)))
-    random.Random(0).shuffle(order)
-    n_val = max(1, round(len(rows) * fraction))
-    if n_val >= len(rows):
-        raise DataError(f"{source}: {len(rows)} rows are too few to hold out val_split={fraction}")
-    val = set(order[:n_val])
-    return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
+def hold_out(rows: Sequence[T], fraction: float, source: str) -> tuple[list[T], list[T]]:
+    """``held_out_positions`` of a list: the rows to train on and those held out."""
+    train, val = held_out_positions(len(rows), fraction, source)
+    return [rows[i] for i in train], [rows[i] for i in val]
 
 
-def tokenize_rows(rows: Sequence[Row], tokenizer: Any, limits: Limits, log: SourceLog) -> list[Example]:
-    """The rows as examples within the limits; what was truncated or dropped goes into ``log``."""
-    examples = []
-    for row in rows:
-        example = tokenize_row(tokenizer, row)
-        for name, ids in {"prompt": example.prompt_ids, **example.completions}.items():
-            log.lengths.setdefault(name, []).append(len(ids))
-        fitted, problem = fit_length(example, limits.max_length, limits.max_prompt_length, limits.truncation)
-        if problem is not None and limits.truncation == "error":
-            field_name, what = problem
-            raise DataError.at(
-                row.source, row.row, field_name,
-                f"{what} (raise --data.max_length, or pass --data.truncation=keep_start or drop)",
-            )  # fmt: skip
-        reason = _dropped_after_fitting(fitted, problem)
-        if reason is not None:
-            log.dropped.setdefault(reason, []).append(row.row)
-            continue
-        if problem is not None:
-            log.truncated.append(row.row)
-        examples.append(fitted)
-    return examples
+def kept_positions(store: ExampleStore, positions: np.ndarray, log: SourceLog) -> np.ndarray:
+    """The positions among ``positions`` whose rows the length limits kept (whole or truncated); what became of
+    the others goes into ``log``, with the tokens of every row before the limits."""
+    status, numbers = store.column("status")[positions], store.column("row")[positions]
+    log.truncated = numbers[status == TRUNCATED]
+    for code, reason in DROP_REASONS.items():
+        if (status == code).any():
+            log.dropped[reason] = numbers[status == code]
+    names = ("prompt", *store.completions)
+    log.lengths = {name: store.column(f"{name}_tokens")[positions] for name in names}
+    return positions[(status == KEPT) | (status == TRUNCATED)]
 
 
-def _dropped_after_fitting(fitted: Optional[Example], problem: Optional[tuple[str, str]]) -> Optional[str]:
-    if fitted is None:
-        return "over a length limit"  # truncation="drop"
-    if problem is not None and isinstance(fitted, Pair) and fitted.chosen_ids == fitted.rejected_ids:
-        return "identical completions after truncation"  # nothing left to prefer
-    return None
-
-
-def _count(dropped: dict[str, list[int]]) -> int:
+def _count(dropped: dict[str, Numbers]) -> int:
     return sum(len(rows) for rows in dropped.values())
 
 
-def row_list(numbers: list[int], first: int = 5) -> str:
+def row_list(numbers: Numbers, first: int = 5) -> str:
     """``row 3`` or ``rows 3, 8, 12, 20, 31, ...``: the first row numbers of a list."""
-    shown = ", ".join(str(n) for n in numbers[:first])
+    shown = ", ".join(str(int(n)) for n in numbers[:first])
     return f"row{'s' if len(numbers) > 1 else ''} {shown}{', ...' if len(numbers) > first else ''}"

@@ -4,7 +4,7 @@ reference and the callbacks."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Optional, Protocol, Sequence, runtime_checkable
 
 from lit_dpo.data.collate import Batch
 from lit_dpo.data.prepare import SourceLog
@@ -15,8 +15,8 @@ from lit_dpo.data.tokenize import Example
 @runtime_checkable
 class PreferenceData(Protocol):
     tokenizer: Any  # a transformers tokenizer, loaded in ``setup``
-    train_examples: list[Example]  # tokenized training examples; ``Example.index`` numbers train then val
-    val_examples: list[Example]
+    train_examples: Sequence[Example]  # tokenized training examples; ``Example.index`` numbers train then val
+    val_examples: Sequence[Example]
     source_names: list[str]  # ``Example.source`` indexes it
     logs: list[SourceLog]  # what became of every source's rows, per stage (the data report, the model card)
     online: bool  # pairs are sampled during training (online DPO): unknown before it starts

@@ -10,10 +10,11 @@ Each row keeps its source, so validation metrics can be split by source (``val/<
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, TypeVar, Union
+
+import numpy as np
 
 from lit_dpo.errors import InputError
 
@@ -68,14 +69,20 @@ def as_sources(
 
 
 def sample(items: Sequence[T], source: Source) -> list[T]:
-    """What a training set takes of a source: all of it, ``weight`` x it or ``rows`` of it (whole copies, then a
-    seeded random subset, the same on every rank and every run)."""
+    """What a training set takes of a source's items (``sampled_positions``)."""
+    return [items[i] for i in sampled_positions(len(items), source)]
+
+
+def sampled_positions(n: int, source: Source) -> np.ndarray:
+    """The positions of a source's ``n`` items a training set takes: all of them, ``weight`` x them or ``rows`` of
+    them (whole copies, then a seeded random subset, the same on every rank and every run)."""
+    every = np.arange(n)
     if source.weight is None and source.rows is None:
-        return list(items)
-    wanted = source.rows if source.rows is not None else round(source.weight * len(items))
-    copies, extra = divmod(wanted, len(items)) if items else (0, 0)
-    rest = sorted(random.Random(0).sample(range(len(items)), extra))
-    return list(items) * copies + [items[i] for i in rest]
+        return every
+    wanted = source.rows if source.rows is not None else round(source.weight * n)
+    copies, extra = divmod(wanted, n) if n else (0, 0)
+    rest = np.sort(np.random.default_rng(0).choice(n, extra, replace=False)) if extra else every[:0]
+    return np.concatenate([np.tile(every, copies), rest])
 
 
 def _as_source(item: Union[str, Source, Mapping[str, Any]]) -> Source:

@@ -6,13 +6,15 @@ the prompt/completion boundary marked: what to check before spending GPU hours o
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from lit_dpo.data.datamodule import PreferenceDataModule
+from lit_dpo.data.examples import digests
 from lit_dpo.data.prepare import row_list
 from lit_dpo.data.tokenize import Example
 
@@ -83,31 +85,27 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         console.print(line)
 
 
-def _rows(numbers: list[int], first: int = 10) -> dict[str, Any]:
-    return {"count": len(numbers), "rows": numbers[:first]}
+def _rows(numbers: Sequence[int], first: int = 10) -> dict[str, Any]:
+    return {"count": len(numbers), "rows": [int(n) for n in numbers[:first]]}
 
 
-def _percentiles(values: list[int]) -> dict[str, int]:
-    ordered = sorted(values)
-    return {_label(p): ordered[min(len(ordered) - 1, len(ordered) * p // 100)] for p in PERCENTILES} if ordered else {}
+def _percentiles(values: Sequence[int]) -> dict[str, int]:
+    ordered = np.sort(np.asarray(values))
+    n = len(ordered)
+    return {_label(p): int(ordered[min(n - 1, n * p // 100)]) for p in PERCENTILES} if n else {}
 
 
 def _label(percentile: int) -> str:
     return "max" if percentile == 100 else f"p{percentile}"
 
 
-def _key(example: Example) -> tuple:
-    return (tuple(example.prompt_ids), *(tuple(ids) for ids in example.completions.values()))
-
-
-def _repeats(examples: list[Example]) -> int:
+def _repeats(examples: Sequence[Example]) -> int:
     """Examples whose token ids (prompt and completions) an earlier example already has."""
-    return len(examples) - len({_key(ex) for ex in examples})
+    return len(examples) - len(np.unique(digests(examples)))
 
 
-def _overlap(train: list[Example], val: list[Example]) -> int:
-    seen = {_key(ex) for ex in train}
-    return sum(_key(ex) in seen for ex in val)
+def _overlap(train: Sequence[Example], val: Sequence[Example]) -> int:
+    return int(np.isin(digests(val), digests(train)).sum())
 
 
 def _rendered(data: PreferenceDataModule, example: Example) -> dict[str, Any]:

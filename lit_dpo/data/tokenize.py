@@ -9,7 +9,7 @@ the same path: a prompt with two completions, or with one.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal, Optional, Union
+from typing import Literal, Optional, Sequence, Union
 
 from transformers import PreTrainedTokenizerBase
 
@@ -58,32 +58,62 @@ Problem = tuple[str, str]  # (field, what is wrong), for a one-line error or a c
 
 
 def tokenize_row(tokenizer: PreTrainedTokenizerBase, row: Row) -> Example:
-    """Token ids of one validated row.
+    """Token ids of one validated row (``tokenize_rows`` of one)."""
+    return tokenize_rows(tokenizer, [row])[0]
+
+
+def tokenize_rows(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row]) -> list[Example]:
+    """Token ids of validated rows, each row's texts encoded in one batch call per kind (many rows at once run
+    in the tokenizer's threads, without a Python round trip per text).
 
     Standard rows get the EOS token appended to each completion; conversational rows get the chat template (with
     the row's ``tools``), whose end-of-turn token closes each completion.
     """
+    prompts = [_prompt_text(tokenizer, row) for row in rows]
+    completions = [_completions(row) for row in rows]
+    fulls = [_rendered(tokenizer, row, prompt, completions[i]) for i, (row, prompt) in enumerate(zip(rows, prompts))]
+    special = [not isinstance(row.prompt, list) for row in rows]  # a chat template writes its own special tokens
+    prompt_ids = encode(tokenizer, prompts, special)
+    full_ids = encode(tokenizer, [t for texts in fulls for t in texts], [s for s, t in zip(special, fulls) for _ in t])
+    examples, at = [], 0
+    for row, ids, names in zip(rows, prompt_ids, completions):
+        full, at = full_ids[at : at + len(names)], at + len(names)
+        # tokens can merge across the prompt/completion boundary; cut every sequence where the first one diverges
+        shared = min(_common_prefix(ids, each) for each in full)
+        examples.append(_example(row, ids[:shared], [each[shared:] for each in full]))
+    return examples
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], special: list[bool]) -> list[list[int]]:
+    """``tokenizer(text, add_special_tokens=...)["input_ids"]`` of every text, in at most two batch calls."""
+    out: list[list[int]] = [[] for _ in texts]
+    for flag in (True, False):
+        chosen = [i for i, s in enumerate(special) if s is flag]
+        if chosen:
+            for i, ids in zip(chosen, _encode_batch(tokenizer, [texts[i] for i in chosen], flag)):
+                out[i] = ids
+    return out
+
+
+def _encode_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str], special: bool) -> list[list[int]]:
+    backend = tokenizer.backend_tokenizer if tokenizer.is_fast else None
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        # what transformers' __call__ runs for a fast tokenizer, without building its per-text Python objects
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=special)]
+    return tokenizer(texts, add_special_tokens=special)["input_ids"]
+
+
+def _completions(row: Row) -> dict[str, Text]:
     if isinstance(row, UnpairedRow):
-        prompt_ids, (completion_ids,) = tokenize_completions(tokenizer, row, {"completion": row.completion})
-        return UnpairedExample(prompt_ids, completion_ids, row.desirable, row=row.row)
+        return {"completion": row.completion}
     assert isinstance(row, PairRow)
-    prompt_ids, (chosen_ids, rejected_ids) = tokenize_completions(
-        tokenizer, row, {"chosen": row.chosen, "rejected": row.rejected}
-    )
-    return Pair(prompt_ids, chosen_ids, rejected_ids, row=row.row)
+    return {"chosen": row.chosen, "rejected": row.rejected}
 
 
-def tokenize_completions(
-    tokenizer: PreTrainedTokenizerBase, row: Row, completions: dict[str, Text]
-) -> tuple[list[int], list[list[int]]]:
-    """The prompt's token ids, and each completion's token ids after them."""
-    texts = [_rendered(tokenizer, row, name, completion) for name, completion in completions.items()]
-    prompt_ids = tokenize_prompt(tokenizer, row.prompt, row.tools)
-    special = not isinstance(row.prompt, list)  # a chat template writes its own special tokens
-    full = [tokenizer(text, add_special_tokens=special)["input_ids"] for text in texts]
-    # tokens can merge across the prompt/completion boundary; cut every sequence where the first one diverges
-    shared = min(_common_prefix(prompt_ids, ids) for ids in full)
-    return prompt_ids[:shared], [ids[shared:] for ids in full]
+def _example(row: Row, prompt_ids: list[int], completion_ids: list[list[int]]) -> Example:
+    if isinstance(row, UnpairedRow):
+        return UnpairedExample(prompt_ids, completion_ids[0], row.desirable, row=row.row)
+    return Pair(prompt_ids, completion_ids[0], completion_ids[1], row=row.row)
 
 
 def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Text, tools: Optional[list] = None) -> list[int]:
@@ -95,22 +125,32 @@ def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Text, tools: Opt
     return tokenizer(prompt)["input_ids"]
 
 
-def _rendered(tokenizer: PreTrainedTokenizerBase, row: Row, name: str, completion: Text) -> str:
-    """Prompt + completion as the model reads it: the chat template over both, or the strings with EOS."""
+def _prompt_text(tokenizer: PreTrainedTokenizerBase, row: Row) -> str:
+    """The prompt as a completion follows it: the chat template with the generation prompt for messages."""
+    if isinstance(row.prompt, list):
+        return _render(tokenizer, row.prompt, row.tools, generation_prompt=True)
+    return row.prompt
+
+
+def _rendered(tokenizer: PreTrainedTokenizerBase, row: Row, prompt: str, completions: dict[str, Text]) -> list[str]:
+    """Prompt + each completion as the model reads it: the chat template over both, or the strings with EOS."""
     if not isinstance(row.prompt, list):
         eos = tokenizer.eos_token
-        return row.prompt + (completion if completion.endswith(eos) else completion + eos)
-    prompt = _render(tokenizer, row.prompt, row.tools, generation_prompt=True)
-    full = _render(tokenizer, row.prompt + completion, row.tools)
-    if not full.startswith(prompt):  # else template text would be scored as the completion
-        at = next(i for i, (a, b) in enumerate(zip(prompt + "\0", full + "\0")) if a != b)
-        raise DataError.at(
-            row.source, row.row, name,
-            f"the chat template renders the prompt alone ({prompt[at:at + 40]!r}) differently from the prompt before "
-            f"the {name} ({full[at:at + 40]!r}) at character {at}: templates that add or drop text in earlier turns "
-            "(e.g. thinking templates) cannot split prompt from completion; use one that renders turns alike",
-        )  # fmt: skip
-    return full
+        return [prompt + (text if text.endswith(eos) else text + eos) for text in completions.values()]
+    texts = []
+    for name, completion in completions.items():
+        full = _render(tokenizer, row.prompt + completion, row.tools)
+        if not full.startswith(prompt):  # else template text would be scored as the completion
+            at = next(i for i, (a, b) in enumerate(zip(prompt + "\0", full + "\0")) if a != b)
+            raise DataError.at(
+                row.source, row.row, name,
+                f"the chat template renders the prompt alone ({prompt[at:at + 40]!r}) differently from the prompt "
+                f"before the {name} ({full[at:at + 40]!r}) at character {at}: templates that add or drop text in "
+                "earlier turns (e.g. thinking templates) cannot split prompt from completion; use one that renders "
+                "turns alike",
+            )  # fmt: skip
+        texts.append(full)
+    return texts
 
 
 def _render(
@@ -151,6 +191,8 @@ def fit_length(
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
+    if b[: len(a)] == a:  # the usual case, compared in C
+        return len(a)
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1

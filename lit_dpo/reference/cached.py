@@ -73,10 +73,10 @@ def cache_logps(
     """A ``CachedReference`` for the examples of each stage (``{"train": [...], "val": [...]}``): from disk, or one
     pass of the live ``reference`` (each rank computing its share of batches of ``batch_size``, rank 0 writing the
     file), which the caller can then free. ``reference`` may be a ``CachedReference`` already, for stages it holds."""
-    every = [ex for examples in stages.values() for ex in examples]
     cached = reference if isinstance(reference, CachedReference) else None
     if cached is None:
-        cached = CachedReference(torch.full((max((ex.index for ex in every), default=-1) + 1, 2), float("nan")), set())
+        size = max((ex.index + 1 for examples in stages.values() for ex in examples), default=0)
+        cached = CachedReference(torch.full((size, 2), float("nan")), set())
     for stage, examples in stages.items():
         if not examples or stage in cached.stages:
             continue

@@ -27,7 +27,7 @@ def test_examples_are_numbered_and_typed(tmp_path, tiny_model_dir, standard_rows
         tokenizer_name_or_path=tiny_model_dir,
     )
     data.setup("fit")
-    assert [ex.index for ex in data.train_examples + data.val_examples] == list(range(9))
+    assert [ex.index for ex in [*data.train_examples, *data.val_examples]] == list(range(9))
     assert all(isinstance(ex, Pair) for ex in data.train_examples) and not data.unpaired
     rows = unpaired_rows(standard_rows(4), [True, False, True, False])
     kto = PreferenceDataModule(
@@ -94,7 +94,7 @@ def test_sources_mix_with_weights_and_row_counts(tmp_path, tiny_model_dir, stand
     # held out first (a quarter of each source), then weighed: 8 of a, half of 15 of b, 12 from 6 of c (repeated)
     assert counts == [8, 8, 12] and data.val_source_names == ["a", "bee", "c"]
     assert [sum(ex.source == i for ex in data.val_examples) for i in range(3)] == [2, 5, 2]
-    indices = [ex.index for ex in data.train_examples + data.val_examples]
+    indices = [ex.index for ex in [*data.train_examples, *data.val_examples]]
     assert indices == list(range(len(indices)))
     again = _setup(tiny_model_dir, path=sources, val_split=0.25)
     assert [ex.row for ex in again.train_examples] == [ex.row for ex in data.train_examples]  # seeded: the same
