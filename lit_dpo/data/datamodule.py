@@ -4,6 +4,9 @@ memory-mapped stores, cached across runs: ``lit_dpo.data.store``), batch them pe
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import weakref
 from itertools import islice
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -113,6 +116,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.val_examples: Sequence[Example] = []
         self.source_names: list[str] = []  # Example.source indexes it
         self.logs: list[SourceLog] = []  # what became of every source's rows
+        self._scratch: Optional[Path] = None  # where sources are tokenized when the cache cannot be written
         self.judge: Any = None  # the data's own judge: only online DPO has one
 
     online = False  # pairs are known before training (``OnlineDataModule`` samples them each round)
@@ -151,8 +155,16 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _store(self, source: Source, tokenizer: Any) -> ExampleStore:
         hp = self.hparams
-        root = Path(hp.cache_dir) if hp.cache_dir is not None else private_dir(cache_dir() / "data")
-        return open_store(source, hp.roles, tokenizer, self.limits, root, hp.num_proc)
+        if self._scratch is None:
+            try:
+                root = Path(hp.cache_dir) if hp.cache_dir is not None else private_dir(cache_dir() / "data")
+                return open_store(source, hp.roles, tokenizer, self.limits, root, hp.num_proc)
+            except OSError as err:  # a cache that cannot be written must not stop the run (as the reference's)
+                self._scratch = Path(tempfile.mkdtemp(prefix="lit_dpo_data_"))
+                weakref.finalize(self, shutil.rmtree, self._scratch, True)  # written here, removed here
+                rank_zero_warn(f"could not use the data cache ({type(err).__name__}: {err}); the sources are "
+                               f"tokenized into {self._scratch} for this run only")  # fmt: skip
+        return open_store(source, hp.roles, tokenizer, self.limits, self._scratch, hp.num_proc)
 
     def tokenizer_source(self) -> tuple[str, bool]:
         """The tokenizer to load and whether it may run Hub code: the one given, else the model's."""

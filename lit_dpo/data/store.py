@@ -125,8 +125,14 @@ def store_key(source: Source, roles: Optional[dict[str, str]], tokenizer: Any, l
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """SHA-256 of what a tokenizer's output depends on: its vocabulary and rules, special tokens and chat template."""
-    rules = tokenizer.backend_tokenizer.to_str() if tokenizer.is_fast else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    rest = {"class": type(tokenizer).__name__, "special": tokenizer.special_tokens_map, "template": tokenizer.chat_template}
+    rules = (
+        tokenizer.backend_tokenizer.to_str() if tokenizer.is_fast else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    )
+    rest = {
+        "class": type(tokenizer).__name__,
+        "special": tokenizer.special_tokens_map,
+        "template": tokenizer.chat_template,
+    }
     return hashlib.sha256((rules + json.dumps(rest, sort_keys=True, default=str)).encode()).hexdigest()
 
 
@@ -181,7 +187,9 @@ def _write(path: Path, source: Source, fmt: RowFormat, tokenizer: Any, limits: L
                 continue
             if meta["unpaired"] is not None and chunk.unpaired != meta["unpaired"]:
                 first = "prompt/completion/label" if meta["unpaired"] else "prompt/chosen/rejected"
-                raise DataError.at(source.path, chunk.first_row, None, f"mixes row forms: row {first_row} has {first}, this one not")
+                raise DataError.at(
+                    source.path, chunk.first_row, None, f"mixes row forms: row {first_row} has {first}, this one not"
+                )
             meta["unpaired"], first_row = chunk.unpaired, first_row or chunk.first_row
             writer = writer or pa.ipc.new_file(sink, chunk.batch.schema)
             writer.write_batch(chunk.batch)
@@ -224,14 +232,18 @@ class _Job:
             row = parse_row(record, self.path, number, self.fmt)
             if rows and type(row) is not type(rows[0]):
                 first = "prompt/completion/label" if isinstance(rows[0], UnpairedRow) else "prompt/chosen/rejected"
-                raise DataError.at(self.path, number, None, f"mixes row forms: row {rows[0].row} has {first}, this one not")
+                raise DataError.at(
+                    self.path, number, None, f"mixes row forms: row {rows[0].row} has {first}, this one not"
+                )
             reason = unusable_reason(row)
             if reason is None:
                 rows.append(row)
             else:
                 dropped.setdefault(reason, []).append(number)
         batch = self._batch(rows) if rows else None
-        return _Chunk(records, dropped, batch, bool(rows) and isinstance(rows[0], UnpairedRow), rows[0].row if rows else None)
+        return _Chunk(
+            records, dropped, batch, bool(rows) and isinstance(rows[0], UnpairedRow), rows[0].row if rows else None
+        )
 
     def _batch(self, rows: list[Row]) -> pa.RecordBatch:
         unpaired = isinstance(rows[0], UnpairedRow)

@@ -13,6 +13,7 @@ from typing import Literal, Optional, Sequence, Union
 
 from transformers import PreTrainedTokenizerBase
 
+from lit_dpo.data.continuation import encode_continuations
 from lit_dpo.data.rows import PairRow, Row, Text, UnpairedRow
 from lit_dpo.errors import DataError
 
@@ -63,8 +64,8 @@ def tokenize_row(tokenizer: PreTrainedTokenizerBase, row: Row) -> Example:
 
 
 def tokenize_rows(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row]) -> list[Example]:
-    """Token ids of validated rows, each row's texts encoded in one batch call per kind (many rows at once run
-    in the tokenizer's threads, without a Python round trip per text).
+    """Token ids of validated rows, encoded in batch calls (many rows at once run in the tokenizer's threads,
+    without a Python round trip per text), each prompt tokenized once (``encode_continuations``).
 
     Standard rows get the EOS token appended to each completion; conversational rows get the chat template (with
     the row's ``tools``), whose end-of-turn token closes each completion.
@@ -73,11 +74,9 @@ def tokenize_rows(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row]) -> li
     completions = [_completions(row) for row in rows]
     fulls = [_rendered(tokenizer, row, prompt, completions[i]) for i, (row, prompt) in enumerate(zip(rows, prompts))]
     special = [not isinstance(row.prompt, list) for row in rows]  # a chat template writes its own special tokens
-    prompt_ids = encode(tokenizer, prompts, special)
-    full_ids = encode(tokenizer, [t for texts in fulls for t in texts], [s for s, t in zip(special, fulls) for _ in t])
-    examples, at = [], 0
-    for row, ids, names in zip(rows, prompt_ids, completions):
-        full, at = full_ids[at : at + len(names)], at + len(names)
+    prompt_ids, full_ids = encode_continuations(tokenizer, prompts, special, fulls, encode)
+    examples = []
+    for row, ids, full in zip(rows, prompt_ids, full_ids):
         # tokens can merge across the prompt/completion boundary; cut every sequence where the first one diverges
         shared = min(_common_prefix(ids, each) for each in full)
         examples.append(_example(row, ids[:shared], [each[shared:] for each in full]))

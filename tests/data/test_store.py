@@ -82,7 +82,12 @@ def test_worker_processes_give_the_same_examples(tmp_path, tiny_model_dir, chat_
 
 
 def _log(log):
-    return [log.rows, log.kept, [int(n) for n in log.truncated], {k: [int(n) for n in v] for k, v in log.dropped.items()}]
+    return [
+        log.rows,
+        log.kept,
+        [int(n) for n in log.truncated],
+        {k: [int(n) for n in v] for k, v in log.dropped.items()},
+    ]
 
 
 def test_a_bad_row_in_a_worker_is_one_line_and_leaves_no_store(
@@ -143,3 +148,17 @@ def test_a_store_pickles_as_its_folder(tmp_path, standard_rows, write_jsonl, tok
     store = open_store(Source(write_jsonl(tmp_path / "p.jsonl", standard_rows(3))), None, tokenizer, LIMITS, tmp_path)
     assert len(pickle.dumps(store)) < 500
     assert pickle.loads(pickle.dumps(store)).example(2) == store.example(2)
+
+
+def test_a_cache_that_cannot_be_written_warns_and_the_run_goes_on(tmp_path, tiny_model_dir, standard_rows, write_jsonl):
+    path = write_jsonl(tmp_path / "pairs.jsonl", standard_rows(10))
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.warns(UserWarning, match="could not use the data cache .*tokenized into .* for this run only"):
+        data = _data(path, tiny_model_dir, tmp_path / "a_file" / "cache", val_split=0)
+    scratch = data._scratch
+    assert len(data.train_examples) == 10 and scratch.is_dir()
+    del data
+    import gc
+
+    gc.collect()
+    assert not scratch.exists()  # the temporary stores go with the data module
