@@ -307,10 +307,10 @@ def arguments(description: str) -> argparse.ArgumentParser:
 
 def main() -> None:
     args = arguments(__doc__.splitlines()[0]).parse_args()
+    if args.tiny:  # a worker started alone with --tiny makes its own
+        args.model = _tiny_model(Path(tempfile.mkdtemp()))
     if args.worker:
         return worker(args)
-    if args.tiny:
-        args.model = _tiny_model(Path(tempfile.mkdtemp()))
     if args.workload == "long":
         args.data = dialogue_pairs(Path(tempfile.mkdtemp()), (args.steps + args.warmup) * args.batch)
     runs: dict[str, list[dict]] = {}
