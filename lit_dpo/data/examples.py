@@ -3,6 +3,7 @@ holds positions into memory-mapped files, not token ids, so a million rows cost 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, replace
 from typing import Sequence, Union, overload
@@ -52,13 +53,18 @@ class Examples(Sequence[Example]):
         parts = [part.store.column("digest")[part.positions] for part in self.parts]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
-    def fingerprint(self) -> str:
-        """SHA-256 of the examples in order: their token ids (by digest), labels and sources."""
+    @functools.cached_property
+    def _fingerprint(self) -> str:
         digest = hashlib.sha256(b"lit_dpo examples 2")
         for part in self.parts:
             digest.update(np.int64(part.source).tobytes())
             digest.update(part.store.column("digest")[part.positions].tobytes())
         return digest.hexdigest()
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the examples in order: their token ids (by digest), labels and sources (computed once:
+        every checkpoint records it)."""
+        return self._fingerprint
 
 
 def digests(examples: Sequence[Example]) -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
 from lit_dpo.data.files import has_invalid_utf8, records
 from lit_dpo.data.messages import is_blank, normalized_messages, split_shared_messages, split_shared_text
@@ -73,20 +73,31 @@ class Rows:
 
 def read_rows(path: str, split: str = "train", config_name: Optional[str] = None, fmt: RowFormat = RowFormat()) -> Rows:
     """Read and validate every record of ``path``; all rows have one form (pairs, or unpaired examples)."""
+    out = validated_rows(records(path, split, config_name), path, fmt)
+    if not out.rows and not out.dropped:
+        raise DataError.at(path, None, None, "no rows found (the file is empty)")
+    return out
+
+
+def validated_rows(numbered: Iterable[tuple[int, Any]], path: str, fmt: RowFormat = RowFormat()) -> Rows:
+    """``(row number, record)`` pairs as validated rows of one form; the unusable ones counted in ``dropped``."""
     out = Rows([])
-    for number, record in records(path, split, config_name):
+    for number, record in numbered:
         row = parse_row(record, path, number, fmt)
         if out.rows and type(row) is not type(out.rows[0]):
-            first = "prompt/completion/label" if isinstance(out.rows[0], UnpairedRow) else "prompt/chosen/rejected"
-            raise DataError.at(path, number, None, f"mixes row forms: row {out.rows[0].row} has {first}, this one not")
+            raise mixed_forms(path, number, out.rows[0].row, isinstance(out.rows[0], UnpairedRow))
         reason = unusable_reason(row)
         if reason is None:
             out.rows.append(row)
         else:
             out.dropped.setdefault(reason, []).append(number)
-    if not out.rows and not out.dropped:
-        raise DataError.at(path, None, None, "no rows found (the file is empty)")
     return out
+
+
+def mixed_forms(path: str, row: int, first_row: int, first_unpaired: bool) -> DataError:
+    """The error for a row whose form (pair or unpaired) differs from that of ``first_row``, the source's first."""
+    first = "prompt/completion/label" if first_unpaired else "prompt/chosen/rejected"
+    return DataError.at(path, row, None, f"mixes row forms: row {first_row} has {first}, this one not")
 
 
 def unusable_reason(row: Row) -> Optional[str]:

@@ -28,7 +28,7 @@ import transformers
 
 from lit_dpo.data.chunks import chunked, default_num_proc, ordered_map
 from lit_dpo.data.files import hf_dataset, looks_local, raw_records, record_of
-from lit_dpo.data.rows import PairRow, Row, RowFormat, UnpairedRow, parse_row, unusable_reason
+from lit_dpo.data.rows import PairRow, Row, RowFormat, UnpairedRow, mixed_forms, validated_rows
 from lit_dpo.data.sources import Source
 from lit_dpo.data.tokenize import Example, Pair, Truncation, UnpairedExample, fit_length, tokenize_rows
 from lit_dpo.errors import DataError
@@ -186,10 +186,7 @@ def _write(path: Path, source: Source, fmt: RowFormat, tokenizer: Any, limits: L
             if chunk.batch is None:
                 continue
             if meta["unpaired"] is not None and chunk.unpaired != meta["unpaired"]:
-                first = "prompt/completion/label" if meta["unpaired"] else "prompt/chosen/rejected"
-                raise DataError.at(
-                    source.path, chunk.first_row, None, f"mixes row forms: row {first_row} has {first}, this one not"
-                )
+                raise mixed_forms(source.path, chunk.first_row, first_row, meta["unpaired"])
             meta["unpaired"], first_row = chunk.unpaired, first_row or chunk.first_row
             writer = writer or pa.ipc.new_file(sink, chunk.batch.schema)
             writer.write_batch(chunk.batch)
@@ -221,29 +218,14 @@ class _Job:
     limits: Limits
 
     def __call__(self, chunk: list[tuple[int, Any]]) -> _Chunk:
-        rows: list[Row] = []
-        dropped: dict[str, list[int]] = {}
-        records = 0
-        for number, raw in chunk:
-            record = record_of(raw, self.path, number)
-            if record is None:
-                continue  # a blank line
-            records += 1
-            row = parse_row(record, self.path, number, self.fmt)
-            if rows and type(row) is not type(rows[0]):
-                first = "prompt/completion/label" if isinstance(rows[0], UnpairedRow) else "prompt/chosen/rejected"
-                raise DataError.at(
-                    self.path, number, None, f"mixes row forms: row {rows[0].row} has {first}, this one not"
-                )
-            reason = unusable_reason(row)
-            if reason is None:
-                rows.append(row)
-            else:
-                dropped.setdefault(reason, []).append(number)
+        numbered = [(n, record) for n, raw in chunk if (record := record_of(raw, self.path, n)) is not None]
+        read = validated_rows(numbered, self.path, self.fmt)  # blank lines are no records
+        rows = read.rows
         batch = self._batch(rows) if rows else None
         return _Chunk(
-            records, dropped, batch, bool(rows) and isinstance(rows[0], UnpairedRow), rows[0].row if rows else None
-        )
+            len(numbered), read.dropped, batch, bool(rows) and isinstance(rows[0], UnpairedRow),
+            rows[0].row if rows else None,
+        )  # fmt: skip
 
     def _batch(self, rows: list[Row]) -> pa.RecordBatch:
         unpaired = isinstance(rows[0], UnpairedRow)
