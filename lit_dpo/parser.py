@@ -42,6 +42,17 @@ examples:
   python -m lit_dpo.data --data.path=pairs.jsonl --model.model_name_or_path=Qwen/Qwen2.5-0.5B-Instruct
   python -m lit_dpo.data --config recipes/base.yaml --output report.json"""
 
+PLAN_DESCRIPTION = """\
+The memory plan of a fit with the same options (the model's config.json is read, nothing else): per device,
+weights, gradients, optimizer state, reference, activations, logits and the strategy's buffers; the peak, whether
+it fits, and the peak under each choice that moves it. Besides the fit's options: --memory_gb, --prompt_tokens,
+--completion_tokens, --output.
+
+examples:
+  python -m lit_dpo.plan --config recipes/base.yaml --config recipes/strategy/fsdp.yaml \\
+      --model.model_name_or_path=Qwen/Qwen2.5-7B-Instruct --trainer.accelerator=gpu --trainer.devices=8 --memory_gb=80
+  python -m lit_dpo.plan --data.max_length=2048 --model.activation_checkpointing=true --output plan.json"""
+
 USAGE = (
     "python -m lit_dpo.{command} [--config FILE] [--model.OPTION VALUE] [--data.OPTION VALUE] [--trainer.OPTION VALUE]"
 )
@@ -58,7 +69,7 @@ class DPOArgumentParser(LightningArgumentParser):
 
     def __init__(self, *args: Any, command: str = "fit", **kwargs: Any) -> None:
         self.command = command
-        kwargs.setdefault("description", DESCRIPTION)
+        kwargs.setdefault("description", PLAN_DESCRIPTION if command == "plan" else DESCRIPTION)
         kwargs.setdefault("usage", USAGE.format(command=command))
         kwargs.setdefault("formatter_class", _Formatter)
         kwargs.setdefault("allow_abbrev", False)  # --trainer.max_step must not silently mean --trainer.max_steps

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +32,14 @@ def test_data_scale_measures_both_ways(tmp_path):
     assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 300
     assert data_scale.lit_dpo_start(str(tmp_path / "rows.jsonl"), str(tmp_path / "lit_dpo"))["examples"] == 300
     assert data_scale.datasets_map(str(tmp_path / "rows.jsonl"), str(tmp_path / "datasets"), 1)["examples"] == 300
+
+
+@pytest.mark.integration
+def test_plan_check_measures_the_tiny_case(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "plan_check.py"), "--cases", "tiny, 1 process", "--json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PLAN_CHECK_WORK": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (result,) = json.loads((tmp_path / "r.json").read_text())
+    assert result["measured"] > 0 and 0.5 < result["ratio"] < 2  # a sanity bound: the figures are the script's

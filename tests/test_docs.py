@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lit_dpo import eval as lit_eval
-from lit_dpo import export, fit, validate
+from lit_dpo import export, fit, plan, validate
 from lit_dpo.cli import DPOCLI
 from lit_dpo.data import __main__ as data_report
 from lit_dpo.parser import _option_names
@@ -16,7 +16,8 @@ from lit_dpo.parser import _option_names
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 GROUPS = ("model", "data", "trainer", "generations", "health", "perf", "checkpoint", "eval_harness", "finish")
-ENTRY_POINTS = {"lit_dpo.fit": fit.main, "lit_dpo.validate": validate.main, "lit_dpo.data": data_report.main}
+ENTRY_POINTS = {"lit_dpo.fit": fit.main, "lit_dpo.validate": validate.main, "lit_dpo.data": data_report.main,
+                "lit_dpo.plan": plan.main}  # fmt: skip
 
 
 def _blocks(page: Path, language: str) -> list[str]:

@@ -137,9 +137,13 @@ def chunks_logits(model: torch.nn.Module, num_positions: int) -> bool:
     head = model.get_output_embeddings()
     name = type(base).__name__.removeprefix("FSDP")  # FSDP2's fully_shard subclasses the model's class
     plain = name in PLAIN_HEAD_MODELS and type(head) is torch.nn.Linear
+    return plain and worth_chunking(num_positions, chunk_rows(head.out_features))
+
+
+def worth_chunking(num_positions: int, positions_per_chunk: int) -> bool:
     # below 4 chunks the (M, V) logits are small (fp32: under 256 MiB by default) and recomputing them in the
     # backward would cost time for little memory
-    return plain and num_positions > 4 * chunk_rows(head.out_features)
+    return num_positions > 4 * positions_per_chunk
 
 
 @contextlib.contextmanager
