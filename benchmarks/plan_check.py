@@ -100,8 +100,8 @@ def options(model: Path, data: Path, processes: int, extra: list[str], root: Pat
 
 def run_case(name: str, work: Path) -> dict:
     size, processes, extra = CASES[name]
-    # 3 full steps per process: the peak comes with the optimizer state, from the second step on
-    model, data = make_model(work / "models", size), make_data(work / f"pairs{processes}.jsonl", 12 * processes)
+    # 2 full steps per process: the peak comes with the optimizer state and the previous step's gradients
+    model, data = make_model(work / "models", size), make_data(work / f"pairs{processes}.jsonl", 8 * processes)
     out = Path(tempfile.mkdtemp(dir=work))
     args = options(model, data, processes, extra, out / "runs")
     tokens = [f"--prompt_tokens={PROMPT}", f"--completion_tokens={COMPLETION}"]
