@@ -11,6 +11,9 @@ process (workers included):
 - ``lit_dpo first start``: ``PreferenceDataModule.setup`` on an empty cache: read, validate, tokenize with
   SmolLM2's tokenizer into the memory-mapped store (``--data.num_proc`` default), hold out 5%.
 - ``lit_dpo second start``: the same on the filled cache (what every later start and resume does).
+- ``lit_dpo streaming``: ``--data.streaming=true`` (windows of 10,000 rows): from the start to 100 batches of 4
+  pairs collated, and the same resumed from the last window's position (what a resume near the end of the data
+  does: the file is read from the window's byte offset).
 - ``datasets + map``: ``datasets.load_dataset("json")`` on an empty cache, TRL's ``extract_prompt`` and a batched
   tokenizer ``map`` of prompt, chosen and rejected, single process (as TRL runs it by default), and with as many
   processes as lit_dpo used (``num_proc``).
@@ -66,6 +69,31 @@ def lit_dpo_start(path: str, cache: str) -> dict:
     return {"examples": len(data.train_examples) + len(data.val_examples), "num_proc": default_num_proc()}
 
 
+def lit_dpo_stream(path: str, cache: str, resume: str) -> dict:
+    from itertools import islice
+
+    from lit_dpo.data import PreferenceDataModule
+
+    data = PreferenceDataModule(path=path, cache_dir=cache, streaming=True, val_split=0)
+    data.setup("fit")
+    loader = data.train_dataloader()
+    if resume:  # the loader's own state with the stream's put in
+        loader.load_state_dict(loader.state_dict() | {"dataset_state": json.loads(resume)})
+    batches = list(islice(loader, 100))
+    return {"examples": sum(len(b.weights) for b in batches), "fingerprint": data.fingerprint()}
+
+
+def last_window_state(path: Path, window: int = 10_000) -> dict:
+    """A stream's state at the start of the file's last window (its byte offset found by reading it)."""
+    offsets = [0]
+    with path.open("rb") as handle:
+        for line in handle:
+            offsets.append(offsets[-1] + len(line))
+    number = (len(offsets) - 2) // window
+    start = {"records": number * window, "offset": offsets[number * window], "hf_state": None, "done": False}
+    return {"epoch": 0, "window": number, "starts": [start], "taken": 0}
+
+
 def datasets_map(path: str, cache: str, num_proc: int) -> dict:
     import datasets
 
@@ -100,6 +128,8 @@ def datasets_map(path: str, cache: str, num_proc: int) -> dict:
 def worker(args: argparse.Namespace) -> None:
     if args.system == "datasets":
         out = datasets_map(args.path, args.cache, args.num_proc)
+    elif args.system == "stream":
+        out = lit_dpo_stream(args.path, args.cache, args.resume)
     else:
         out = lit_dpo_start(args.path, args.cache)
     peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
@@ -107,9 +137,9 @@ def worker(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(out))
 
 
-def measure(system: str, path: Path, cache: Path, num_proc: int = 1) -> dict:
+def measure(system: str, path: Path, cache: Path, num_proc: int = 1, resume: str = "") -> dict:
     command = [sys.executable, __file__, "--worker", system, "--path", str(path), "--cache", str(cache),
-               "--num_proc", str(num_proc)]  # fmt: skip
+               "--num_proc", str(num_proc), "--resume", resume]  # fmt: skip
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -127,6 +157,8 @@ def main() -> None:
     parser.add_argument("--path", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--num_proc", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--resume", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--streaming_only", action="store_true", help="only the streaming columns")
     args = parser.parse_args()
     if args.worker:
         args.system = args.worker
@@ -135,23 +167,37 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     print(f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"python {platform.python_version()}")  # fmt: skip
-    print("| rows (file) | lit_dpo first start | lit_dpo second start | datasets + map | datasets + map, num_proc |")
-    print("|---|---|---|---|---|")
+    shown = lambda r: f"{r['seconds']:.1f} s, {r['peak_rss_mb']:,.0f} MB"  # noqa: E731
+    streamed = []
+    if not args.streaming_only:
+        print(
+            "| rows (file) | lit_dpo first start | lit_dpo second start | datasets + map | datasets + map, num_proc |"
+        )
+        print("|---|---|---|---|---|")
     for n in args.rows:
         path = root / f"hh_{n}.jsonl"
         hh_rows(path, n)
         cache = root / f"cache_{n}"
+        size = path.stat().st_size / 1e6
+        start = measure("stream", path, cache / "stream")
+        resumed = measure("stream", path, cache / "stream", resume=json.dumps(last_window_state(path)))
+        assert start["examples"] == resumed["examples"] == 400 and start["fingerprint"] == resumed["fingerprint"]
+        streamed.append(f"| {n:,} ({size:,.0f} MB) | {shown(start)} | {shown(resumed)} |")
+        if args.streaming_only:
+            path.unlink()
+            continue
         first = measure("lit_dpo", path, cache / "lit_dpo")
         second = measure("lit_dpo", path, cache / "lit_dpo")
         single = measure("datasets", path, cache / "datasets_1", 1)
         parallel = measure("datasets", path, cache / f"datasets_{first['num_proc']}", first["num_proc"])
-        shown = lambda r: f"{r['seconds']:.1f} s, {r['peak_rss_mb']:,.0f} MB"  # noqa: E731
-        size = path.stat().st_size / 1e6
         print(f"| {n:,} ({size:,.0f} MB) | {shown(first)} | {shown(second)} | {shown(single)} | "
               f"{shown(parallel)} ({parallel['num_proc']}) |", flush=True)  # fmt: skip
         assert first["examples"] == second["examples"] == single["examples"] == n, (first, second, single)
         shutil.rmtree(cache)
         path.unlink()
+    print("\n| rows (file) | lit_dpo streaming: start to 100 batches | the same, resumed at the last window |")
+    print("|---|---|---|")
+    print("\n".join(streamed))
     if args.workdir is None:
         shutil.rmtree(root)
 

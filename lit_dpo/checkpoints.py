@@ -130,13 +130,14 @@ class ResumableCheckpoint(ModelCheckpoint):
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         progress = trainer.fit_loop.epoch_progress.current
         if "loops" in checkpoint and progress.processed > progress.completed:  # saved by an epoch-end hook
-            _record_between_epochs(checkpoint["loops"]["fit_loop"])
+            _record_between_epochs(checkpoint["loops"]["fit_loop"], sized=trainer.num_training_batches != float("inf"))
             checkpoint["epoch"] = progress.processed
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
-        if fit_loop.get("state_dict", {}).pop(_BETWEEN_EPOCHS, False) and trainer.max_steps != -1:
+        if fit_loop.get("state_dict", {}).pop(_BETWEEN_EPOCHS, False) is True and trainer.max_steps != -1:
             # Lightning, resuming with max_steps, counts a logging step it takes to have been in flight at the save
+            # (with a loader of known length; a streamed one's, "unsized", is counted right)
             fit_loop["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -163,7 +164,7 @@ class ResumableCheckpoint(ModelCheckpoint):
 _BETWEEN_EPOCHS = "lit_dpo_between_epochs"
 
 
-def _record_between_epochs(fit_loop: dict[str, Any]) -> None:
+def _record_between_epochs(fit_loop: dict[str, Any], sized: bool) -> None:
     """Record a fit loop saved in an epoch's end hooks as the finished epoch it is about to be. Restored as saved,
     Lightning (2.6, with ``max_steps``) runs that epoch's end again, counts it twice and stops an epoch early; and the
     exhausted dataloader's state would leave the next epoch empty. Without it, the resumed run starts the next epoch
@@ -173,7 +174,7 @@ def _record_between_epochs(fit_loop: dict[str, Any]) -> None:
     batches = fit_loop["epoch_loop.batch_progress"]
     batches["current"], batches["is_last_batch"] = dict.fromkeys(batches["current"], 0), False
     fit_loop["state_dict"].pop("combined_loader", None)
-    fit_loop["state_dict"][_BETWEEN_EPOCHS] = True
+    fit_loop["state_dict"][_BETWEEN_EPOCHS] = True if sized else "unsized"
 
 
 class QuietSigterm(_SignalConnector):

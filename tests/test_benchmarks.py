@@ -32,6 +32,10 @@ def test_data_scale_measures_both_ways(tmp_path):
     assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 300
     assert data_scale.lit_dpo_start(str(tmp_path / "rows.jsonl"), str(tmp_path / "lit_dpo"))["examples"] == 300
     assert data_scale.datasets_map(str(tmp_path / "rows.jsonl"), str(tmp_path / "datasets"), 1)["examples"] == 300
+    streamed = data_scale.lit_dpo_stream(str(tmp_path / "rows.jsonl"), str(tmp_path / "stream"), "")
+    state = json.dumps(data_scale.last_window_state(tmp_path / "rows.jsonl"))  # the only window: from its start
+    assert streamed == data_scale.lit_dpo_stream(str(tmp_path / "rows.jsonl"), str(tmp_path / "stream"), state)
+    assert streamed["examples"] == 300
 
 
 @pytest.mark.integration

@@ -189,28 +189,36 @@ def test_a_resume_with_other_settings_is_refused_listing_old_and_new(tiny_model_
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("ranks", [1, 2], ids=["one_process", "ddp_2_ranks"])
-def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_exactly(tiny_model_dir, files, tmp_path, ranks, fit_args):
+@pytest.mark.parametrize(
+    "ranks, streamed", [(1, False), (2, False), (1, True)], ids=["one_process", "ddp_2_ranks", "one_process_streamed"]
+)  # streamed on two ranks: tests/data/test_stream.py deals each window to ranks in equal turns
+def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_exactly(
+    tiny_model_dir, files, tmp_path, ranks, streamed, fit_args
+):
     env = os.environ | {"PYTHONWARNINGS": "ignore", "PYTHONPATH": str(TESTS)}
     recipes = TESTS.parent / "recipes"
     configs = ["--config", str(recipes / "base.yaml"), "--config", str(recipes / "strategy" / "ddp.yaml")]
     # 4 steps an epoch either way, SIGTERM in an epoch's last step; Lightning resumes differently with max_steps
     ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.max_steps=6"]
-    one = ["--data.batch_size=8"]
+    one = ["--data.batch_size=8"] + (["--trainer.max_steps=8"] if streamed else [])
+    # streamed: read in windows of 10 rows, the resume re-reads the window it stopped in
+    stream = ["--data.streaming=true", "--data.stream_window=10"] if streamed else []
+    term = 1 if streamed else 3  # streamed: mid-epoch, mid-window, with a batch fetched ahead of the one saved
 
     def run(root, *extra):
         command = [sys.executable, "-m", "lit_dpo.fit", *(configs if ranks == 2 else []), *fit_args(tiny_model_dir, *files,
-                   root, "--trainer.max_epochs=2", "--model.learning_rate=1e-3", *(ddp if ranks == 2 else one), *extra)]  # fmt: skip
+                   root, "--trainer.max_epochs=2", "--model.learning_rate=1e-3", *(ddp if ranks == 2 else one), *stream,
+                   *extra)]  # fmt: skip
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
     assert run(tmp_path / "straight").returncode == 0
-    stopped = run(tmp_path / "stopped", "--trainer.callbacks+=killer.TermAtStep", "--trainer.callbacks.step=3")
+    stopped = run(tmp_path / "stopped", "--trainer.callbacks+=killer.TermAtStep", f"--trainer.callbacks.step={term}")
     assert stopped.returncode == 143, stopped.stderr[-2000:]
     last = tmp_path / "stopped" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     assert stopped.stderr.strip().splitlines()[-1] == (
-        f"lit_dpo: stopped by SIGTERM at step 4; checkpoint {last}; continue with --ckpt_path=last"
+        f"lit_dpo: stopped by SIGTERM at step {term + 1}; checkpoint {last}; continue with --ckpt_path=last"
     )
-    assert checkpoint_step(last) == 4  # the step in flight finished, and was saved
+    assert checkpoint_step(last) == term + 1  # the step in flight finished, and was saved
     resumed = run(tmp_path / "stopped", "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     straight = _train_losses(tmp_path / "straight" / "lightning_logs" / "version_0")

@@ -19,12 +19,13 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from lit_dpo.data.collate import PaddedCollator, SharedPrefixCollator
-from lit_dpo.data.examples import Examples, Padded, Part
+from lit_dpo.data.examples import Examples, Part, pad_for_ranks
 from lit_dpo.data.prepare import SourceLog, held_out_positions, kept_positions
 from lit_dpo.data.prompts import Prompt
 from lit_dpo.data.protocol import TokenizerSource
 from lit_dpo.data.sources import Source, Sources, as_sources, sampled_positions
 from lit_dpo.data.store import ExampleStore, Limits, open_store
+from lit_dpo.data.stream import PairStream, StreamLoader, check_streaming
 from lit_dpo.data.tokenize import Example, Pair, Truncation, UnpairedExample
 from lit_dpo.errors import DataError, InputError
 from lit_dpo.hf import BUNDLED, cache_dir, load_tokenizer, private_dir
@@ -79,6 +80,11 @@ class PreferenceDataModule(L.LightningDataModule):
         cache_dir: Where tokenized sources are cached (memory-mapped Arrow files, keyed by the source's files,
             the tokenizer and the options); default: ``$LIT_DPO_CACHE/data`` (``~/.cache/lit_dpo/data``). On a
             cluster, a folder every node can read lets one node's work serve the others.
+        streaming: Read, validate and tokenize the training rows as training goes instead of once up front (for
+            data larger than the disk should hold as a cached store): in windows of ``stream_window`` rows, shuffled
+            within each window; resumes exactly. Needs the trainer's ``max_steps`` and ``val_path`` (or ``val_split=0``);
+            a source's ``weight`` is its share of each window (``lit_dpo.data.stream``).
+        stream_window: With ``streaming``, rows read, tokenized and shuffled together.
         tokenizer_name_or_path: Tokenizer; None: the model's (``DPOModule.model_name_or_path``; the CLI links
             it to ``--model.model_name_or_path``), or the bundled model's outside a trainer.
         trust_remote_code: Allow tokenizer code from the Hub; with the model's tokenizer, the model's setting.
@@ -105,26 +111,31 @@ class PreferenceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         num_proc: Optional[int] = None,
         cache_dir: Optional[str] = None,
+        streaming: bool = False,
+        stream_window: int = 10_000,
         tokenizer_name_or_path: Optional[str] = None,
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        _check_options(batch_size, val_batch_size, max_length, max_prompt_length, val_split, pack_length, num_proc)
+        _check_options(batch_size, val_batch_size, max_length, max_prompt_length, val_split, pack_length, num_proc,
+                       stream_window)  # fmt: skip
         self.tokenizer: Any = None
         self.train_examples: Sequence[Example] = []
         self.val_examples: Sequence[Example] = []
         self.source_names: list[str] = []  # Example.source indexes it
-        self.logs: list[SourceLog] = []  # what became of every source's rows
+        self._logs: list[SourceLog] = []  # what became of every source's rows
         self._scratch: Optional[Path] = None  # where sources are tokenized when the cache cannot be written
         self.judge: Any = None  # the data's own judge: only online DPO has one
+        self.stream: Optional[PairStream] = None  # the training examples, with ``streaming``
 
     online = False  # pairs are known before training (``OnlineDataModule`` samples them each round)
 
     def prepare_data(self) -> None:
         """Tokenize every source not cached yet (Lightning calls this on one process per node, before ``setup``)."""
         tokenizer = load_tokenizer(*self.tokenizer_source())
-        for source in [s for sources in self._sources() for s in sources]:
+        train, val = self._sources()
+        for source in ([] if self.hparams.streaming else train) + val:
             self._store(source, tokenizer)
 
     def setup(self, stage: str) -> None:
@@ -133,6 +144,8 @@ class PreferenceDataModule(L.LightningDataModule):
         hp = self.hparams
         self.tokenizer = load_tokenizer(*self.tokenizer_source())
         train, val = self._sources()
+        if hp.streaming:
+            return self._setup_stream(train, val)
         train_stores = [self._store(s, self.tokenizer) for s in train]
         held_out = not val and hp.val_split > 0  # hold out the same fraction of every source
         if held_out:
@@ -146,12 +159,40 @@ class PreferenceDataModule(L.LightningDataModule):
         self.source_names = list(dict.fromkeys(s.name for s in train + val))
         self.train_examples = self._examples(train, train_stores, train_positions, "train", read_drops=True)
         self.val_examples = self._examples(val, val_stores, val_positions, "val", read_drops=not held_out)
-        for log in self.logs:
+        for log in self._logs:
             if log.warning(self.limits) is not None:
                 rank_zero_warn(log.warning(self.limits))
         if len({store.unpaired for store in train_stores + val_stores}) > 1:
             raise DataError("the sources mix row forms: preference pairs (prompt/chosen/rejected) and unpaired rows "
                             "(prompt/completion/label); use one form per run")  # fmt: skip
+
+    def _setup_stream(self, train: list[Source], val: list[Source]) -> None:
+        """``streaming``: the training examples as a ``PairStream``; validation from stores, as without it."""
+        hp = self.hparams
+        check_streaming(self, train, val)
+        self.source_names = list(dict.fromkeys(s.name for s in train + val))
+        ids = [self.source_names.index(s.name) for s in train]
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        self.stream = PairStream(
+            train, ids, hp.roles, self.tokenizer, self.limits, hp.stream_window, hp.shuffle, seed, hp.batch_size,
+            epoch=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
+        )  # fmt: skip
+        self.stream.peek()
+        stores = [self._store(s, self.tokenizer) for s in val]
+        self.val_examples = self._examples(val, stores, [np.arange(len(store)) for store in stores], "val", True)
+        if self.val_examples and isinstance(self.val_examples[0], UnpairedExample) != self.stream.unpaired:
+            raise DataError("the sources mix row forms: preference pairs (prompt/chosen/rejected) and unpaired rows "
+                            "(prompt/completion/label); use one form per run")  # fmt: skip
+
+    @property
+    def logs(self) -> list[SourceLog]:
+        """What became of every source's rows, by stage; streamed training sources: of their first window's rows."""
+        return (self.stream.first_logs() if self.stream is not None else []) + self._logs
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.stream is not None and self.trainer is not None and self.trainer.training:
+            self.stream.commit()  # a batch reaches the model: what a checkpoint's loader state counts
+        return batch
 
     def _store(self, source: Source, tokenizer: Any) -> ExampleStore:
         hp = self.hparams
@@ -198,7 +239,7 @@ class PreferenceDataModule(L.LightningDataModule):
         read_drops: bool,
     ) -> Examples:  # fmt: skip
         """Each source's kept rows (weighted for training) as examples, numbered after those made so far; what
-        became of its rows goes into ``self.logs`` (``read_drops``: with the rows validation left out)."""
+        became of its rows goes into ``self._logs`` (``read_drops``: with the rows validation left out)."""
         parts = []
         for source, store, chosen in zip(sources, stores, positions):
             dropped = store.read_dropped if read_drops else {}
@@ -210,7 +251,7 @@ class PreferenceDataModule(L.LightningDataModule):
             if stage == "train":
                 kept = kept[sampled_positions(len(kept), source)]
             log.sampled = len(kept)
-            self.logs.append(log)
+            self._logs.append(log)
             parts.append(Part(store, kept, self.source_names.index(source.name)))
         examples = Examples(parts, first=len(self.train_examples))
         if sources and not len(examples):
@@ -220,6 +261,8 @@ class PreferenceDataModule(L.LightningDataModule):
     def fingerprint(self) -> str:
         """SHA-256 of the training examples in order (token ids, labels, sources): what a run's sample order and
         schedule follow from. Checkpoints record it, so that a resumed run can tell its data changed."""
+        if self.stream is not None:
+            return self.stream.fingerprint(self.hparams.roles, self.tokenizer, self.limits)
         assert isinstance(self.train_examples, Examples), "fingerprint() needs setup() first"
         return self.train_examples.fingerprint()
 
@@ -229,6 +272,8 @@ class PreferenceDataModule(L.LightningDataModule):
     @property
     def unpaired(self) -> bool:
         """Whether the rows are unpaired prompt/completion/label rows (for KTO) rather than preference pairs."""
+        if self.stream is not None:
+            return bool(self.stream.unpaired)
         examples = self.train_examples or self.val_examples
         return bool(examples) and isinstance(examples[0], UnpairedExample)
 
@@ -279,6 +324,9 @@ class PreferenceDataModule(L.LightningDataModule):
         ranks = {"num_replicas": 1, "rank": 0}
         if self.trainer is not None and self.trainer.world_size > 1:
             ranks = self.trainer.strategy.distributed_sampler_kwargs
+        if self.stream is not None:  # read as it goes: each rank takes its turn of every window
+            self.stream.rank, self.stream.world_size = ranks["rank"], ranks["num_replicas"]
+            return StreamLoader(self.stream, batch_size=self.hparams.batch_size, collate_fn=self.collator())
         sampler = StatefulDistributedSampler(self.train_examples, shuffle=self.hparams.shuffle, seed=seed, **ranks)
         return StatefulDataLoader(
             self.train_examples,
@@ -300,7 +348,7 @@ class PreferenceDataModule(L.LightningDataModule):
 
 def _check_options(
     batch_size: int, val_batch_size: Optional[int], max_length: Optional[int], max_prompt_length: Optional[int],
-    val_split: float, pack_length: int, num_proc: Optional[int],
+    val_split: float, pack_length: int, num_proc: Optional[int], stream_window: int,
 ) -> None:  # fmt: skip
     """Refuse option values that cannot work, before anything loads."""
     problems = {
@@ -311,14 +359,8 @@ def _check_options(
         f"--data.val_split must be in [0, 1), got {val_split}": not 0 <= val_split < 1,
         f"--data.pack_length must be >= 0, got {pack_length}": pack_length < 0,
         f"--data.num_proc must be >= 1, got {num_proc}": num_proc is not None and num_proc < 1,
+        f"--data.stream_window must be >= 1, got {stream_window}": stream_window < 1,
     }
     for problem, wrong in problems.items():
         if wrong:
             raise InputError(problem)
-
-
-def pad_for_ranks(examples: Sequence[Example], world_size: int) -> Sequence[Example]:
-    """Pad to a multiple of ``world_size`` with weight-0 copies, so every rank runs as many batches (collectives
-    in the forward, as under FSDP, must match) and the sampler repeats nothing: metrics count each pair once."""
-    missing = -len(examples) % world_size
-    return Padded(examples, missing) if missing and len(examples) else examples

@@ -88,3 +88,10 @@ class Padded(Sequence[Example]):
             raise IndexError(i)
         n = len(self.examples)
         return self.examples[i] if i < n else replace(self.examples[(i - n) % n], weight=0.0)
+
+
+def pad_for_ranks(examples: Sequence[Example], world_size: int) -> Sequence[Example]:
+    """Pad to a multiple of ``world_size`` with weight-0 copies, so every rank runs as many batches (collectives
+    in the forward, as under FSDP, must match) and the sampler repeats nothing: metrics count each pair once."""
+    missing = -len(examples) % world_size
+    return Padded(examples, missing) if missing and len(examples) else examples

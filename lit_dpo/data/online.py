@@ -82,6 +82,9 @@ class OnlineDataModule(PreferenceDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(path=path, val_path=val_path, **kwargs)
+        if self.hparams.streaming:
+            raise InputError("online DPO reads its prompts up front and samples its pairs: --data.streaming does "
+                             "not apply")  # fmt: skip
         self.sampling = Sampling(max_new_tokens, True, temperature, top_p)
         self.sampling.check("--data")
         if num_samples < 2 or prompts_per_round < 0 or generation_batch_size < 1:

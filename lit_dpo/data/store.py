@@ -19,7 +19,7 @@ import shutil
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -111,7 +111,7 @@ def store_key(source: Source, roles: Optional[dict[str, str]], tokenizer: Any, l
     """What a source's examples follow from, hashed: its cache folder's name."""
     what = {
         "format": FORMAT,
-        "source": _source_identity(source),
+        "source": source_identity(source),
         "split": source.split,
         "config_name": source.config_name,
         "columns": source.columns,
@@ -136,7 +136,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256((rules + json.dumps(rest, sort_keys=True, default=str)).encode()).hexdigest()
 
 
-def _source_identity(source: Source) -> Any:
+def source_identity(source: Source) -> Any:
     """Files by path, size and modification time (a changed file is read again); a Hub data set by the
     fingerprint ``datasets`` gives the split it loaded."""
     local = Path(source.path).expanduser()
@@ -174,7 +174,7 @@ def build(folder: Path, source: Source, fmt: RowFormat, tokenizer: Any, limits: 
 
 def _write(path: Path, source: Source, fmt: RowFormat, tokenizer: Any, limits: Limits, num_proc: int) -> dict:
     chunks = chunked(raw_records(source.path, source.split or "train", source.config_name), CHUNK_ROWS)
-    job = _Job(source.path, fmt, tokenizer, limits)
+    job = ChunkTokenizer(source.path, fmt, tokenizer, limits)
     meta: dict[str, Any] = {"unpaired": None, "rows_read": 0, "read_dropped": {}}
     first_row: Optional[int] = None
     with pa.OSFile(str(path), "wb") as sink, ordered_map(job, num_proc) as mapped:
@@ -209,7 +209,7 @@ class _Chunk:
 
 
 @dataclass
-class _Job:
+class ChunkTokenizer:
     """What turns a chunk of raw records into a record batch: in this process, or in each worker process."""
 
     path: str
@@ -218,27 +218,34 @@ class _Job:
     limits: Limits
 
     def __call__(self, chunk: list[tuple[int, Any]]) -> _Chunk:
-        numbered = [(n, record) for n, raw in chunk if (record := record_of(raw, self.path, n)) is not None]
-        read = validated_rows(numbered, self.path, self.fmt)  # blank lines are no records
-        rows = read.rows
+        records, dropped, rows = self.read(chunk)
         batch = self._batch(rows) if rows else None
         return _Chunk(
-            len(numbered), read.dropped, batch, bool(rows) and isinstance(rows[0], UnpairedRow),
-            rows[0].row if rows else None,
-        )  # fmt: skip
+            records, dropped, batch, bool(rows) and isinstance(rows[0], UnpairedRow), rows[0].row if rows else None
+        )
+
+    def read(self, chunk: list[tuple[int, Any]]) -> tuple[int, dict[str, list[int]], list[Row]]:
+        """A chunk of raw records as (records in it, row numbers left out by reason, the valid rows)."""
+        numbered = [(n, record) for n, raw in chunk if (record := record_of(raw, self.path, n)) is not None]
+        read = validated_rows(numbered, self.path, self.fmt)  # blank lines are no records
+        return len(numbered), read.dropped, read.rows
+
+    def fitted(self, rows: list[Row]) -> Iterator[tuple[Row, Example, Optional[Example], int]]:
+        """Each row tokenized: (row, its whole example, the example the length limits left or None, status)."""
+        for row, example in zip(rows, tokenize_rows(self.tokenizer, rows)):
+            fitted, status = self._fitted(row, example)
+            yield row, example, fitted if status != IDENTICAL else None, status
 
     def _batch(self, rows: list[Row]) -> pa.RecordBatch:
         unpaired = isinstance(rows[0], UnpairedRow)
         names = ("completion",) if unpaired else ("chosen", "rejected")
         columns: dict[str, list] = {k: [] for k in ("row", "status", "digest", "prompt", *names)}
         columns |= {f"{k}_tokens": [] for k in ("prompt", *names)}
-        for row, example in zip(rows, tokenize_rows(self.tokenizer, rows)):
-            fitted, status = self._fitted(row, example)
+        for row, example, kept, status in self.fitted(rows):
             columns["row"].append(row.row)
             columns["status"].append(status)
             for name, ids in (("prompt", example.prompt_ids), *example.completions.items()):
                 columns[f"{name}_tokens"].append(len(ids))
-            kept = fitted if fitted is not None and status != IDENTICAL else None
             columns["digest"].append(example_digest(kept) if kept is not None else 0)
             columns["prompt"].append(kept.prompt_ids if kept is not None else [])
             for name in names:

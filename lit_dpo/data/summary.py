@@ -24,6 +24,7 @@ PERCENTILES = (50, 90, 99, 100)
 def build_report(data: PreferenceDataModule) -> dict[str, Any]:
     """The report of a set-up data module, as plain data (what ``--output`` writes as JSON)."""
     limits = data.limits
+    train = data.stream.first_window().examples if data.stream is not None else data.train_examples  # streamed
     return {
         "tokenizer": data.tokenizer_source()[0],
         "limits": {
@@ -45,11 +46,11 @@ def build_report(data: PreferenceDataModule) -> dict[str, Any]:
             for log in data.logs
         ],
         "duplicates": {
-            "train": _repeats(data.train_examples),
+            "train": _repeats(train),
             "val": _repeats(data.val_examples),
-            "val_in_train": _overlap(data.train_examples, data.val_examples),
+            "val_in_train": _overlap(train, data.val_examples),
         },  # fmt: skip
-        "first_example": _rendered(data, (data.train_examples or data.val_examples)[0]),
+        "first_example": _rendered(data, (train or data.val_examples)[0]),
     }
 
 

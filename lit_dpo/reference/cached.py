@@ -102,6 +102,11 @@ def cache_stages(
     if data.unpaired:
         raise InputError("precompute_ref_log_probs does not apply to unpaired (KTO) rows: their KL completions "
                          "are drawn from each batch, so the reference runs live")  # fmt: skip
+    if "train" in stages and not data.train_examples:
+        raise InputError(
+            "precompute_ref_log_probs needs the training pairs before training starts; streamed data "
+            "(--data.streaming=true) is read as training goes: leave it unset (the reference runs live)"
+        )
     examples = {"train": data.train_examples, "val": data.val_examples}
     chosen = {stage: examples[stage] for stage in stages}
     return cache_logps(reference, chosen, data.collator(), data.val_batch_size, trainer, settings)
