@@ -1,8 +1,9 @@
 """Conversational fields: message lists checked and normalised for the chat template, and implicit prompts.
 
 A message is ``{"role": ..., "content": ...}``. Content is a string, or a list of parts as chat APIs write them
-(``[{"type": "text", "text": ...}]``): text parts are joined with newlines (as vLLM does for text-only models);
-other parts (images, audio) are refused by name. Roles outside the usual set are refused unless the user maps
+(``[{"type": "text", "text": ...}]``): text parts are joined with newlines (as vLLM does for text-only models).
+Image parts (``{"type": "image"}``) stay in place, as parts, in the prompts of rows that carry images (``images``,
+``lit_dpo.data.images``); other parts (audio, ...) are refused by name. Roles outside the usual set are refused unless the user maps
 them (``--data.roles='{human: user, gpt: assistant}'``), never passed on into the text.
 """
 
@@ -16,9 +17,10 @@ USUAL_ROLES = ("system", "developer", "user", "assistant", "tool", "function", "
 
 
 def normalized_messages(
-    value: list, source: str, row: int, field: str, roles: Optional[Mapping[str, str]] = None
+    value: list, source: str, row: int, field: str, roles: Optional[Mapping[str, str]] = None, images: bool = False
 ) -> list[dict[str, Any]]:
-    """``value`` (a non-empty list) as messages with a usual role and string content, or a ``DataError``."""
+    """``value`` (a non-empty list) as messages with a usual role and string content, or a ``DataError``; with
+    ``images``, a content holding image parts stays a list of parts: ``{"type": "image"}`` and text parts."""
     out = []
     for number, message in enumerate(value, start=1):
         if not (isinstance(message, dict) and isinstance(message.get("role"), str)):
@@ -30,12 +32,12 @@ def normalized_messages(
                 f"message {number} has role {role!r}, not one of {', '.join(USUAL_ROLES)}; "
                 f"to rename it, pass --data.roles='{{{role}: assistant}}' (or user, ...)",
             )  # fmt: skip
-        content = _content(message, source, row, field, number)
+        content = _content(message, source, row, field, number, images)
         out.append({**message, "role": role, "content": content})
     return out
 
 
-def _content(message: dict, source: str, row: int, field: str, number: int) -> str:
+def _content(message: dict, source: str, row: int, field: str, number: int, images: bool) -> str | list:
     content = message.get("content")
     if content is None and message.get("tool_calls"):
         return ""  # an assistant turn that only calls tools
@@ -43,15 +45,34 @@ def _content(message: dict, source: str, row: int, field: str, number: int) -> s
         return content
     if not isinstance(content, list):
         raise DataError.at(source, row, field, f"each message needs a string 'content', got {message!r:.80}")
-    texts = []
+    texts, parts = [], []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind == "image" and images:
+            parts.append({"type": "image"})
+            continue
+        if kind == "image":
+            raise DataError.at(source, row, field, f"message {number} has an image part, but the row has no images "
+                               "(an 'images' or 'image' column) or it is a completion (images go in the prompt)")  # fmt: skip
         if kind != "text" or not isinstance(part.get("text"), str):
             raise DataError.at(
                 source, row, field, f"message {number} has a content part of type {kind!r}; lit_dpo trains on text"
             )
         texts.append(part["text"])
-    return "\n".join(texts)
+        parts.append({"type": "text", "text": part["text"]})
+    return parts if len(parts) > len(texts) else "\n".join(texts)
+
+
+def image_parts(messages: list[dict[str, Any]]) -> int:
+    """The number of ``{"type": "image"}`` parts in messages."""
+    return sum(
+        sum(part.get("type") == "image" for part in m["content"]) for m in messages if isinstance(m["content"], list)
+    )
+
+
+def text_of(content: str | list) -> str:
+    """A message content's text: itself, or its text parts joined."""
+    return content if isinstance(content, str) else "\n".join(p["text"] for p in content if p["type"] == "text")
 
 
 def split_shared_messages(chosen: list, rejected: list) -> tuple[list, list, list]:
@@ -91,4 +112,4 @@ def is_blank(value: Any) -> bool:
     """Whether a completion holds no text: an empty or whitespace-only string, or messages whose contents are."""
     if isinstance(value, str):
         return not value.strip()
-    return all(not str(message.get("content") or "").strip() and not message.get("tool_calls") for message in value)
+    return all(not text_of(message.get("content") or "").strip() and not message.get("tool_calls") for message in value)

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Union
 
 from lit_dpo.data.files import has_invalid_utf8, records
-from lit_dpo.data.messages import is_blank, normalized_messages, split_shared_messages, split_shared_text
+from lit_dpo.data.images import has_images, row_images
+from lit_dpo.data.messages import (
+    image_parts,
+    is_blank,
+    normalized_messages,
+    split_shared_messages,
+    split_shared_text,
+    text_of,
+)
 from lit_dpo.errors import DataError
 
 Text = Union[str, list]  # a string, or a list of {"role", "content"} messages
@@ -37,6 +45,7 @@ class PairRow:
     source: str = "<rows>"  # the file it came from
     row: int = 0  # its 1-based row number there
     tools: Optional[list] = None  # function schemas for the chat template
+    images: tuple[bytes, ...] = ()  # the prompt's images, encoded (``lit_dpo.data.images``)
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,7 @@ class UnpairedRow:
     source: str = "<rows>"
     row: int = 0
     tools: Optional[list] = None
+    images: tuple[bytes, ...] = ()
 
 
 Row = Union[PairRow, UnpairedRow]
@@ -116,17 +126,27 @@ def parse_row(record: Any, source: str = "<rows>", row: int = 0, fmt: RowFormat 
         raise DataError.at(source, row, None, f"expected an object with fields {FIELDS}, got {type(record).__name__}")
     record = mapped_columns(record, fmt.columns, source, row)
     tools = _tools(record.get("tools"), source, row)
+    images = row_images(record, source, row) if has_images(record) else ()
     if "completion" in record and "chosen" not in record:
-        fields = {name: field_value(record, name, source, row, fmt) for name in (*UNPAIRED_FIELDS, "label")}
+        fields = {name: field_value(record, name, source, row, fmt, images) for name in (*UNPAIRED_FIELDS, "label")}
         _same_kind(fields, UNPAIRED_FIELDS, source, row, tools)
-        return UnpairedRow(
-            fields["prompt"], fields["completion"], _label(fields["label"], source, row), source, row, tools
-        )
+        _check_image_parts(fields["prompt"], images, source, row)
+        desirable = _label(fields["label"], source, row)
+        return UnpairedRow(fields["prompt"], fields["completion"], desirable, source, row, tools, images)
     if "prompt" not in record and "chosen" in record and "rejected" in record:
         record = _with_implicit_prompt(record, source, row, fmt)
-    fields = {name: field_value(record, name, source, row, fmt) for name in FIELDS}
+    fields = {name: field_value(record, name, source, row, fmt, images) for name in FIELDS}
     _same_kind(fields, FIELDS, source, row, tools)
-    return PairRow(fields["prompt"], fields["chosen"], fields["rejected"], source, row, tools)
+    _check_image_parts(fields["prompt"], images, source, row)
+    return PairRow(fields["prompt"], fields["chosen"], fields["rejected"], source, row, tools, images)
+
+
+def _check_image_parts(prompt: Text, images: tuple[bytes, ...], source: str, row: int) -> None:
+    """A conversational prompt holds one ``{"type": "image"}`` part per image (a string prompt's image tokens
+    are the processor's, counted when it is tokenized)."""
+    if isinstance(prompt, list) and image_parts(prompt) != len(images):
+        raise DataError.at(source, row, "prompt", f"has {image_parts(prompt)} image parts for {len(images)} images; "
+                           "each image needs a {\"type\": \"image\"} part where it goes")  # fmt: skip
 
 
 def mapped_columns(record: dict[str, Any], columns: Mapping[str, str], source: str, row: int) -> dict[str, Any]:
@@ -136,7 +156,9 @@ def mapped_columns(record: dict[str, Any], columns: Mapping[str, str], source: s
     return {**record, **{name: record[column] for name, column in columns.items()}}
 
 
-def field_value(record: dict[str, Any], name: str, source: str, row: int, fmt: RowFormat) -> Any:
+def field_value(
+    record: dict[str, Any], name: str, source: str, row: int, fmt: RowFormat, images: tuple[bytes, ...] = ()
+) -> Any:
     if name not in record:
         raise DataError.at(source, row, name, "missing")
     value = record[name]
@@ -152,8 +174,8 @@ def field_value(record: dict[str, Any], name: str, source: str, row: int, fmt: R
         raise DataError.at(source, row, name, f"expected a string or a list of messages, got {type(value).__name__}")
     if not value:
         raise DataError.at(source, row, name, "is an empty message list")
-    messages = normalized_messages(value, source, row, name, fmt.roles)
-    if any(has_invalid_utf8(m["content"]) for m in messages):
+    messages = normalized_messages(value, source, row, name, fmt.roles, images=bool(images) and name == "prompt")
+    if any(has_invalid_utf8(text_of(m["content"])) for m in messages):
         raise DataError.at(source, row, name, "holds bytes that are not valid UTF-8")
     return messages
 

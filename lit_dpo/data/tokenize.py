@@ -70,6 +70,10 @@ def tokenize_rows(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row]) -> li
     Standard rows get the EOS token appended to each completion; conversational rows get the chat template (with
     the row's ``tools``), whose end-of-turn token closes each completion.
     """
+    pictured = next((row for row in rows if row.images), None)
+    if pictured is not None:  # validated (lit_dpo.data.images), but a text model's tokenizer cannot place them
+        raise DataError.at(pictured.source, pictured.row, "images", "rows with images need a vision-language model "
+                           "and its processor, which lit_dpo does not train yet; text-only rows train")  # fmt: skip
     prompts = [_prompt_text(tokenizer, row) for row in rows]
     completions = [_completions(row) for row in rows]
     fulls = [_rendered(tokenizer, row, prompt, completions[i]) for i, (row, prompt) in enumerate(zip(rows, prompts))]

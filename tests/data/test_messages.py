@@ -20,7 +20,7 @@ def test_roles_are_renamed_and_content_parts_joined():
     [
         ({"content": "x"}, "each message needs a string 'role'"),
         ({"role": "narrator", "content": "x"}, "message 1 has role 'narrator', not one of"),
-        ({"role": "user", "content": [{"type": "image"}]}, "message 1 has a content part of type 'image'"),
+        ({"role": "user", "content": [{"type": "image"}]}, "message 1 has an image part, but the row has no images"),
         ({"role": "user", "content": 3}, "each message needs a string 'content'"),
     ],
 )

@@ -1,0 +1,83 @@
+"""lit_dpo/data/images.py and image rows: TRL's vision format read, every image checked, one line per problem."""
+
+import io
+
+import datasets
+import pytest
+from PIL import Image
+
+from lit_dpo.data import parse_row, read_rows
+from lit_dpo.data.tokenize import tokenize_rows
+from lit_dpo.errors import DataError
+
+
+def _png(color=(200, 30, 30), size=(6, 4)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _prompt(images=1):
+    return [{"role": "user", "content": [{"type": "image"}] * images + [{"type": "text", "text": "what is it?"}]}]
+
+
+def _row(**fields):
+    chosen = [{"role": "assistant", "content": "a red square"}]
+    rejected = [{"role": "assistant", "content": "a cat"}]
+    return {"prompt": _prompt(), "chosen": chosen, "rejected": rejected} | fields
+
+
+def test_images_as_paths_relative_to_the_data_file_bytes_pil_and_undecoded_features(tmp_path):
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "pics" / "a.png").write_bytes(_png())
+    source = tmp_path / "rows.jsonl"
+    source.write_text("")  # the data file the paths are relative to
+    pil = Image.new("RGB", (3, 3), (0, 90, 0))
+    row = parse_row(_row(prompt=_prompt(4), images=["pics/a.png", _png((0, 0, 255)), pil, {"bytes": _png(), "path": None}]),
+                    str(source), 1)  # fmt: skip
+    assert len(row.images) == 4 and row.images[0] == _png() and row.images[3] == _png()
+    assert Image.open(io.BytesIO(row.images[2])).getpixel((1, 1)) == (0, 90, 0)  # PIL images kept losslessly
+    assert row.prompt[0]["content"][:4] == [{"type": "image"}] * 4  # the parts stay where the images go
+    single = parse_row(_row(image=_png()), str(source), 2)
+    assert single.images == (_png(),)
+    text_only = parse_row({"prompt": "hi", "chosen": "a", "rejected": "b"}, str(source), 3)
+    assert text_only.images == ()
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"images": ["nope.png"]}, r"row 7, field 'images\[0\]': cannot read image file .*nope\.png"),
+        ({"images": [b"not an image"]}, r"row 7, field 'images\[0\]': not a readable image"),
+        ({"images": [_png(), 3]}, r"row 7, field 'images\[1\]': expected an image path, bytes or a PIL image, got int"),
+        ({"images": _png()}, r"row 7, field 'images': expected a list of images, got bytes"),
+        ({"images": [_png(), _png()]}, r"row 7, field 'prompt': has 1 image parts for 2 images"),
+        ({"images": []}, r"row 7, field 'prompt': message 1 has an image part, but the row has no images"),
+        ({"image": _png(), "chosen": [{"role": "assistant", "content": [{"type": "image"}]}]},
+         r"row 7, field 'chosen': message 1 has an image part, but .* a completion \(images go in the prompt\)"),
+    ],
+)  # fmt: skip
+def test_a_bad_image_row_is_one_line_naming_file_row_and_field(tmp_path, fields, message):
+    with pytest.raises(DataError, match=rf"^{tmp_path}/rows.jsonl, {message}"):
+        parse_row(_row(**fields), str(tmp_path / "rows.jsonl"), 7)
+
+
+def test_a_hub_style_data_set_with_an_image_feature_reads_as_rows(tmp_path):
+    rows = [_row(images=[Image.new("RGB", (4, 4), (i * 40, 0, 0))]) for i in range(3)]
+    features = datasets.Features({
+        "prompt": [{"role": datasets.Value("string"), "content": [{"type": datasets.Value("string"),
+                                                                     "text": datasets.Value("string")}]}],
+        "chosen": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
+        "rejected": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
+        "images": datasets.Sequence(datasets.Image()),
+    })  # fmt: skip
+    datasets.Dataset.from_list(rows, features=features).save_to_disk(str(tmp_path / "saved"))
+    read = read_rows(str(tmp_path / "saved"))
+    assert [len(row.images) for row in read.rows] == [1, 1, 1]
+    assert Image.open(io.BytesIO(read.rows[2].images[0])).getpixel((0, 0)) == (80, 0, 0)
+
+
+def test_a_text_model_refuses_image_rows_with_one_line(tokenizer, tmp_path):
+    row = parse_row(_row(images=[_png()]), str(tmp_path / "rows.jsonl"), 5)
+    with pytest.raises(DataError, match=r"row 5, field 'images': rows with images need a vision-language model"):
+        tokenize_rows(tokenizer, [row])
