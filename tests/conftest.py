@@ -90,6 +90,34 @@ def tokenizer() -> PreTrainedTokenizerFast:
     return make_tokenizer()
 
 
+def make_vlm(seed: int = 0) -> tuple[Any, Any]:
+    """A tiny random Idefics3 (SmolVLM's architecture: a SigLIP-like vision tower, pixel shuffle, a Llama) and its
+    processor, assembled from the test tokenizer and the PIL image processor: 32-pixel tiles of 4 image tokens."""
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    from transformers.models.idefics3 import Idefics3ImageProcessorPil
+
+    tokenizer = make_tokenizer()
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]}
+    )
+    images = Idefics3ImageProcessorPil(size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
+    processor = Idefics3Processor(image_processor=images, tokenizer=tokenizer, image_seq_len=4)
+    torch.manual_seed(seed)
+    config = Idefics3Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2),
+        scale_factor=2, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )  # fmt: skip
+    return Idefics3ForConditionalGeneration._from_config(config, attn_implementation="sdpa").eval(), processor
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm() -> tuple[Any, Any]:
+    return make_vlm()
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerFast) -> tuple[str, str]:
     """Two tiny Llama folders sharing one tokenizer: a policy and a *different* reference."""

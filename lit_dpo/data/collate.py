@@ -15,12 +15,13 @@ first completion of example ``i``, sequence ``B + i`` its second.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from lit_dpo.data.tokenize import Example, Pair
+from lit_dpo.data.vision import VisionInputs, vision_inputs
 
 PROMPT, CHOSEN, REJECTED, PAD = 0, 1, 2, 3
 
@@ -62,6 +63,7 @@ class Batch(_Movable):
     # (rows, T) with prefix sharing: example * 4 + PROMPT/CHOSEN/REJECTED, -1 for padding; what a FlexAttention
     # block mask is built from (``lit_dpo.scoring.flex``)
     segments: Optional[Tensor] = None
+    vision: Optional[VisionInputs] = None  # the prompts' images, for a vision-language model (``lit_dpo.data.vision``)
 
     @property
     def num_pairs(self) -> int:
@@ -79,6 +81,7 @@ class _Layout(NamedTuple):
     completions: Positions
     prompts: Positions
     segments: Optional[Tensor] = None
+    prompt_order: Sequence[int] = ()  # the examples whose prompts appear in the flattened rows, in that order
 
 
 Triple = tuple[list[int], list[int], list[int]]  # prompt, first completion, second completion
@@ -89,14 +92,19 @@ class _Collator:
     pad_token_id: int
     pad_to_multiple_of: Optional[int] = None
     max_length: Optional[int] = None  # unpaired examples: the mismatched completion is cut to fit
+    image_processor: Any = None  # a vision-language model's: the examples' images become ``Batch.vision``
 
     def __call__(self, examples: Sequence[Example]) -> Batch:
         pairs = all(isinstance(ex, Pair) for ex in examples)
         triples = [_triple(examples, i, self.max_length) for i in range(len(examples))]
         layout = self._lay_out(triples)
+        vision = None
+        if any(ex.images for ex in examples):
+            vision = vision_inputs(self.image_processor, [examples[i].images for i in layout.prompt_order])
         return Batch(
             *layout[:5],
             segments=layout.segments,
+            vision=vision,
             weights=torch.tensor([float(ex.weight) for ex in examples]),
             indices=torch.tensor([ex.index for ex in examples], dtype=torch.long),
             sources=torch.tensor([ex.source for ex in examples], dtype=torch.long),
@@ -154,7 +162,7 @@ class PaddedCollator(_Collator):
         prompt_seq = torch.tensor(prompt_seq, dtype=torch.long)  # first-completion rows come first: row i is pair i
         completions = _positions(row * width + pos, input_ids[row, pos + 1], row)
         prompts = _positions(prompt_seq * width + prompt_pos, input_ids[prompt_seq, prompt_pos + 1], prompt_seq)
-        return _Layout(input_ids, attention_mask, None, completions, prompts)
+        return _Layout(input_ids, attention_mask, None, completions, prompts, prompt_order=[*range(len(triples))] * 2)
 
 
 @dataclass
@@ -178,7 +186,7 @@ class SharedPrefixCollator(_Collator):
             for i in row:
                 packed.add(i, start, *triples[i])
                 start += lengths[i]
-        return packed.layout(len(rows), width)
+        return packed.layout(len(rows), width)._replace(prompt_order=[i for row in rows for i in row])
 
 
 class _PackedRows:

@@ -31,6 +31,7 @@ class Pair:
     index: int = 0  # position among the data module's examples (train, then val): the key of cached reference logps
     source: int = 0  # which of the data module's sources it came from
     row: int = 0  # its row number there
+    images: tuple[bytes, ...] = ()  # the prompt's images, encoded, for a vision-language model
 
     @property
     def completions(self) -> dict[str, list[int]]:
@@ -48,6 +49,7 @@ class UnpairedExample:
     index: int = 0
     source: int = 0
     row: int = 0
+    images: tuple[bytes, ...] = ()
 
     @property
     def completions(self) -> dict[str, list[int]]:

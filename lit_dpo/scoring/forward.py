@@ -90,6 +90,8 @@ def length_desensitized_weights(seq_index: Tensor, num_pairs: int, ld_alpha: flo
 def _model_inputs(model: torch.nn.Module, batch: Batch) -> dict[str, Tensor]:
     """The forward's keyword arguments for either batch layout of ``lit_dpo.data.collate``."""
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    if batch.vision is not None:  # a vision-language model's image inputs, in the layout's order
+        inputs |= batch.vision.tensors
     if batch.position_ids is None:  # padded layout: a (2B, T) padding mask
         return inputs
     inputs["position_ids"] = batch.position_ids  # shared-prefix layout: a (rows, 1, T, T) boolean mask
