@@ -8,8 +8,9 @@ the same path: a prompt with two completions, or with one.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, replace
-from typing import Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 from transformers import PreTrainedTokenizerBase
 
@@ -65,28 +66,56 @@ def tokenize_row(tokenizer: PreTrainedTokenizerBase, row: Row) -> Example:
     return tokenize_rows(tokenizer, [row])[0]
 
 
-def tokenize_rows(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row]) -> list[Example]:
+def tokenize_rows(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row], processor: Any = None) -> list[Example]:
     """Token ids of validated rows, encoded in batch calls (many rows at once run in the tokenizer's threads,
     without a Python round trip per text), each prompt tokenized once (``encode_continuations``).
 
     Standard rows get the EOS token appended to each completion; conversational rows get the chat template (with
-    the row's ``tools``), whose end-of-turn token closes each completion.
+    the row's ``tools``), whose end-of-turn token closes each completion. Rows with images need a vision-language
+    model's ``processor``: its chat template places the image tokens, and it expands each into the image's tokens
+    in the prompt (``with_image_tokens``); completions hold no images.
     """
     pictured = next((row for row in rows if row.images), None)
-    if pictured is not None:  # validated (lit_dpo.data.images), but a text model's tokenizer cannot place them
+    if pictured is not None and processor is None:  # validated (lit_dpo.data.images), but a text model cannot
         raise DataError.at(pictured.source, pictured.row, "images", "rows with images need a vision-language model "
-                           "and its processor, which lit_dpo does not train yet; text-only rows train")  # fmt: skip
-    prompts = [_prompt_text(tokenizer, row) for row in rows]
+                           "(its processor places and expands the image tokens); this model is text-only")  # fmt: skip
+    renderer = processor if processor is not None else tokenizer  # whose chat template renders messages
+    prompts = [_prompt_text(renderer, row) for row in rows]
     completions = [_completions(row) for row in rows]
-    fulls = [_rendered(tokenizer, row, prompt, completions[i]) for i, (row, prompt) in enumerate(zip(rows, prompts))]
+    fulls = [_rendered(renderer, tokenizer.eos_token, row, prompt, completions[i]) for i, (row, prompt) in
+             enumerate(zip(rows, prompts))]  # fmt: skip
     special = [not isinstance(row.prompt, list) for row in rows]  # a chat template writes its own special tokens
     prompt_ids, full_ids = encode_continuations(tokenizer, prompts, special, fulls, encode)
     examples = []
-    for row, ids, full in zip(rows, prompt_ids, full_ids):
+    for i, (row, ids, full) in enumerate(zip(rows, prompt_ids, full_ids)):
         # tokens can merge across the prompt/completion boundary; cut every sequence where the first one diverges
         shared = min(_common_prefix(ids, each) for each in full)
-        examples.append(_example(row, ids[:shared], [each[shared:] for each in full]))
+        example = _example(row, ids[:shared], [each[shared:] for each in full])
+        if row.images:
+            example = with_image_tokens(processor, row, example, prompts[i], len(ids) - shared, special[i])
+        examples.append(example)
     return examples
+
+
+def with_image_tokens(processor: Any, row: Row, example: Example, prompt: str, cut: int, special: bool) -> Example:
+    """``example`` with its prompt as the processor encodes it with the row's images (each image token expanded
+    into the image's tokens: tiles, rows, separators), less the ``cut`` tokens merged into the completions."""
+    token = processor.image_token
+    if prompt.count(token) != len(row.images):
+        raise DataError.at(row.source, row.row, "prompt", f"holds {prompt.count(token)} image tokens ({token}) for "
+                           f"{len(row.images)} images")  # fmt: skip
+    from PIL import Image
+
+    images = [[Image.open(io.BytesIO(data)).convert("RGB") for data in row.images]]
+    expanded = list(processor(text=[prompt], images=images, add_special_tokens=special)["input_ids"][0])
+    expanded = expanded[: len(expanded) - cut]
+    ids = example.prompt_ids  # the tokenizer's, each image token one token: what follows the last one must agree
+    last = max((i for i, token in enumerate(ids) if token == processor.image_token_id), default=None)
+    tail = ids[last + 1 :] if last is not None else ids
+    if last is None or (tail and expanded[-len(tail) :] != tail):
+        raise DataError.at(row.source, row.row, "prompt", "the processor encodes the prompt otherwise than its "
+                           "tokenizer does around the images; lit_dpo cannot place the completions after it")  # fmt: skip
+    return replace(example, prompt_ids=expanded, images=row.images)
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], special: list[bool]) -> list[list[int]]:
@@ -130,17 +159,16 @@ def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Text, tools: Opt
     return tokenizer(prompt)["input_ids"]
 
 
-def _prompt_text(tokenizer: PreTrainedTokenizerBase, row: Row) -> str:
+def _prompt_text(tokenizer: Any, row: Row) -> str:
     """The prompt as a completion follows it: the chat template with the generation prompt for messages."""
     if isinstance(row.prompt, list):
         return _render(tokenizer, row.prompt, row.tools, generation_prompt=True)
     return row.prompt
 
 
-def _rendered(tokenizer: PreTrainedTokenizerBase, row: Row, prompt: str, completions: dict[str, Text]) -> list[str]:
+def _rendered(tokenizer: Any, eos: str, row: Row, prompt: str, completions: dict[str, Text]) -> list[str]:
     """Prompt + each completion as the model reads it: the chat template over both, or the strings with EOS."""
     if not isinstance(row.prompt, list):
-        eos = tokenizer.eos_token
         return [prompt + (text if text.endswith(eos) else text + eos) for text in completions.values()]
     texts = []
     for name, completion in completions.items():
@@ -158,9 +186,7 @@ def _rendered(tokenizer: PreTrainedTokenizerBase, row: Row, prompt: str, complet
     return texts
 
 
-def _render(
-    tokenizer: PreTrainedTokenizerBase, messages: list, tools: Optional[list], generation_prompt: bool = False
-) -> str:
+def _render(tokenizer: Any, messages: list, tools: Optional[list], generation_prompt: bool = False) -> str:
     return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
 
 

@@ -81,3 +81,31 @@ def test_a_text_model_refuses_image_rows_with_one_line(tokenizer, tmp_path):
     row = parse_row(_row(images=[_png()]), str(tmp_path / "rows.jsonl"), 5)
     with pytest.raises(DataError, match=r"row 5, field 'images': rows with images need a vision-language model"):
         tokenize_rows(tokenizer, [row])
+
+
+def test_image_rows_tokenize_through_the_processor_each_image_expanded_in_the_prompt(tiny_vlm, tmp_path):
+    _, processor = tiny_vlm
+    tokenizer = processor.tokenizer
+    conversational = parse_row(_row(prompt=_prompt(2), images=[_png(), _png((0, 0, 255), (40, 48))]), "f.jsonl", 1)
+    standard = parse_row({"prompt": "<image>what is it?", "chosen": " red", "rejected": " blue", "image": _png()},
+                         "f.jsonl", 2)  # fmt: skip
+    pair, plain = tokenize_rows(tokenizer, [conversational, standard], processor=processor)
+    decoded = lambda row: [Image.open(io.BytesIO(data)).convert("RGB") for data in row.images]  # noqa: E731
+    text = processor.apply_chat_template(conversational.prompt, add_generation_prompt=True, tokenize=False)
+    assert text.count("<image>") == 2
+    expected = processor(text=[text], images=[decoded(conversational)], add_special_tokens=False)["input_ids"][0]
+    assert pair.prompt_ids == list(expected) and pair.images == conversational.images
+    tiles = processor.image_processor(images=[decoded(conversational)], return_tensors="pt")["pixel_values"].shape[1]
+    assert pair.prompt_ids.count(processor.image_token_id) == 4 * tiles > 4 * 2  # 4 tokens a tile, tiles and globals
+    assert tokenizer.decode(pair.chosen_ids) == "a red square<|im_end|>\n"  # completions as for text rows
+    assert plain.prompt_ids == list(processor(text=["<image>what is it?"], images=[decoded(standard)])["input_ids"][0])
+    assert tokenizer.decode(plain.chosen_ids) == " red<|im_end|>"
+
+
+def test_a_string_prompt_needs_one_image_token_per_image(tiny_vlm):
+    _, processor = tiny_vlm
+    row = parse_row({"prompt": "what is it?", "chosen": " red", "rejected": " blue", "image": _png()}, "f.jsonl", 4)
+    with pytest.raises(
+        DataError, match=r"^f\.jsonl, row 4, field 'prompt': holds 0 image tokens \(<image>\) for 1 images"
+    ):
+        tokenize_rows(processor.tokenizer, [row], processor=processor)
