@@ -13,7 +13,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from lit_dpo import harness
 from lit_dpo.data.datamodule import demo_path
 from lit_dpo.data.protocol import PreferenceData, preference_data
-from lit_dpo.hf import BUNDLED, bundled_license, looks_local
+from lit_dpo.hf import BUNDLED, bundled_license, is_vision_language, looks_local
 from lit_dpo.runs import run_directory
 
 if TYPE_CHECKING:  # annotations only: the module imports this one
@@ -80,7 +80,7 @@ def card_of(module: DPOModule, run: Run, data: Optional[PreferenceData]) -> Mode
         license=base_license(hp.model_name_or_path),
         tags=["dpo", "lit_dpo", "trl", *dict.fromkeys(losses)],
         datasets=_hub_datasets(data) or None,
-        pipeline_tag="text-generation",
+        pipeline_tag="image-text-to-text" if is_vision_language(hp.model_name_or_path) else "text-generation",
         lit_dpo_base_model=hp.model_name_or_path,  # what ``python -m lit_dpo.eval`` compares the export with
     )
     sections = [_training(module, run), _data(data), _results(run), _reproduce(run)]

@@ -26,7 +26,7 @@ from lit_dpo.card import card_of, checkpoint_run, write_card
 from lit_dpo.checkpoints import check_distributed_checkpoint, resumable_checkpoints
 from lit_dpo.cli import CommandParser, user_errors
 from lit_dpo.errors import InputError
-from lit_dpo.hf import check_export_dir, export_adapter, export_policy, load_tokenizer
+from lit_dpo.hf import check_export_dir, export_adapter, export_policy, load_preprocessor
 from lit_dpo.models import ModelSpec, Run, build_models
 from lit_dpo.module import DPOModule
 from lit_dpo.options import DPOOptions
@@ -63,7 +63,7 @@ def export_checkpoint(ckpt_path: str, export_dir: str, root: str = "runs", adapt
     if missing or problems.unexpected_keys:
         first = (missing or problems.unexpected_keys)[0]
         raise InputError(f"{path}: its weights do not fit {options['model_name_or_path']} (first mismatch: {first})")
-    tokenizer = load_tokenizer(module.tokenizer_name_or_path, module.trust_remote_code)
+    tokenizer = load_preprocessor(module.tokenizer_name_or_path, module.trust_remote_code)  # a VLM: its processor
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
     card = card_of(module, checkpoint_run(checkpoint, run_dir), None)
     add_card = lambda folder: write_card(card, folder, run_dir)  # noqa: E731

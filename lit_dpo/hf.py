@@ -15,7 +15,16 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 from filelock import FileLock
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from lit_dpo import lora, quantize
 from lit_dpo.atomic import mark, replaceable, write_atomically
@@ -138,6 +147,33 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     return tokenizer
 
 
+def is_vision_language(name_or_path: str, trust_remote_code: bool = False) -> bool:
+    """Whether the model is a vision-language one (its type is in transformers' image-text-to-text mapping)."""
+    if name_or_path == BUNDLED:
+        return False
+    try:
+        config = AutoConfig.from_pretrained(resolve(name_or_path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):  # a folder with a tokenizer only, say: loading the model names the problem
+        return False
+    return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+
+def load_processor(name_or_path: str, trust_remote_code: bool = False) -> Any:
+    """A vision-language model's processor (its tokenizer, image processor and chat template)."""
+    with _loading(name_or_path):
+        processor = AutoProcessor.from_pretrained(resolve(name_or_path), trust_remote_code=trust_remote_code)
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    return processor
+
+
+def load_preprocessor(name_or_path: str, trust_remote_code: bool = False) -> Any:
+    """What is saved beside the model: a vision-language model's processor, else the tokenizer."""
+    if is_vision_language(name_or_path, trust_remote_code):
+        return load_processor(name_or_path, trust_remote_code)
+    return load_tokenizer(name_or_path, trust_remote_code)
+
+
 def load_model(
     name_or_path: str,
     dtype: str = "float32",
@@ -146,12 +182,13 @@ def load_model(
     device: Optional[torch.device] = None,
     attn_implementation: Optional[str] = None,
 ) -> PreTrainedModel:
-    """A causal LM from safetensors weights only (no pickle), in ``dtype`` (``quantization``: its linear layers in
+    """A causal LM (or a vision-language model) from safetensors weights only (no pickle), in ``dtype`` (``quantization``: its linear layers in
     4-bit, loaded onto ``device``; ``lit_dpo.quantize``), with transformers' ``attn_implementation`` (None: its
     default)."""
     quantized = quantize.load_options(quantization, getattr(torch, dtype), device or torch.device("cpu"))
+    auto = AutoModelForImageTextToText if is_vision_language(name_or_path, trust_remote_code) else AutoModelForCausalLM
     with _loading(name_or_path):
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto.from_pretrained(
             resolve(name_or_path),
             dtype=getattr(torch, dtype),
             use_safetensors=True,

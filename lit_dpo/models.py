@@ -10,6 +10,7 @@ from typing import Any, Literal, Mapping, Optional, Union
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from lit_dpo import lora, quantize
 from lit_dpo.data.protocol import PreferenceData
@@ -38,6 +39,7 @@ class ModelSpec:
     quantization: Optional[Literal["nf4"]] = None
     precompute_ref_log_probs: Optional[bool] = None
     ld_alpha: Optional[float] = None
+    freeze_vision: bool = True
     reference_moves: bool = False  # TR-DPO or iterative DPO: the reference is updated during training
 
     @classmethod
@@ -93,6 +95,10 @@ def build_models(spec: ModelSpec, run: Run) -> Models:
                          "has no backward on CPUs); on a CPU use sdpa, the default")  # fmt: skip
     loading = (spec.dtype, spec.trust_remote_code, spec.quantization, device, spec.attn_implementation)
     policy = load_policy(spec.model_name_or_path, *loading, spec.disable_dropout, spec.activation_checkpointing)
+    tower = vision_tower(policy)
+    if tower is not None:
+        check_vision_run(spec, run)
+        tower.requires_grad_(not spec.freeze_vision)
     reference: Optional[Reference] = None
     separate = run.needs_reference and (spec.ref_model_name_or_path is not None or not spec.lora_r)
     if separate:
@@ -116,6 +122,34 @@ def build_models(spec: ModelSpec, run: Run) -> Models:
         reference.fingerprint = fingerprint
     synced = reference.model if separate and spec.reference_moves else None
     return Models(policy, reference, caches, synced)
+
+
+# where a vision-language model keeps its vision encoder, by model type: the families lit_dpo trains (tested)
+VISION_TOWERS = {"idefics3": "model.vision_model", "smolvlm": "model.vision_model"}
+
+
+def vision_tower(model: torch.nn.Module) -> Optional[torch.nn.Module]:
+    """A vision-language model's vision encoder; None for a text model."""
+    config = model.config
+    if config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return None
+    if config.model_type not in VISION_TOWERS:
+        raise InputError(f"vision-language models of type {config.model_type} are not supported yet; lit_dpo trains "
+                         f"{', '.join(VISION_TOWERS)} (SmolVLM's family)")  # fmt: skip
+    return model.get_submodule(VISION_TOWERS[config.model_type])
+
+
+def check_vision_run(spec: ModelSpec, run: Run) -> None:
+    """Refuse, in one line each, what vision-language training does not do yet."""
+    problems = {
+        "LoRA (--model.lora_r)": spec.lora_r > 0,
+        "FSDP": run.trainer is not None and isinstance(run.trainer.strategy, ModelParallelStrategy),
+        "online DPO": run.online,
+    }
+    for name, used in problems.items():
+        if used:
+            raise InputError(f"{name} with a vision-language model is not supported yet: train it in full, on one "
+                             "device or with DDP")  # fmt: skip
 
 
 def check_options(

@@ -20,7 +20,7 @@ from lit_dpo.card import card_writer
 from lit_dpo.data.collate import Batch
 from lit_dpo.data.protocol import PreferenceData, preference_data
 from lit_dpo.errors import InputError, nonfinite_gradients, raise_if_gradients_not_finite, raise_if_not_finite
-from lit_dpo.hf import export_policy, load_model, load_tokenizer, sparse_tied_embedding
+from lit_dpo.hf import export_policy, is_vision_language, load_model, load_preprocessor, sparse_tied_embedding
 from lit_dpo.losses import OPTIONS, build_objective
 from lit_dpo.losses.unpaired import kl_reference_point
 from lit_dpo.metrics import PreferenceMetrics, SourceMetrics
@@ -189,10 +189,11 @@ class DPOModule(DPOOptions):
         ``lit_dpo.card.model_card``). Written whole or not at all; in a distributed fit, call it on every rank."""
         if self.policy is None:
             raise InputError("save_pretrained: the models are not loaded yet (configure_model, or fit first)")
-        if tokenizer is None:
+        vision = is_vision_language(self.tokenizer_name_or_path, self.trust_remote_code)
+        if tokenizer is None and not vision:
             tokenizer = self.data.tokenizer if self.data is not None else None
-        if tokenizer is None:
-            tokenizer = load_tokenizer(self.tokenizer_name_or_path, self.trust_remote_code)
+        if tokenizer is None:  # the model's tokenizer, or a vision-language model's processor
+            tokenizer = load_preprocessor(self.tokenizer_name_or_path, self.trust_remote_code)
         hp, policy = self.hparams, self.policy
         if hp.quantization:  # the adapters merge into the full-precision base, not into its 4-bit copy
             policy = quantize.unquantized(policy, load_model(hp.model_name_or_path, hp.dtype, hp.trust_remote_code))

@@ -46,6 +46,8 @@ class DPOOptions(L.LightningModule):
         activation_checkpointing: Recompute each decoder layer's activations in the backward (less memory).
         attn_implementation: transformers' attention: ``sdpa``, ``eager``, ``flex_attention`` (block masks that skip
             what prefix sharing masks out), ``flash_attention_2`` (padded rows only). None: transformers' default.
+        freeze_vision: With a vision-language model (SmolVLM's family): keep its vision encoder frozen, training
+            the connector and the language model (as LLaVA's and LLaMA-Factory's DPO recipes do).
         compile: ``torch.compile`` each decoder layer (needs a C++ compiler on CPUs, Triton on GPUs).
         trust_remote_code: Allow model code from the Hub (off: only transformers' own architectures).
         allow_changed: Resume although these changed: ``data``, ``reference``, or settings like ``model.beta``.
@@ -83,6 +85,7 @@ class DPOOptions(L.LightningModule):
         disable_dropout: bool = True,
         activation_checkpointing: bool = False,
         attn_implementation: Optional[Literal["sdpa", "eager", "flex_attention", "flash_attention_2"]] = None,
+        freeze_vision: bool = True,
         compile: bool = False,
         trust_remote_code: bool = False,
         allow_changed: Optional[list[str]] = None,

@@ -124,6 +124,16 @@ def tiny_vlm() -> tuple[Any, Any]:
 
 
 @pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``make_vlm``'s model and processor saved as a Hugging Face folder."""
+    folder = tmp_path_factory.mktemp("tiny_vlm")
+    model, processor = make_vlm()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerFast) -> tuple[str, str]:
     """Two tiny Llama folders sharing one tokenizer: a policy and a *different* reference."""
     root = tmp_path_factory.mktemp("tiny")

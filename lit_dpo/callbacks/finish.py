@@ -15,7 +15,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_dpo.card import model_card
-from lit_dpo.hf import check_export_dir
+from lit_dpo.hf import check_export_dir, is_vision_language
 from lit_dpo.loggers import MetricsRecorder
 from lit_dpo.report import draw_report
 from lit_dpo.runs import run_directory
@@ -124,7 +124,8 @@ def _summary(trainer: Trainer, export_dir: Path, drawn: Optional[Path]) -> None:
     print(f"lit_dpo: run directory  {directory}")
     csv_file = directory / "metrics.csv"
     print(f"lit_dpo: metrics        {csv_file if csv_file.exists() else type(trainer.logger).__name__}")
-    print(f"lit_dpo: trained policy {export_dir}  (AutoModelForCausalLM.from_pretrained; README.md: its model card)")
+    reader = "AutoModelForImageTextToText" if is_vision_language(str(export_dir)) else "AutoModelForCausalLM"
+    print(f"lit_dpo: trained policy {export_dir}  ({reader}.from_pretrained; README.md: its model card)")
     if drawn is not None:
         redraw = f"  (redraw: python -m lit_dpo.report {directory})" if csv_file.exists() else ""
         print(f"lit_dpo: report         {drawn}{redraw}")

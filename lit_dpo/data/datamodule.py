@@ -28,7 +28,7 @@ from lit_dpo.data.store import ExampleStore, Limits, open_store
 from lit_dpo.data.stream import PairStream, StreamLoader, check_streaming
 from lit_dpo.data.tokenize import Example, Pair, Truncation, UnpairedExample
 from lit_dpo.errors import DataError, InputError
-from lit_dpo.hf import BUNDLED, cache_dir, load_tokenizer, private_dir
+from lit_dpo.hf import BUNDLED, cache_dir, is_vision_language, load_processor, load_tokenizer, private_dir
 from lit_dpo.resume import DATA_SETTINGS
 
 DEMO = "demo"
@@ -121,6 +121,7 @@ class PreferenceDataModule(L.LightningDataModule):
         _check_options(batch_size, val_batch_size, max_length, max_prompt_length, val_split, pack_length, num_proc,
                        stream_window)  # fmt: skip
         self.tokenizer: Any = None
+        self.processor: Any = None  # a vision-language model's (tokenizer, image processor, chat template)
         self.train_examples: Sequence[Example] = []
         self.val_examples: Sequence[Example] = []
         self.source_names: list[str] = []  # Example.source indexes it
@@ -133,27 +134,27 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Tokenize every source not cached yet (Lightning calls this on one process per node, before ``setup``)."""
-        tokenizer = load_tokenizer(*self.tokenizer_source())
+        tokenizer, processor = self._text_tools()
         train, val = self._sources()
         for source in ([] if self.hparams.streaming else train) + val:
-            self._store(source, tokenizer)
+            self._store(source, tokenizer, processor)
 
     def setup(self, stage: str) -> None:
         if self.tokenizer is not None:
             return
         hp = self.hparams
-        self.tokenizer = load_tokenizer(*self.tokenizer_source())
+        self.tokenizer, self.processor = self._text_tools()
         train, val = self._sources()
         if hp.streaming:
             return self._setup_stream(train, val)
-        train_stores = [self._store(s, self.tokenizer) for s in train]
+        train_stores = [self._store(s, self.tokenizer, self.processor) for s in train]
         held_out = not val and hp.val_split > 0  # hold out the same fraction of every source
         if held_out:
             held = [held_out_positions(len(store), hp.val_split, s.path) for s, store in zip(train, train_stores)]
             val, val_stores = train, train_stores
             train_positions, val_positions = [t for t, _ in held], [v for _, v in held]
         else:
-            val_stores = [self._store(s, self.tokenizer) for s in val]
+            val_stores = [self._store(s, self.tokenizer, self.processor) for s in val]
             train_positions = [np.arange(len(store)) for store in train_stores]
             val_positions = [np.arange(len(store)) for store in val_stores]
         self.source_names = list(dict.fromkeys(s.name for s in train + val))
@@ -175,10 +176,10 @@ class PreferenceDataModule(L.LightningDataModule):
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         self.stream = PairStream(
             train, ids, hp.roles, self.tokenizer, self.limits, hp.stream_window, hp.shuffle, seed, hp.batch_size,
-            epoch=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
+            epoch=lambda: self.trainer.current_epoch if self.trainer is not None else 0, processor=self.processor,
         )  # fmt: skip
         self.stream.peek()
-        stores = [self._store(s, self.tokenizer) for s in val]
+        stores = [self._store(s, self.tokenizer, self.processor) for s in val]
         self.val_examples = self._examples(val, stores, [np.arange(len(store)) for store in stores], "val", True)
         if self.val_examples and isinstance(self.val_examples[0], UnpairedExample) != self.stream.unpaired:
             raise DataError("the sources mix row forms: preference pairs (prompt/chosen/rejected) and unpaired rows "
@@ -194,18 +195,26 @@ class PreferenceDataModule(L.LightningDataModule):
             self.stream.commit()  # a batch reaches the model: what a checkpoint's loader state counts
         return batch
 
-    def _store(self, source: Source, tokenizer: Any) -> ExampleStore:
+    def _text_tools(self) -> tuple[Any, Any]:
+        """The tokenizer and, for a vision-language model, its processor (whose tokenizer it is)."""
+        name, trust = self.tokenizer_source()
+        if is_vision_language(name, trust):
+            processor = load_processor(name, trust)
+            return processor.tokenizer, processor
+        return load_tokenizer(name, trust), None
+
+    def _store(self, source: Source, tokenizer: Any, processor: Any = None) -> ExampleStore:
         hp = self.hparams
         if self._scratch is None:
             try:
                 root = Path(hp.cache_dir) if hp.cache_dir is not None else private_dir(cache_dir() / "data")
-                return open_store(source, hp.roles, tokenizer, self.limits, root, hp.num_proc)
+                return open_store(source, hp.roles, tokenizer, self.limits, root, hp.num_proc, processor)
             except OSError as err:  # a cache that cannot be written must not stop the run (as the reference's)
                 self._scratch = Path(tempfile.mkdtemp(prefix="lit_dpo_data_"))
                 weakref.finalize(self, shutil.rmtree, self._scratch, True)  # written here, removed here
                 rank_zero_warn(f"could not use the data cache ({type(err).__name__}: {err}); the sources are "
                                f"tokenized into {self._scratch} for this run only")  # fmt: skip
-        return open_store(source, hp.roles, tokenizer, self.limits, self._scratch, hp.num_proc)
+        return open_store(source, hp.roles, tokenizer, self.limits, self._scratch, hp.num_proc, processor)
 
     def tokenizer_source(self) -> tuple[str, bool]:
         """The tokenizer to load and whether it may run Hub code: the one given, else the model's."""
@@ -285,7 +294,11 @@ class PreferenceDataModule(L.LightningDataModule):
     def held_out_prompts(self, count: int) -> list[Prompt]:
         """The first ``count`` validation prompts, for generations, with the pair's answers as the judge's columns."""
         decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
-        pairs = list(islice((ex for ex in self.val_examples if isinstance(ex, Pair) and ex.weight > 0), count))
+        # prompts with images are not generated from yet (a vision-language model's generations need its processor)
+        if self.processor is not None and count > 0:
+            rank_zero_warn("held-out prompts with images are not generated from yet: WinRate skips them")
+        held_out = (ex for ex in self.val_examples if isinstance(ex, Pair) and ex.weight > 0 and not ex.images)
+        pairs = list(islice(held_out, count))
         return [
             Prompt(ex.prompt_ids, decode(ex.prompt_ids), {"chosen": decode(ex.chosen_ids),
                    "rejected": decode(ex.rejected_ids)}, row=ex.row)
@@ -302,11 +315,10 @@ class PreferenceDataModule(L.LightningDataModule):
         multiple = (
             GPU_PAD_MULTIPLE if self.trainer is not None and self.trainer.strategy.root_device.type == "cuda" else None
         )
+        images = self.processor.image_processor if self.processor is not None else None
         if hp.prefix_sharing:
-            return SharedPrefixCollator(
-                self.tokenizer.pad_token_id, multiple, max_length=hp.max_length, pack_length=hp.pack_length
-            )
-        return PaddedCollator(self.tokenizer.pad_token_id, multiple, max_length=hp.max_length)
+            return SharedPrefixCollator(self.tokenizer.pad_token_id, multiple, hp.max_length, images, hp.pack_length)
+        return PaddedCollator(self.tokenizer.pad_token_id, multiple, hp.max_length, images)
 
     @property
     def batch_size(self) -> int:

@@ -33,7 +33,7 @@ from lit_dpo.data.sources import Source
 from lit_dpo.data.tokenize import Example, Pair, Truncation, UnpairedExample, fit_length, tokenize_rows
 from lit_dpo.errors import DataError
 
-FORMAT = 1  # bumped whenever what a store holds, or how rows become token ids, changes
+FORMAT = 2  # bumped whenever what a store holds, or how rows become token ids, changes
 CHUNK_ROWS = 1024  # rows tokenized (and written) together
 KEPT, TRUNCATED, OVER_LIMIT, IDENTICAL = 0, 1, 2, 3  # ``status`` of a row
 DROP_REASONS = {OVER_LIMIT: "over a length limit", IDENTICAL: "identical completions after truncation"}
@@ -75,10 +75,11 @@ class ExampleStore:
         batch, j = self._batches[batch_number], i - int(self._starts[batch_number])
         ids = {name: batch.column(name)[j].as_py() for name in ("prompt", *self.completions)}
         row = batch.column("row")[j].as_py()
+        images = tuple(batch.column("images")[j].as_py())
         if self.unpaired:
             desirable = batch.column("desirable")[j].as_py()
-            return UnpairedExample(ids["prompt"], ids["completion"], desirable, row=row)
-        return Pair(ids["prompt"], ids["chosen"], ids["rejected"], row=row)
+            return UnpairedExample(ids["prompt"], ids["completion"], desirable, row=row, images=images)
+        return Pair(ids["prompt"], ids["chosen"], ids["rejected"], row=row, images=images)
 
     def column(self, name: str) -> np.ndarray:
         """One numeric column over all rows (row, status, digest, <field>_tokens), as a NumPy array."""
@@ -86,28 +87,38 @@ class ExampleStore:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def example_digest(example: Example) -> int:
-    """A 64-bit hash of an example's token ids (and label): duplicates and the data fingerprint compare these."""
+def example_digest(example: Example, image_processor: str = "") -> int:
+    """A 64-bit hash of an example's token ids (and label; its images and the ``image_processor``'s settings that
+    turn them into pixels): duplicates, the data fingerprint and the reference cache's key compare these."""
     values = [len(example.prompt_ids), *example.prompt_ids]
     for ids in example.completions.values():
         values += [len(ids), *ids]
     values.append(int(example.desirable) if isinstance(example, UnpairedExample) else -1)
-    return int.from_bytes(hashlib.blake2b(array("q", values).tobytes(), digest_size=8).digest(), "little")
+    digest = hashlib.blake2b(array("q", values).tobytes(), digest_size=8)
+    for image in example.images:  # a pair's images are part of what it is (duplicates, caches, resumes)
+        digest.update(hashlib.blake2b(image, digest_size=16).digest())
+    if example.images:
+        digest.update(image_processor.encode())
+    return int.from_bytes(digest.digest(), "little")
 
 
 def open_store(
     source: Source, roles: Optional[dict[str, str]], tokenizer: Any, limits: Limits, root: Path,
-    num_proc: Optional[int] = None,
+    num_proc: Optional[int] = None, processor: Any = None,
 ) -> ExampleStore:  # fmt: skip
-    """The source's store under ``root``: read from the cache, or built there first."""
-    folder = root / store_key(source, roles, tokenizer, limits)
+    """The source's store under ``root``: read from the cache, or built there first (``processor``: a
+    vision-language model's, for rows with images)."""
+    folder = root / store_key(source, roles, tokenizer, limits, processor)
     if not (folder / "meta.json").is_file():
         fmt = RowFormat(source.columns or {}, roles or {})
-        build(folder, source, fmt, tokenizer, limits, num_proc if num_proc is not None else default_num_proc())
+        job = ChunkTokenizer(source.path, fmt, tokenizer, limits, processor)
+        build(folder, source, job, num_proc if num_proc is not None else default_num_proc())
     return ExampleStore(folder)
 
 
-def store_key(source: Source, roles: Optional[dict[str, str]], tokenizer: Any, limits: Limits) -> str:
+def store_key(
+    source: Source, roles: Optional[dict[str, str]], tokenizer: Any, limits: Limits, processor: Any = None
+) -> str:
     """What a source's examples follow from, hashed: its cache folder's name."""
     what = {
         "format": FORMAT,
@@ -117,6 +128,7 @@ def store_key(source: Source, roles: Optional[dict[str, str]], tokenizer: Any, l
         "columns": source.columns,
         "roles": roles,
         "tokenizer": tokenizer_fingerprint(tokenizer),
+        "processor": processor.to_json_string() if processor is not None else None,  # image processor, template
         "limits": [limits.max_length, limits.max_prompt_length, limits.truncation],
         "versions": [tokenizers.__version__, transformers.__version__],
     }
@@ -154,13 +166,13 @@ def _stat(path: Path) -> list[Any]:
     return [str(path.resolve()), status.st_size, status.st_mtime_ns]
 
 
-def build(folder: Path, source: Source, fmt: RowFormat, tokenizer: Any, limits: Limits, num_proc: int) -> None:
+def build(folder: Path, source: Source, job: ChunkTokenizer, num_proc: int) -> None:
     """Read, validate and tokenize every row of ``source`` into ``folder`` (written aside, then renamed in place)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     partial.mkdir()
     try:
-        meta = _write(partial / "examples.arrow", source, fmt, tokenizer, limits, num_proc)
+        meta = _write(partial / "examples.arrow", source, job, num_proc)
         (partial / "meta.json").write_text(json.dumps(meta))
         try:
             partial.rename(folder)
@@ -172,9 +184,8 @@ def build(folder: Path, source: Source, fmt: RowFormat, tokenizer: Any, limits: 
             shutil.rmtree(partial)  # what this build wrote, and only that
 
 
-def _write(path: Path, source: Source, fmt: RowFormat, tokenizer: Any, limits: Limits, num_proc: int) -> dict:
+def _write(path: Path, source: Source, job: ChunkTokenizer, num_proc: int) -> dict:
     chunks = chunked(raw_records(source.path, source.split or "train", source.config_name), CHUNK_ROWS)
-    job = ChunkTokenizer(source.path, fmt, tokenizer, limits)
     meta: dict[str, Any] = {"unpaired": None, "rows_read": 0, "read_dropped": {}}
     first_row: Optional[int] = None
     with pa.OSFile(str(path), "wb") as sink, ordered_map(job, num_proc) as mapped:
@@ -216,6 +227,12 @@ class ChunkTokenizer:
     fmt: RowFormat
     tokenizer: Any
     limits: Limits
+    processor: Any = None  # a vision-language model's, for rows with images
+
+    @property
+    def _pixels(self) -> str:
+        """How images become pixels: the image processor's settings."""
+        return self.processor.image_processor.to_json_string() if self.processor is not None else ""
 
     def __call__(self, chunk: list[tuple[int, Any]]) -> _Chunk:
         records, dropped, rows = self.read(chunk)
@@ -232,22 +249,23 @@ class ChunkTokenizer:
 
     def fitted(self, rows: list[Row]) -> Iterator[tuple[Row, Example, Optional[Example], int]]:
         """Each row tokenized: (row, its whole example, the example the length limits left or None, status)."""
-        for row, example in zip(rows, tokenize_rows(self.tokenizer, rows)):
+        for row, example in zip(rows, tokenize_rows(self.tokenizer, rows, self.processor)):
             fitted, status = self._fitted(row, example)
             yield row, example, fitted if status != IDENTICAL else None, status
 
     def _batch(self, rows: list[Row]) -> pa.RecordBatch:
         unpaired = isinstance(rows[0], UnpairedRow)
         names = ("completion",) if unpaired else ("chosen", "rejected")
-        columns: dict[str, list] = {k: [] for k in ("row", "status", "digest", "prompt", *names)}
+        columns: dict[str, list] = {k: [] for k in ("row", "status", "digest", "prompt", "images", *names)}
         columns |= {f"{k}_tokens": [] for k in ("prompt", *names)}
         for row, example, kept, status in self.fitted(rows):
             columns["row"].append(row.row)
             columns["status"].append(status)
             for name, ids in (("prompt", example.prompt_ids), *example.completions.items()):
                 columns[f"{name}_tokens"].append(len(ids))
-            columns["digest"].append(example_digest(kept) if kept is not None else 0)
+            columns["digest"].append(example_digest(kept, self._pixels) if kept is not None else 0)
             columns["prompt"].append(kept.prompt_ids if kept is not None else [])
+            columns["images"].append(list(kept.images) if kept is not None else [])
             for name in names:
                 columns[name].append(kept.completions[name] if kept is not None else [])
         if unpaired:
@@ -275,5 +293,6 @@ class ChunkTokenizer:
 def _schema(unpaired: bool) -> pa.Schema:
     names = ("completion",) if unpaired else ("chosen", "rejected")
     fields = [("row", pa.int64()), ("status", pa.int8()), ("digest", pa.uint64()), ("prompt", _IDS)]
+    fields.append(("images", pa.list_(pa.binary())))  # the prompt's images, encoded (vision-language rows)
     fields += [(name, _IDS) for name in names] + [(f"{k}_tokens", pa.int32()) for k in ("prompt", *names)]
     return pa.schema(fields + ([("desirable", pa.bool_())] if unpaired else []))

@@ -132,10 +132,12 @@ class PairStream(IterableDataset):
     def __init__(
         self, sources: list[Source], source_ids: list[int], roles: Optional[dict[str, str]], tokenizer: Any,
         limits: Limits, window: int, shuffle: bool, seed: int, batch_size: int, epoch: Callable[[], int] = lambda: 0,
+        processor: Any = None,
     ) -> None:  # fmt: skip
         self.sources, self.source_ids, self.window, self.shuffle, self.seed = sources, source_ids, window, shuffle, seed
         self.jobs = [
-            ChunkTokenizer(s.path, RowFormat(s.columns or {}, roles or {}), tokenizer, limits) for s in sources
+            ChunkTokenizer(s.path, RowFormat(s.columns or {}, roles or {}), tokenizer, limits, processor)
+            for s in sources
         ]
         self.batch_size, self.epoch = batch_size, epoch
         self.rank, self.world_size = 0, 1

@@ -107,7 +107,8 @@ def test_a_store_built_twice_keeps_the_first(tmp_path, standard_rows, write_json
     """Two nodes tokenizing the same source into a shared cache: the second finds the first's store in place."""
     source = Source(write_jsonl(tmp_path / "pairs.jsonl", standard_rows(6)), split="train")
     store = open_store(source, None, tokenizer, LIMITS, tmp_path / "cache", 1)
-    store_module.build(store.folder, source, store_module.RowFormat(), tokenizer, LIMITS, 1)
+    store_module.build(store.folder, source, store_module.ChunkTokenizer(source.path, store_module.RowFormat(),
+                                                                        tokenizer, LIMITS), 1)  # fmt: skip
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [store.folder.name]
     assert len(store_module.ExampleStore(store.folder)) == 6
 

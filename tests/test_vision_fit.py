@@ -1,0 +1,107 @@
+"""A vision-language model (a tiny random Idefics3, SmolVLM's family) trained end to end through the CLI on rows
+with images: the vision encoder frozen, the language model trained, the processor exported with the model."""
+
+import csv
+import io
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from lit_dpo import fit
+
+
+def _rows(folder, n, seed):
+    (folder / "pics").mkdir(exist_ok=True)
+    rows = []
+    for i in range(n):
+        size = (24 + 8 * (i % 3), 32)
+        Image.new("RGB", size, (40 * (i % 6), 200 - 30 * (i % 5), 90)).save(folder / "pics" / f"{seed}_{i}.png")
+        prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"what color {i}?"}]}]
+        rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": "red yes"}],
+                     "rejected": [{"role": "assistant", "content": "no blue " * (1 + i % 3)}],
+                     "images": [f"pics/{seed}_{i}.png"]})  # fmt: skip
+    path = folder / f"rows_{seed}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("layout", ["shared", "padded"])
+def test_a_vision_language_fit_through_the_cli(tiny_vlm_dir, tmp_path, fit_args, capsys, layout):
+    train, val = _rows(tmp_path, 12, 0), _rows(tmp_path, 4, 1)
+    extra = ["--trainer.max_steps=3", "--data.batch_size=4", "--model.learning_rate=1e-3", "--trainer.max_epochs=1",
+             f"--data.prefix_sharing={layout == 'shared'}"]  # fmt: skip
+    fit.main(fit_args(tiny_vlm_dir, train, val, tmp_path / "run", *extra))
+    run = tmp_path / "run" / "lightning_logs" / "version_0"
+    with open(run / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    losses = [float(r["train/loss"]) for r in rows if r["train/loss"]]
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-5) and len(losses) == 3  # policy == reference at first
+    assert math.isfinite(float([r for r in rows if r["val/loss"]][-1]["val/rewards/margins"]))
+    before, after = load_file(f"{tiny_vlm_dir}/model.safetensors"), load_file(run / "hf_model" / "model.safetensors")
+    vision = [k for k in before if ".vision_model." in k]
+    language = [k for k in before if ".text_model." in k and "layers" in k]
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision)  # frozen by default
+    assert any(not torch.equal(before[k], after[k]) for k in language)
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(run / "hf_model")  # exported beside the model
+    assert processor.image_token == "<image>" and processor.chat_template
+    assert AutoModelForImageTextToText.from_pretrained(run / "hf_model").config.model_type == "idefics3"
+    assert "AutoModelForImageTextToText.from_pretrained" in capsys.readouterr().out
+    assert "pipeline_tag: image-text-to-text" in (run / "hf_model" / "README.md").read_text()
+
+
+def test_what_vision_language_training_does_not_do_yet_is_one_line(tiny_vlm_dir, tmp_path, fit_args, capsys):
+    train = _rows(tmp_path, 4, 0)
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(fit_args(tiny_vlm_dir, train, train, tmp_path / "run", "--model.lora_r=8", "--trainer.max_steps=1"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "lit_dpo: error: LoRA (--model.lora_r) with a vision-language model is not supported yet: train it in "
+        "full, on one device or with DDP"
+    )
+
+
+def test_a_missing_image_stops_the_fit_with_one_line(tiny_vlm_dir, tmp_path, fit_args, capsys):
+    train = _rows(tmp_path, 4, 0)
+    (tmp_path / "pics" / "0_2.png").unlink()
+    with pytest.raises(SystemExit):
+        fit.main(fit_args(tiny_vlm_dir, train, train, tmp_path / "run", "--trainer.max_steps=1"))
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .startswith(f"lit_dpo: error: {train}, row 3, field 'images[0]': cannot read image file")
+    )
+
+
+def test_images_reach_the_examples_through_the_store(tiny_vlm_dir, tmp_path):
+    from lit_dpo.data import PreferenceDataModule
+
+    data = PreferenceDataModule(path=_rows(tmp_path, 4, 0), val_split=0, tokenizer_name_or_path=tiny_vlm_dir,
+                                cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    data.setup("fit")
+    first = data.train_examples[0]
+    assert len(first.images) == 1 and Image.open(io.BytesIO(first.images[0])).size == (24, 32)
+    assert first.prompt_ids.count(data.processor.image_token_id) > 0
+    batch = data.collator()(list(data.train_examples))
+    assert batch.vision is not None and batch.vision.images > 0
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "rows_0.jsonl").write_text((tmp_path / "rows_0.jsonl").read_text())
+    (other / "pics").mkdir()
+    for picture in (tmp_path / "pics").iterdir():  # the same rows, one image different
+        image = Image.open(picture).convert("RGB")
+        if picture.name == "0_1.png":
+            image.putpixel((0, 0), (1, 2, 3))
+        image.save(other / "pics" / picture.name)
+    changed = PreferenceDataModule(path=str(other / "rows_0.jsonl"), val_split=0, tokenizer_name_or_path=tiny_vlm_dir,
+                                   cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    changed.setup("fit")
+    assert changed.train_examples[0].prompt_ids == first.prompt_ids
+    assert changed.fingerprint() != data.fingerprint()  # what resumes and the reference cache compare
