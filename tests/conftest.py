@@ -124,13 +124,22 @@ def tiny_vlm() -> tuple[Any, Any]:
 
 
 @pytest.fixture(scope="session")
-def tiny_vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """``make_vlm``'s model and processor saved as a Hugging Face folder."""
-    folder = tmp_path_factory.mktemp("tiny_vlm")
-    model, processor = make_vlm()
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return str(folder)
+def tiny_vlm_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """Two of ``make_vlm``'s models (seeds 0 and 1: a policy and a different reference), each saved with the
+    processor as a Hugging Face folder."""
+    folders = []
+    for seed in (0, 1):
+        folder = tmp_path_factory.mktemp(f"tiny_vlm_{seed}")
+        model, processor = make_vlm(seed)
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        folders.append(str(folder))
+    return folders[0], folders[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tiny_vlm_dirs: tuple[str, str]) -> str:
+    return tiny_vlm_dirs[0]
 
 
 @pytest.fixture(scope="session")
