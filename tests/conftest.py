@@ -90,9 +90,10 @@ def tokenizer() -> PreTrainedTokenizerFast:
     return make_tokenizer()
 
 
-def make_vlm(seed: int = 0) -> tuple[Any, Any]:
-    """A tiny random Idefics3 (SmolVLM's architecture: a SigLIP-like vision tower, pixel shuffle, a Llama) and its
-    processor, assembled from the test tokenizer and the PIL image processor: 32-pixel tiles of 4 image tokens."""
+def make_vlm(seed: int = 0, hidden: int = 32, layers: int = 2, tile: int = 32, patch: int = 8) -> tuple[Any, Any]:
+    """A random Idefics3 (SmolVLM's architecture: a SigLIP-like vision tower, pixel shuffle, a Llama) and its
+    processor, assembled from the test tokenizer and the PIL image processor: images split into ``tile``-pixel
+    tiles (up to 2 x 2, and a global one), each ``(tile / patch)^2 / 4`` image tokens."""
     from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
     from transformers.models.idefics3 import Idefics3ImageProcessorPil
 
@@ -100,19 +101,22 @@ def make_vlm(seed: int = 0) -> tuple[Any, Any]:
     tokenizer.add_special_tokens(
         {"additional_special_tokens": ["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]}
     )
-    images = Idefics3ImageProcessorPil(size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
+    images = Idefics3ImageProcessorPil(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile})
     template = (  # ChatML, image parts as the processor's image token
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
         "{% else %}{% for p in m['content'] %}{% if p['type'] == 'image' %}<image>{% else %}{{ p['text'] }}{% endif %}"
         "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
-    processor = Idefics3Processor(image_processor=images, tokenizer=tokenizer, image_seq_len=4, chat_template=template)
+    per_tile = (tile // patch) ** 2 // 4
+    processor = Idefics3Processor(image_processor=images, tokenizer=tokenizer, image_seq_len=per_tile,
+                                  chat_template=template)  # fmt: skip
     torch.manual_seed(seed)
+    heads = max(2, hidden // 64)
     config = Idefics3Config(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2),
+        vision_config=dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                           num_attention_heads=heads, image_size=tile, patch_size=patch),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads),
         scale_factor=2, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
     )  # fmt: skip
     return Idefics3ForConditionalGeneration._from_config(config, attn_implementation="sdpa").eval(), processor

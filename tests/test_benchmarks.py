@@ -47,3 +47,15 @@ def test_plan_check_measures_the_tiny_case(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     (result,) = json.loads((tmp_path / "r.json").read_text())
     assert result["measured"] > 0 and 0.5 < result["ratio"] < 2  # a sanity bound: the figures are the script's
+
+
+@pytest.mark.integration
+def test_the_vlm_benchmark_runs_both_systems_with_the_same_losses():
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "vlm.py"), "--steps", "1", "--warmup", "1", "--hidden", "32", "--layers",
+         "2", "--tile", "32", "--patch", "8", "--train_vision", "--systems", "lit_dpo", "trl_default"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line.startswith(("lit_dpo ", "trl_"))}
+    assert set(rows) == {"lit_dpo", "trl_default"} and float(rows["trl_default"][-1]) < 1e-4  # the same losses
