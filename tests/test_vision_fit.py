@@ -105,3 +105,21 @@ def test_images_reach_the_examples_through_the_store(tiny_vlm_dir, tmp_path):
     changed.setup("fit")
     assert changed.train_examples[0].prompt_ids == first.prompt_ids
     assert changed.fingerprint() != data.fingerprint()  # what resumes and the reference cache compare
+
+
+def test_a_prompt_over_the_limits_with_images_is_dropped_not_cut(tiny_vlm_dir, tmp_path):
+    """Cutting a prompt's start would cut image tokens whose pixels the batch still carries: such rows are dropped
+    and counted, whatever --data.truncation keeps of text rows."""
+    from lit_dpo.data import PreferenceDataModule
+
+    path = _rows(tmp_path, 4, 0)
+    options = dict(path=path, val_split=0, tokenizer_name_or_path=tiny_vlm_dir, cache_dir=str(tmp_path / "cache"))
+    whole = PreferenceDataModule(**options)
+    whole.setup("fit")
+    prompt = len(whole.train_examples[0].prompt_ids)
+    cut = PreferenceDataModule(**options, max_prompt_length=prompt - 1)  # every prompt over the limit
+    with pytest.raises(Exception, match="every row was dropped by the length limits"):
+        cut.setup("fit")
+    short = PreferenceDataModule(**options, max_length=prompt + 2)  # room for the prompt, completions cut
+    short.setup("fit")
+    assert all(len(ex.chosen_ids) <= 2 and ex.images for ex in short.train_examples)

@@ -285,6 +285,8 @@ class ChunkTokenizer:
             return None, OVER_LIMIT  # truncation="drop"
         if problem is None:
             return fitted, KEPT
+        if example.images and fitted.prompt_ids != example.prompt_ids:
+            return None, OVER_LIMIT  # a cut prompt would lose image tokens its pixels still need: dropped, counted
         if isinstance(fitted, Pair) and isinstance(row, PairRow) and fitted.chosen_ids == fitted.rejected_ids:
             return fitted, IDENTICAL  # nothing left to prefer
         return fitted, TRUNCATED
