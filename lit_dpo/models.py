@@ -113,7 +113,10 @@ def build_models(spec: ModelSpec, run: Run) -> Models:
     if run.needs_reference:
         fingerprint = weights_fingerprint((reference.model if reference is not None else policy).state_dict())
     if spec.lora_r:
-        policy = lora.add_adapters(policy, spec.lora_r, spec.lora_alpha, spec.lora_dropout, spec.lora_target_modules)
+        targets = spec.lora_target_modules
+        if tower is not None and targets == "all-linear":  # adapters on the language model, not the vision encoder
+            targets = language_linears(policy)
+        policy = lora.add_adapters(policy, spec.lora_r, spec.lora_alpha, spec.lora_dropout, targets)
         if spec.quantization:
             quantize.checkpoint_adapters_only(policy)
         if run.needs_reference and not separate:
@@ -124,8 +127,16 @@ def build_models(spec: ModelSpec, run: Run) -> Models:
     return Models(policy, reference, caches, synced)
 
 
-# where a vision-language model keeps its vision encoder, by model type: the families lit_dpo trains (tested)
+# where a vision-language model keeps its vision encoder and its language model, by model type: the families
+# lit_dpo trains (tested)
 VISION_TOWERS = {"idefics3": "model.vision_model", "smolvlm": "model.vision_model"}
+LANGUAGE_MODELS = {"idefics3": "model.text_model", "smolvlm": "model.text_model"}
+
+
+def language_linears(model: torch.nn.Module) -> list[str]:
+    """The names of a vision-language model's language-model linear layers (LoRA's targets for it)."""
+    prefix = LANGUAGE_MODELS[model.config.model_type] + "."
+    return [name for name, m in model.named_modules() if name.startswith(prefix) and isinstance(m, torch.nn.Linear)]
 
 
 def vision_tower(model: torch.nn.Module) -> Optional[torch.nn.Module]:
@@ -142,14 +153,13 @@ def vision_tower(model: torch.nn.Module) -> Optional[torch.nn.Module]:
 def check_vision_run(spec: ModelSpec, run: Run) -> None:
     """Refuse, in one line each, what vision-language training does not do yet."""
     problems = {
-        "LoRA (--model.lora_r)": spec.lora_r > 0,
         "FSDP": run.trainer is not None and isinstance(run.trainer.strategy, ModelParallelStrategy),
         "online DPO": run.online,
     }
     for name, used in problems.items():
         if used:
-            raise InputError(f"{name} with a vision-language model is not supported yet: train it in full, on one "
-                             "device or with DDP")  # fmt: skip
+            raise InputError(f"{name} with a vision-language model is not supported yet: train it on one device "
+                             "or with DDP")  # fmt: skip
 
 
 def check_options(

@@ -30,11 +30,13 @@ def _rows(folder, n, seed):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("layout", ["shared", "padded"])
+@pytest.mark.parametrize("layout", ["shared", "padded", "lora"])
 def test_a_vision_language_fit_through_the_cli(tiny_vlm_dir, tmp_path, fit_args, capsys, layout):
+    """Full fine-tuning (vision frozen) with and without prefix sharing; LoRA: adapters on the language model only,
+    the reference the base model, merged into the export."""
     train, val = _rows(tmp_path, 12, 0), _rows(tmp_path, 4, 1)
     extra = ["--trainer.max_steps=3", "--data.batch_size=4", "--model.learning_rate=1e-3", "--trainer.max_epochs=1",
-             f"--data.prefix_sharing={layout == 'shared'}"]  # fmt: skip
+             f"--data.prefix_sharing={layout != 'padded'}"] + (["--model.lora_r=4"] if layout == "lora" else [])  # fmt: skip
     fit.main(fit_args(tiny_vlm_dir, train, val, tmp_path / "run", *extra))
     run = tmp_path / "run" / "lightning_logs" / "version_0"
     with open(run / "metrics.csv") as handle:
@@ -58,12 +60,17 @@ def test_a_vision_language_fit_through_the_cli(tiny_vlm_dir, tmp_path, fit_args,
 
 def test_what_vision_language_training_does_not_do_yet_is_one_line(tiny_vlm_dir, tmp_path, fit_args, capsys):
     train = _rows(tmp_path, 4, 0)
+    fsdp = [
+        "--trainer.strategy.class_path=lit_dpo.parallel.FSDPStrategy",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.max_steps=1",
+    ]
     with pytest.raises(SystemExit) as exit_info:
-        fit.main(fit_args(tiny_vlm_dir, train, train, tmp_path / "run", "--model.lora_r=8", "--trainer.max_steps=1"))
+        fit.main(fit_args(tiny_vlm_dir, train, train, tmp_path / "run", *fsdp))
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "lit_dpo: error: LoRA (--model.lora_r) with a vision-language model is not supported yet: train it in "
-        "full, on one device or with DDP"
+        "lit_dpo: error: FSDP with a vision-language model is not supported yet: train it on one device or with DDP"
     )
 
 
