@@ -153,7 +153,6 @@ def vision_tower(model: torch.nn.Module) -> Optional[torch.nn.Module]:
 def check_vision_run(spec: ModelSpec, run: Run) -> None:
     """Refuse, in one line each, what vision-language training does not do yet."""
     problems = {
-        "FSDP": run.trainer is not None and isinstance(run.trainer.strategy, ModelParallelStrategy),
         "online DPO": run.online,
     }
     for name, used in problems.items():

@@ -41,8 +41,9 @@ def shard_over(strategy: Any, device_mesh: DeviceMesh, *models: Optional[torch.n
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The model's decoder layers: the modules of the classes HF lists in ``_no_split_modules``."""
-    layer_types = set(getattr(model, "_no_split_modules", None) or [])
+    """The model's decoder layers: the modules of the classes HF lists in ``_no_split_modules``, its own and its
+    sub-models' (a vision-language model's language model lists its decoder layer, its vision encoder its own)."""
+    layer_types = {name for m in model.modules() for name in getattr(m, "_no_split_modules", None) or []}
     layers = [m for m in model.modules() if type(m).__name__ in layer_types]
     if not layers:
         raise ValueError(f"{type(model).__name__} names no decoder layer class in _no_split_modules")

@@ -5,6 +5,10 @@ import csv
 import io
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +16,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from lit_dpo import fit
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 def _rows(folder, n, seed):
@@ -58,20 +64,25 @@ def test_a_vision_language_fit_through_the_cli(tiny_vlm_dir, tmp_path, fit_args,
     assert "pipeline_tag: image-text-to-text" in (run / "hf_model" / "README.md").read_text()
 
 
-def test_what_vision_language_training_does_not_do_yet_is_one_line(tiny_vlm_dir, tmp_path, fit_args, capsys):
-    train = _rows(tmp_path, 4, 0)
-    fsdp = [
-        "--trainer.strategy.class_path=lit_dpo.parallel.FSDPStrategy",
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=1",
-        "--trainer.max_steps=1",
-    ]
-    with pytest.raises(SystemExit) as exit_info:
-        fit.main(fit_args(tiny_vlm_dir, train, train, tmp_path / "run", *fsdp))
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "lit_dpo: error: FSDP with a vision-language model is not supported yet: train it on one device or with DDP"
-    )
+def _losses(run):
+    with open(run / "lightning_logs" / "version_0" / "metrics.csv") as handle:
+        return [float(r["train/loss"]) for r in csv.DictReader(handle) if r["train/loss"]]
+
+
+@pytest.mark.integration
+def test_fsdp_on_two_processes_trains_as_one_process(tiny_vlm_dir, tmp_path, fit_args):
+    """FSDP2 shards the vision encoder's and the language model's layers; 2 ranks of 2 pairs = 1 process of 4."""
+    train, val = _rows(tmp_path, 8, 0), _rows(tmp_path, 4, 1)
+    common = ["--trainer.max_steps=2", "--model.learning_rate=1e-3", "--data.shuffle=false", "--model.warmup_steps=0"]
+    fit.main(fit_args(tiny_vlm_dir, train, val, tmp_path / "one", *common, "--data.batch_size=4"))
+    fsdp = ["--config", str(RECIPES / "strategy" / "fsdp.yaml"), "--trainer.accelerator=cpu", "--trainer.devices=2"]
+    command = [sys.executable, "-m", "lit_dpo.fit", *fsdp, *fit_args(tiny_vlm_dir, train, val, tmp_path / "fsdp",
+               *common, "--data.batch_size=2")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env=os.environ | {"PYTHONWARNINGS": "ignore"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _losses(tmp_path / "fsdp") == pytest.approx(_losses(tmp_path / "one"), rel=1e-5)
+    assert len(_losses(tmp_path / "one")) == 2
 
 
 def test_a_missing_image_stops_the_fit_with_one_line(tiny_vlm_dir, tmp_path, fit_args, capsys):
