@@ -141,3 +141,18 @@ def test_a_prompt_over_the_limits_with_images_is_dropped_not_cut(tiny_vlm_dir, t
     short = PreferenceDataModule(**options, max_length=prompt + 2)  # room for the prompt, completions cut
     short.setup("fit")
     assert all(len(ex.chosen_ids) <= 2 and ex.images for ex in short.train_examples)
+
+
+def test_the_data_report_counts_images_and_image_tokens(tiny_vlm_dir, tmp_path):
+    from lit_dpo.data import PreferenceDataModule
+    from lit_dpo.data.summary import build_report
+
+    data = PreferenceDataModule(path=_rows(tmp_path, 4, 0), val_split=0, tokenizer_name_or_path=tiny_vlm_dir,
+                                cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    data.setup("fit")
+    report = build_report(data)
+    tokens = report["sources"][0]["tokens"]
+    per_row = [ex.prompt_ids.count(data.processor.image_token_id) for ex in data.train_examples]
+    assert tokens["images"]["max"] == 1 and tokens["image tokens"]["max"] == max(per_row) > 0
+    prompt = report["first_example"]["prompt"]
+    assert "<image>x4" in prompt and "<image><image>" not in prompt  # each tile's 4 tokens as one placeholder

@@ -8,7 +8,7 @@ from typing import Optional, Sequence, TypeVar
 
 import numpy as np
 
-from lit_dpo.data.store import DROP_REASONS, KEPT, TRUNCATED, ExampleStore, Limits
+from lit_dpo.data.store import DROP_REASONS, IMAGE_COUNTS, KEPT, TRUNCATED, ExampleStore, Limits
 from lit_dpo.errors import DataError
 
 T = TypeVar("T")
@@ -78,8 +78,10 @@ def kept_positions(store: ExampleStore, positions: np.ndarray, log: SourceLog) -
     for code, reason in DROP_REASONS.items():
         if (status == code).any():
             log.dropped[reason] = numbers[status == code]
-    names = ("prompt", *store.completions)
+    names = ("prompt", *store.completions, *IMAGE_COUNTS)
     log.lengths = {name: store.column(f"{name}_tokens")[positions] for name in names}
+    if not log.lengths["images"].any():  # a text source: no image columns in the report
+        log.lengths = {name: values for name, values in log.lengths.items() if name not in IMAGE_COUNTS}
     return positions[(status == KEPT) | (status == TRUNCATED)]
 
 

@@ -33,11 +33,12 @@ from lit_dpo.data.sources import Source
 from lit_dpo.data.tokenize import Example, Pair, Truncation, UnpairedExample, fit_length, tokenize_rows
 from lit_dpo.errors import DataError
 
-FORMAT = 2  # bumped whenever what a store holds, or how rows become token ids, changes
+FORMAT = 3  # bumped whenever what a store holds, or how rows become token ids, changes
 CHUNK_ROWS = 1024  # rows tokenized (and written) together
 KEPT, TRUNCATED, OVER_LIMIT, IDENTICAL = 0, 1, 2, 3  # ``status`` of a row
 DROP_REASONS = {OVER_LIMIT: "over a length limit", IDENTICAL: "identical completions after truncation"}
 _IDS = pa.list_(pa.int32())
+IMAGE_COUNTS = ("images", "image tokens")  # per row, in ``<name>_tokens`` columns as the token counts
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,9 @@ class ChunkTokenizer:
     limits: Limits
     processor: Any = None  # a vision-language model's, for rows with images
 
+    def _image_tokens(self, example: Example) -> int:
+        return example.prompt_ids.count(self.processor.image_token_id) if self.processor is not None else 0
+
     @property
     def _pixels(self) -> str:
         """How images become pixels: the image processor's settings."""
@@ -257,12 +261,14 @@ class ChunkTokenizer:
         unpaired = isinstance(rows[0], UnpairedRow)
         names = ("completion",) if unpaired else ("chosen", "rejected")
         columns: dict[str, list] = {k: [] for k in ("row", "status", "digest", "prompt", "images", *names)}
-        columns |= {f"{k}_tokens": [] for k in ("prompt", *names)}
+        columns |= {f"{k}_tokens": [] for k in ("prompt", *names, *IMAGE_COUNTS)}
         for row, example, kept, status in self.fitted(rows):
             columns["row"].append(row.row)
             columns["status"].append(status)
             for name, ids in (("prompt", example.prompt_ids), *example.completions.items()):
                 columns[f"{name}_tokens"].append(len(ids))
+            columns["images_tokens"].append(len(row.images))  # counts, as the report shows them: images,
+            columns["image tokens_tokens"].append(self._image_tokens(example))  # and their tokens in the prompt
             columns["digest"].append(example_digest(kept, self._pixels) if kept is not None else 0)
             columns["prompt"].append(kept.prompt_ids if kept is not None else [])
             columns["images"].append(list(kept.images) if kept is not None else [])
@@ -296,5 +302,6 @@ def _schema(unpaired: bool) -> pa.Schema:
     names = ("completion",) if unpaired else ("chosen", "rejected")
     fields = [("row", pa.int64()), ("status", pa.int8()), ("digest", pa.uint64()), ("prompt", _IDS)]
     fields.append(("images", pa.list_(pa.binary())))  # the prompt's images, encoded (vision-language rows)
-    fields += [(name, _IDS) for name in names] + [(f"{k}_tokens", pa.int32()) for k in ("prompt", *names)]
+    fields += [(name, _IDS) for name in names]
+    fields += [(f"{k}_tokens", pa.int32()) for k in ("prompt", *names, *IMAGE_COUNTS)]
     return pa.schema(fields + ([("desirable", pa.bool_())] if unpaired else []))

@@ -6,6 +6,7 @@ the prompt/completion boundary marked: what to check before spending GPU hours o
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -111,9 +112,13 @@ def _overlap(train: Sequence[Example], val: Sequence[Example]) -> int:
 
 def _rendered(data: PreferenceDataModule, example: Example) -> dict[str, Any]:
     decode = data.tokenizer.decode
+    prompt = decode(example.prompt_ids)
+    if data.processor is not None:  # an image's tokens, shown as one placeholder with their count
+        token = data.processor.image_token
+        prompt = re.sub(f"(?:{re.escape(token)})+", lambda run: f"{token}x{len(run[0]) // len(token)}", prompt)
     return {
         "source": data.source_names[example.source],
         "row": example.row,
-        "prompt": decode(example.prompt_ids),
+        "prompt": prompt,
         "completions": {name: decode(ids) for name, ids in example.completions.items()},
     }
