@@ -156,3 +156,16 @@ def test_the_data_report_counts_images_and_image_tokens(tiny_vlm_dir, tmp_path):
     assert tokens["images"]["max"] == 1 and tokens["image tokens"]["max"] == max(per_row) > 0
     prompt = report["first_example"]["prompt"]
     assert "<image>x4" in prompt and "<image><image>" not in prompt  # each tile's 4 tokens as one placeholder
+
+
+def test_streamed_image_rows_carry_their_images(tiny_vlm_dir, tmp_path):
+    from lit_dpo.data import PreferenceDataModule
+
+    options = dict(path=_rows(tmp_path, 6, 0), val_split=0, tokenizer_name_or_path=tiny_vlm_dir, shuffle=False,
+                   cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    stored, streamed = PreferenceDataModule(**options), PreferenceDataModule(**options, streaming=True, stream_window=4)
+    stored.setup("fit")
+    streamed.setup("fit")
+    pairs = list(streamed.stream)
+    assert [(ex.prompt_ids, ex.images) for ex in pairs] == [(ex.prompt_ids, ex.images) for ex in stored.train_examples]
+    assert streamed.collator()(pairs[:2]).vision.images > 0
