@@ -167,6 +167,14 @@ def load_processor(name_or_path: str, trust_remote_code: bool = False) -> Any:
     return processor
 
 
+def load_text_tools(name_or_path: str, trust_remote_code: bool = False) -> tuple[PreTrainedTokenizerBase, Any]:
+    """The tokenizer and, for a vision-language model, its processor (whose tokenizer it is; else None)."""
+    if is_vision_language(name_or_path, trust_remote_code):
+        processor = load_processor(name_or_path, trust_remote_code)
+        return processor.tokenizer, processor
+    return load_tokenizer(name_or_path, trust_remote_code), None
+
+
 def load_preprocessor(name_or_path: str, trust_remote_code: bool = False) -> Any:
     """What is saved beside the model: a vision-language model's processor, else the tokenizer."""
     if is_vision_language(name_or_path, trust_remote_code):

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
+from lit_dpo.data.checks import check_options, check_streaming
 from lit_dpo.data.collate import PaddedCollator, SharedPrefixCollator
 from lit_dpo.data.examples import Examples, Part, pad_for_ranks
 from lit_dpo.data.prepare import SourceLog, held_out_positions, kept_positions
@@ -25,10 +26,10 @@ from lit_dpo.data.prompts import Prompt
 from lit_dpo.data.protocol import TokenizerSource
 from lit_dpo.data.sources import Source, Sources, as_sources, sampled_positions
 from lit_dpo.data.store import ExampleStore, Limits, open_store
-from lit_dpo.data.stream import PairStream, StreamLoader, check_streaming
+from lit_dpo.data.stream import PairStream, StreamLoader
 from lit_dpo.data.tokenize import Example, Pair, Truncation, UnpairedExample
-from lit_dpo.errors import DataError, InputError
-from lit_dpo.hf import BUNDLED, cache_dir, is_vision_language, load_processor, load_tokenizer, private_dir
+from lit_dpo.errors import DataError
+from lit_dpo.hf import BUNDLED, cache_dir, load_text_tools, private_dir
 from lit_dpo.resume import DATA_SETTINGS
 
 DEMO = "demo"
@@ -118,8 +119,8 @@ class PreferenceDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        _check_options(batch_size, val_batch_size, max_length, max_prompt_length, val_split, pack_length, num_proc,
-                       stream_window)  # fmt: skip
+        check_options(batch_size, val_batch_size, max_length, max_prompt_length, val_split, pack_length, num_proc,
+                      stream_window)  # fmt: skip
         self.tokenizer: Any = None
         self.processor: Any = None  # a vision-language model's (tokenizer, image processor, chat template)
         self.train_examples: Sequence[Example] = []
@@ -134,7 +135,7 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Tokenize every source not cached yet (Lightning calls this on one process per node, before ``setup``)."""
-        tokenizer, processor = self._text_tools()
+        tokenizer, processor = load_text_tools(*self.tokenizer_source())
         train, val = self._sources()
         for source in ([] if self.hparams.streaming else train) + val:
             self._store(source, tokenizer, processor)
@@ -143,7 +144,7 @@ class PreferenceDataModule(L.LightningDataModule):
         if self.tokenizer is not None:
             return
         hp = self.hparams
-        self.tokenizer, self.processor = self._text_tools()
+        self.tokenizer, self.processor = load_text_tools(*self.tokenizer_source())
         train, val = self._sources()
         if hp.streaming:
             return self._setup_stream(train, val)
@@ -194,14 +195,6 @@ class PreferenceDataModule(L.LightningDataModule):
         if self.stream is not None and self.trainer is not None and self.trainer.training:
             self.stream.commit()  # a batch reaches the model: what a checkpoint's loader state counts
         return batch
-
-    def _text_tools(self) -> tuple[Any, Any]:
-        """The tokenizer and, for a vision-language model, its processor (whose tokenizer it is)."""
-        name, trust = self.tokenizer_source()
-        if is_vision_language(name, trust):
-            processor = load_processor(name, trust)
-            return processor.tokenizer, processor
-        return load_tokenizer(name, trust), None
 
     def _store(self, source: Source, tokenizer: Any, processor: Any = None) -> ExampleStore:
         hp = self.hparams
@@ -356,23 +349,3 @@ class PreferenceDataModule(L.LightningDataModule):
             collate_fn=self.collator(),
             num_workers=self.hparams.num_workers,
         )
-
-
-def _check_options(
-    batch_size: int, val_batch_size: Optional[int], max_length: Optional[int], max_prompt_length: Optional[int],
-    val_split: float, pack_length: int, num_proc: Optional[int], stream_window: int,
-) -> None:  # fmt: skip
-    """Refuse option values that cannot work, before anything loads."""
-    problems = {
-        f"--data.batch_size must be >= 1, got {batch_size}": batch_size < 1,
-        f"--data.val_batch_size must be >= 1, got {val_batch_size}": val_batch_size is not None and val_batch_size < 1,
-        f"--data.max_length must be >= 1, got {max_length}": max_length is not None and max_length < 1,
-        f"--data.max_prompt_length must be >= 0, got {max_prompt_length}": (max_prompt_length or 0) < 0,
-        f"--data.val_split must be in [0, 1), got {val_split}": not 0 <= val_split < 1,
-        f"--data.pack_length must be >= 0, got {pack_length}": pack_length < 0,
-        f"--data.num_proc must be >= 1, got {num_proc}": num_proc is not None and num_proc < 1,
-        f"--data.stream_window must be >= 1, got {stream_window}": stream_window < 1,
-    }
-    for problem, wrong in problems.items():
-        if wrong:
-            raise InputError(problem)

@@ -40,7 +40,7 @@ from lit_dpo.data.store import (
     tokenizer_fingerprint,
 )
 from lit_dpo.data.tokenize import Example
-from lit_dpo.errors import DataError, InputError
+from lit_dpo.errors import DataError
 
 PEEK_ROWS = 1024  # rows of each source validated before training starts
 
@@ -271,24 +271,6 @@ class PairStream(IterableDataset):
 def _identity(source: Source) -> Any:
     local = Path(source.path).expanduser()
     return source_identity(source) if local.exists() or looks_local(source.path) else source.path
-
-
-def check_streaming(data: Any, train: list[Source], val: list[Source]) -> None:
-    """Refuse what streaming cannot do, in one line each, before anything is read."""
-    hp, trainer = data.hparams, data.trainer
-    problems = {
-        "--data.streaming=true reads the training rows as training goes, so it cannot hold a fraction of them out: "
-        "pass --data.val_path (read once, cached) or --data.val_split=0": not val and hp.val_split > 0,
-        "--data.streaming=true reads rows in the training process: leave --data.num_workers at 0": hp.num_workers > 0,
-        "--data.streaming=true does not know a source's rows ahead: give a source weight (its share of each window), "
-        "not rows": any(s.rows is not None for s in train),
-        "--data.streaming=true needs --trainer.max_steps: the number of training rows is not known before training": (
-            trainer is not None and trainer.state.fn == "fit" and trainer.max_steps <= 0
-        ),
-    }
-    for problem, wrong in problems.items():
-        if wrong:
-            raise InputError(problem)
 
 
 class StreamLoader(StatefulDataLoader):
