@@ -5,9 +5,11 @@ forward with the same number of steps on every rank."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import torch
+
+from lit_dpo.data.vision import vision_inputs
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,11 @@ def generate(
     batch_size: int = 16,
     seed: int = 0,
     lockstep_rows: Optional[int] = None,
+    images: Optional[Sequence[tuple[bytes, ...]]] = None,
+    image_processor: Any = None,
 ) -> list[list[int]]:
-    """One completion per prompt (token ids up to and including EOS), in the prompts' order.
+    """One completion per prompt (token ids up to and including EOS), in the prompts' order; ``images``: each
+    prompt's images, for a vision-language model, turned into its inputs by ``image_processor``.
 
     ``lockstep_rows``: for a model sharded over ranks, the most prompts any rank holds; every rank then runs that
     many rows' batches and every batch the full ``max_new_tokens`` steps, so that the collectives of the sharded
@@ -62,18 +67,20 @@ def generate(
             width = max(map(len, batch))
             ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in batch], device=device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
+            pictured = images[start : start + batch_size] if images is not None else []
+            extra = vision_inputs(image_processor, pictured).to(device).tensors if any(pictured) else {}
             if lockstep_rows is not None:  # generate() bypasses FSDP's hooks under PEFT: the model's own forward
-                out = _decode_in_lockstep(model, ids, mask, sampling)
+                out = _decode_in_lockstep(model, ids, mask, sampling, extra)
             else:
                 out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=sampling.max_new_tokens,
-                                     pad_token_id=pad_id, **sampling.options)  # fmt: skip
+                                     pad_token_id=pad_id, **sampling.options, **extra)  # fmt: skip
             answers += [until_eos(row.tolist(), eos_id, pad_id) for row in out[:, width:]]
     model.train(was_training)
     return answers[: len(prompts)]
 
 
 def _decode_in_lockstep(
-    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, sampling: Sampling
+    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, sampling: Sampling, extra: dict[str, Any]
 ) -> torch.Tensor:
     """``max_new_tokens`` forwards with the KV cache, whatever the sequences do: the same count on every rank."""
     from transformers import DynamicCache
@@ -82,7 +89,8 @@ def _decode_in_lockstep(
     for _ in range(sampling.max_new_tokens):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1] :]  # left padding: prompts start at 0
         logits = model(
-            input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+            input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+            **(extra if step_ids is ids else {}),  # images: with the prompt, the first forward only
         ).logits[:, -1].float()  # fmt: skip
         step_ids = next_token(logits, sampling)  # (B, 1)
         out, mask = torch.cat([out, step_ids], 1), torch.cat([mask, torch.ones_like(step_ids)], 1)

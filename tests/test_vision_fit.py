@@ -49,7 +49,9 @@ def test_a_vision_language_fit_through_the_cli(tiny_vlm_dir, tmp_path, fit_args,
         rows = list(csv.DictReader(handle))
     losses = [float(r["train/loss"]) for r in rows if r["train/loss"]]
     assert losses[0] == pytest.approx(math.log(2), abs=1e-5) and len(losses) == 3  # policy == reference at first
-    assert math.isfinite(float([r for r in rows if r["val/loss"]][-1]["val/rewards/margins"]))
+    final = [r for r in rows if r["val/loss"]][-1]
+    assert math.isfinite(float(final["val/rewards/margins"]))
+    assert 0 <= float(final["val/win_rate"]) <= 1  # WinRate generated from the held-out prompts and their images
     before, after = load_file(f"{tiny_vlm_dir}/model.safetensors"), load_file(run / "hf_model" / "model.safetensors")
     vision = [k for k in before if ".vision_model." in k]
     language = [k for k in before if ".text_model." in k and "layers" in k]
@@ -169,3 +171,22 @@ def test_streamed_image_rows_carry_their_images(tiny_vlm_dir, tmp_path):
     pairs = list(streamed.stream)
     assert [(ex.prompt_ids, ex.images) for ex in pairs] == [(ex.prompt_ids, ex.images) for ex in stored.train_examples]
     assert streamed.collator()(pairs[:2]).vision.images > 0
+
+
+def test_generation_from_image_prompts_runs_the_vision_encoder(tiny_vlm_dir, tmp_path):
+    """WinRate's generations: each held-out prompt's images reach the model, and the judge's columns."""
+    from lit_dpo.data import PreferenceDataModule
+    from lit_dpo.generation import Sampling, generate
+    from lit_dpo.hf import load_model
+
+    data = PreferenceDataModule(path=_rows(tmp_path, 3, 0), val_path=_rows(tmp_path, 3, 1),
+                                tokenizer_name_or_path=tiny_vlm_dir, cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    data.setup("fit")
+    prompts = data.held_out_prompts(3)
+    assert [len(p.images) for p in prompts] == [1, 1, 1] and all(len(p.columns["images"]) == 1 for p in prompts)
+    model, calls = load_model(tiny_vlm_dir), []
+    model.model.vision_model.register_forward_hook(lambda *_: calls.append(1))
+    pad, eos = data.tokenizer.pad_token_id, data.tokenizer.eos_token_id
+    answers = generate(model, [p.prompt_ids for p in prompts], Sampling(max_new_tokens=3), pad, eos, batch_size=2,
+                       images=[p.images for p in prompts], image_processor=data.processor.image_processor)  # fmt: skip
+    assert len(answers) == 3 and len(calls) == 2  # one encoder pass per batch of prompts, at the prompt's forward

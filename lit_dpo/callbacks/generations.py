@@ -16,8 +16,8 @@ from lightning.pytorch.loggers import WandbLogger
 
 from lit_dpo import lora
 from lit_dpo.data.prompts import Prompt
-from lit_dpo.data.protocol import preference_data
-from lit_dpo.errors import describe
+from lit_dpo.data.protocol import VisionData, preference_data
+from lit_dpo.errors import InputError, describe
 from lit_dpo.generation import Sampling, generate
 from lit_dpo.hf import load_model
 from lit_dpo.judges import Judge, load_judge, wins
@@ -121,7 +121,7 @@ class WinRate(Callback):
         """This rank's prompts with both answers, decoded, and the judge's verdict (``win``)."""
         decode = lambda ids: trainer.datamodule.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
         records = [
-            {"prompt": decode(p.prompt_ids), "policy": decode(a), "reference": decode(r), **p.columns,
+            {"prompt": decode(p.prompt_ids), "policy": decode(a), "reference": decode(r), **_written(p),
              "policy_length": len(a), "reference_length": len(r)}
             for p, a, r in zip(mine, policy, reference)
         ]  # fmt: skip
@@ -163,9 +163,20 @@ class WinRate(Callback):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         world = trainer.world_size
         lockstep = -(-len(prompts) // world) if is_sharded(model) and world > 1 else None
-        mine = [p.prompt_ids for p in prompts[trainer.global_rank :: world]]
+        if lockstep is not None and any(p.images for p in prompts):  # every rank decides alike: the same prompts
+            raise InputError("generations from prompts with images under FSDP are not supported yet")
+        data = trainer.datamodule
+        processor = data.processor if isinstance(data, VisionData) and data.processor is not None else None
+        shard = prompts[trainer.global_rank :: world]
+        mine, images = [p.prompt_ids for p in shard], [p.images for p in shard]
         seed = self.seed + trainer.global_rank
-        return generate(model, mine, self.sampling, pad, tokenizer.eos_token_id, self.batch_size, seed, lockstep)
+        return generate(model, mine, self.sampling, pad, tokenizer.eos_token_id, self.batch_size, seed, lockstep,
+                        images, processor.image_processor if processor is not None else None)  # fmt: skip
+
+
+def _written(prompt: Prompt) -> dict[str, Any]:
+    """A prompt's columns as the records (JSONL, the logger's table) hold them: its images as their count."""
+    return {k: len(prompt.images) if k == "images" else v for k, v in prompt.columns.items()}
 
 
 def _say_once(trainer: Trainer, line: str) -> None:

@@ -3,6 +3,7 @@ memory-mapped stores, cached across runs: ``lit_dpo.data.store``), batch them pe
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
@@ -287,14 +288,10 @@ class PreferenceDataModule(L.LightningDataModule):
     def held_out_prompts(self, count: int) -> list[Prompt]:
         """The first ``count`` validation prompts, for generations, with the pair's answers as the judge's columns."""
         decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
-        # prompts with images are not generated from yet (a vision-language model's generations need its processor)
-        if self.processor is not None and count > 0:
-            rank_zero_warn("held-out prompts with images are not generated from yet: WinRate skips them")
-        held_out = (ex for ex in self.val_examples if isinstance(ex, Pair) and ex.weight > 0 and not ex.images)
-        pairs = list(islice(held_out, count))
+        pairs = list(islice((ex for ex in self.val_examples if isinstance(ex, Pair) and ex.weight > 0), count))
         return [
             Prompt(ex.prompt_ids, decode(ex.prompt_ids), {"chosen": decode(ex.chosen_ids),
-                   "rejected": decode(ex.rejected_ids)}, row=ex.row)
+                   "rejected": decode(ex.rejected_ids)} | _images_column(ex), row=ex.row, images=ex.images)
             for ex in pairs
         ]  # fmt: skip
 
@@ -349,3 +346,12 @@ class PreferenceDataModule(L.LightningDataModule):
             collate_fn=self.collator(),
             num_workers=self.hparams.num_workers,
         )
+
+
+def _images_column(example: Example) -> dict[str, Any]:
+    """A prompt's images as a judge's column (PIL images, as TRL's reward functions get them); none: no column."""
+    if not example.images:
+        return {}
+    from PIL import Image
+
+    return {"images": [Image.open(io.BytesIO(data)).convert("RGB") for data in example.images]}

@@ -24,6 +24,7 @@ class Prompt:
     columns: dict[str, Any] = field(default_factory=dict)
     source: int = 0
     row: int = 0
+    images: tuple[bytes, ...] = ()  # the prompt's images, encoded, for a vision-language model
 
 
 def read_prompts(

@@ -52,6 +52,14 @@ class PreferenceData(Protocol):
 
 
 @runtime_checkable
+class VisionData(Protocol):
+    """A data module whose prompts may hold images: the vision-language model's processor (None for text), which
+    generation (``WinRate``) turns a prompt's images into the model's inputs with."""
+
+    processor: Any
+
+
+@runtime_checkable
 class TokenizerSource(Protocol):
     """A model that names the tokenizer its data should use (``DPOModule``): a data module built without a
     tokenizer takes the model's."""
