@@ -147,15 +147,21 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     return tokenizer
 
 
+def is_vision_config(config: Any) -> bool:
+    """Whether a model config is a vision-language model's (its type is in transformers' image-text-to-text
+    mapping)."""
+    return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+
 def is_vision_language(name_or_path: str, trust_remote_code: bool = False) -> bool:
-    """Whether the model is a vision-language one (its type is in transformers' image-text-to-text mapping)."""
+    """Whether the model is a vision-language one (``is_vision_config`` of its config)."""
     if name_or_path == BUNDLED:
         return False
     try:
         config = AutoConfig.from_pretrained(resolve(name_or_path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError):  # a folder with a tokenizer only, say: loading the model names the problem
         return False
-    return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    return is_vision_config(config)
 
 
 def load_processor(name_or_path: str, trust_remote_code: bool = False) -> Any:
@@ -177,9 +183,8 @@ def load_text_tools(name_or_path: str, trust_remote_code: bool = False) -> tuple
 
 def load_preprocessor(name_or_path: str, trust_remote_code: bool = False) -> Any:
     """What is saved beside the model: a vision-language model's processor, else the tokenizer."""
-    if is_vision_language(name_or_path, trust_remote_code):
-        return load_processor(name_or_path, trust_remote_code)
-    return load_tokenizer(name_or_path, trust_remote_code)
+    tokenizer, processor = load_text_tools(name_or_path, trust_remote_code)
+    return processor if processor is not None else tokenizer
 
 
 def load_model(
@@ -190,9 +195,9 @@ def load_model(
     device: Optional[torch.device] = None,
     attn_implementation: Optional[str] = None,
 ) -> PreTrainedModel:
-    """A causal LM (or a vision-language model) from safetensors weights only (no pickle), in ``dtype`` (``quantization``: its linear layers in
-    4-bit, loaded onto ``device``; ``lit_dpo.quantize``), with transformers' ``attn_implementation`` (None: its
-    default)."""
+    """A causal LM (or a vision-language model) from safetensors weights only (no pickle), in ``dtype``
+    (``quantization``: its linear layers in 4-bit, loaded onto ``device``; ``lit_dpo.quantize``), with
+    transformers' ``attn_implementation`` (None: its default)."""
     quantized = quantize.load_options(quantization, getattr(torch, dtype), device or torch.device("cpu"))
     auto = AutoModelForImageTextToText if is_vision_language(name_or_path, trust_remote_code) else AutoModelForCausalLM
     with _loading(name_or_path):

@@ -10,12 +10,11 @@ from typing import Any, Literal, Mapping, Optional, Union
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
-from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from lit_dpo import lora, quantize
 from lit_dpo.data.protocol import PreferenceData
 from lit_dpo.errors import InputError
-from lit_dpo.hf import check_local, load_model, load_policy
+from lit_dpo.hf import check_local, is_vision_config, load_model, load_policy
 from lit_dpo.losses import Objective
 from lit_dpo.reference import AdapterReference, ModelReference, Reference, should_cache, weights_fingerprint
 from lit_dpo.reference.sync import check_sync_options
@@ -142,7 +141,7 @@ def language_linears(model: torch.nn.Module) -> list[str]:
 def vision_tower(model: torch.nn.Module) -> Optional[torch.nn.Module]:
     """A vision-language model's vision encoder; None for a text model."""
     config = model.config
-    if config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+    if not is_vision_config(config):
         return None
     if config.model_type not in VISION_TOWERS:
         raise InputError(f"vision-language models of type {config.model_type} are not supported yet; lit_dpo trains "
@@ -151,14 +150,10 @@ def vision_tower(model: torch.nn.Module) -> Optional[torch.nn.Module]:
 
 
 def check_vision_run(spec: ModelSpec, run: Run) -> None:
-    """Refuse, in one line each, what vision-language training does not do yet."""
-    problems = {
-        "online DPO": run.online,
-    }
-    for name, used in problems.items():
-        if used:
-            raise InputError(f"{name} with a vision-language model is not supported yet: train it on one device "
-                             "or with DDP")  # fmt: skip
+    """Refuse what vision-language training does not do yet."""
+    if run.online:
+        raise InputError("online DPO with a vision-language model is not supported yet: train it on fixed pairs "
+                         "(lit_dpo.data.PreferenceDataModule)")  # fmt: skip
 
 
 def check_options(

@@ -3,7 +3,6 @@ memory-mapped stores, cached across runs: ``lit_dpo.data.store``), batch them pe
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import tempfile
@@ -22,6 +21,7 @@ from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from lit_dpo.data.checks import check_options, check_streaming
 from lit_dpo.data.collate import PaddedCollator, SharedPrefixCollator
 from lit_dpo.data.examples import Examples, Part, pad_for_ranks
+from lit_dpo.data.images import decoded
 from lit_dpo.data.prepare import SourceLog, held_out_positions, kept_positions
 from lit_dpo.data.prompts import Prompt
 from lit_dpo.data.protocol import TokenizerSource
@@ -350,8 +350,4 @@ class PreferenceDataModule(L.LightningDataModule):
 
 def _images_column(example: Example) -> dict[str, Any]:
     """A prompt's images as a judge's column (PIL images, as TRL's reward functions get them); none: no column."""
-    if not example.images:
-        return {}
-    from PIL import Image
-
-    return {"images": [Image.open(io.BytesIO(data)).convert("RGB") for data in example.images]}
+    return {"images": [decoded(data) for data in example.images]} if example.images else {}

@@ -86,10 +86,17 @@ def _decoded(path: Path) -> str:
     return path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
 
 
-def _json_records(path: Path, name: str) -> Iterator[tuple[int, Any]]:
+def is_json_lines(path: Path) -> bool:
+    """Whether a .jsonl/.json file holds a record a line (read line by line), not one JSON array (read whole)."""
+    if path.suffix.lower() == ".jsonl":
+        return True
     with path.open("rb") as handle:
         start = handle.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
-    if path.suffix.lower() == ".json" and start.startswith(b"["):  # one JSON array: read whole
+    return path.suffix.lower() == ".json" and not start.startswith(b"[")
+
+
+def _json_records(path: Path, name: str) -> Iterator[tuple[int, Any]]:
+    if not is_json_lines(path):  # one JSON array: read whole
         try:
             records = json.loads(_decoded(path))
         except json.JSONDecodeError as err:
@@ -120,20 +127,22 @@ def _parquet_rows(path: Path, name: str) -> Iterator[dict[str, Any]]:
         raise DataError.at(name, None, None, f"not a readable Parquet file ({str(err).splitlines()[0]})") from None
 
 
-def hf_dataset(path: str, split: str, config_name: Optional[str]) -> Any:
-    """A data set saved with ``save_to_disk``, a folder of data files, or a Hub data set's ``split``."""
+def hf_dataset(path: str, split: str, config_name: Optional[str], streaming: bool = False) -> Any:
+    """A data set saved with ``save_to_disk``, a folder of data files, or a Hub data set's ``split``; with
+    ``streaming``, as an iterable data set (read as it is iterated, resumable from its ``state_dict``)."""
     import datasets
 
     local = Path(path).expanduser()
     if (local / "dataset_dict.json").exists() or (local / "state.json").exists():
         loaded = datasets.load_from_disk(str(local))
-        if not isinstance(loaded, datasets.DatasetDict):
-            return loaded
-        if split not in loaded:
-            raise DataError.at(path, None, None, f"has no split '{split}'; its splits: {', '.join(loaded)}")
-        return loaded[split]
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise DataError.at(path, None, None, f"has no split '{split}'; its splits: {', '.join(loaded)}")
+            loaded = loaded[split]
+        return loaded.to_iterable_dataset() if streaming else loaded
     try:
-        return datasets.load_dataset(str(local) if local.is_dir() else path, config_name, split=split)
+        where = str(local) if local.is_dir() else path
+        return datasets.load_dataset(where, config_name, split=split, streaming=streaming)
     except Exception as err:  # the Hub and datasets raise many types; the user needs the one line
         reason = f"{type(err).__name__}: {err}".splitlines()[0]
         raise DataError.at(path, None, None, f"could not load split '{split}' ({reason})") from None

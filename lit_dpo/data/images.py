@@ -62,6 +62,13 @@ def _read(path: str, source: str, row: int, field: str) -> bytes:
         raise DataError.at(source, row, field, f"cannot read image file {local} ({err.strerror})") from None
 
 
+def decoded(data: bytes) -> Any:
+    """An encoded image as the RGB PIL image processors and judges take."""
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
 def _is_pil(value: Any) -> bool:
     from PIL import Image
 

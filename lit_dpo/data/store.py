@@ -262,6 +262,7 @@ class ChunkTokenizer:
         names = ("completion",) if unpaired else ("chosen", "rejected")
         columns: dict[str, list] = {k: [] for k in ("row", "status", "digest", "prompt", "images", *names)}
         columns |= {f"{k}_tokens": [] for k in ("prompt", *names, *IMAGE_COUNTS)}
+        pixels = self._pixels
         for row, example, kept, status in self.fitted(rows):
             columns["row"].append(row.row)
             columns["status"].append(status)
@@ -269,7 +270,7 @@ class ChunkTokenizer:
                 columns[f"{name}_tokens"].append(len(ids))
             columns["images_tokens"].append(len(row.images))  # counts, as the report shows them: images,
             columns["image tokens_tokens"].append(self._image_tokens(example))  # and their tokens in the prompt
-            columns["digest"].append(example_digest(kept, self._pixels) if kept is not None else 0)
+            columns["digest"].append(example_digest(kept, pixels) if kept is not None else 0)
             columns["prompt"].append(kept.prompt_ids if kept is not None else [])
             columns["images"].append(list(kept.images) if kept is not None else [])
             for name in names:

@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from lit_dpo.data.files import RawLine, hf_dataset, looks_local, raw_records
+from lit_dpo.data.files import RawLine, hf_dataset, is_json_lines, looks_local, raw_records
 from lit_dpo.data.prepare import SourceLog
 from lit_dpo.data.rows import RowFormat, UnpairedRow, mixed_forms
 from lit_dpo.data.sources import Source
@@ -40,7 +40,6 @@ from lit_dpo.data.store import (
     tokenizer_fingerprint,
 )
 from lit_dpo.data.tokenize import Example
-from lit_dpo.errors import DataError
 
 PEEK_ROWS = 1024  # rows of each source validated before training starts
 
@@ -75,11 +74,11 @@ class SourceReader:
     def _open(self) -> Iterator[tuple[int, Any]]:
         path = self.source.path
         local = Path(path).expanduser()
-        if local.is_file() and _is_jsonl(local):
+        if local.is_file() and is_json_lines(local):
             return self._jsonl_lines(local)
         if local.is_file() or (looks_local(path) and not local.is_dir()):
             return islice(raw_records(path), self.position.records, None)  # read up to it, not tokenized
-        self._hf = _hf_stream(self.source)
+        self._hf = hf_dataset(path, self.source.split or "train", self.source.config_name, streaming=True)
         if self.position.hf_state is not None:
             self._hf.load_state_dict(self.position.hf_state)
         return enumerate(self._hf, start=self.position.records + 1)
@@ -90,28 +89,6 @@ class SourceReader:
             for number, raw in enumerate(handle, start=self.position.records + 1):
                 self.position.offset += len(raw)
                 yield number, RawLine(raw)
-
-
-def _is_jsonl(path: Path) -> bool:
-    if path.suffix.lower() == ".jsonl":
-        return True
-    with path.open("rb") as handle:  # a .json file is JSON lines unless it holds one array (read whole)
-        return path.suffix.lower() == ".json" and not handle.read(64).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
-
-
-def _hf_stream(source: Source) -> Any:
-    """A ``datasets`` iterable data set over a saved data set, a folder of data files or a Hub data set."""
-    import datasets
-
-    local = Path(source.path).expanduser()
-    if (local / "dataset_dict.json").exists() or (local / "state.json").exists():
-        return hf_dataset(source.path, source.split or "train", source.config_name).to_iterable_dataset()
-    try:
-        where = str(local) if local.is_dir() else source.path
-        return datasets.load_dataset(where, source.config_name, split=source.split or "train", streaming=True)
-    except Exception as err:  # the Hub and datasets raise many types; the user needs the one line
-        reason = f"{type(err).__name__}: {err}".splitlines()[0]
-        raise DataError.at(source.path, None, None, f"could not stream split '{source.split}' ({reason})") from None
 
 
 @dataclass

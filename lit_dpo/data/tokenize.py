@@ -8,13 +8,13 @@ the same path: a prompt with two completions, or with one.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Optional, Sequence, Union
 
 from transformers import PreTrainedTokenizerBase
 
 from lit_dpo.data.continuation import encode_continuations
+from lit_dpo.data.images import decoded
 from lit_dpo.data.rows import PairRow, Row, Text, UnpairedRow
 from lit_dpo.errors import DataError
 
@@ -104,9 +104,7 @@ def with_image_tokens(processor: Any, row: Row, example: Example, prompt: str, c
     if prompt.count(token) != len(row.images):
         raise DataError.at(row.source, row.row, "prompt", f"holds {prompt.count(token)} image tokens ({token}) for "
                            f"{len(row.images)} images")  # fmt: skip
-    from PIL import Image
-
-    images = [[Image.open(io.BytesIO(data)).convert("RGB") for data in row.images]]
+    images = [[decoded(data) for data in row.images]]
     expanded = list(processor(text=[prompt], images=images, add_special_tokens=special)["input_ids"][0])
     expanded = expanded[: len(expanded) - cut]
     ids = example.prompt_ids  # the tokenizer's, each image token one token: what follows the last one must agree

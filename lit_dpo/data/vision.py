@@ -5,13 +5,13 @@ per pair), once per sequence in the padded layout (twice per pair, as in TRL's c
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
+from lit_dpo.data.images import decoded
 from lit_dpo.errors import InputError
 
 
@@ -36,11 +36,5 @@ def vision_inputs(image_processor: Any, images: Sequence[tuple[bytes, ...]]) -> 
     """``images``: the encoded images of each prompt, in the order the prompts appear in the flattened rows."""
     if image_processor is None:
         raise InputError("examples with images need a vision-language model's image processor (its AutoProcessor)")
-    decoded = [[_decoded(data) for data in prompt_images] for prompt_images in images]
-    return VisionInputs(dict(image_processor(images=decoded, return_tensors="pt")))
-
-
-def _decoded(data: bytes) -> Any:
-    from PIL import Image
-
-    return Image.open(io.BytesIO(data)).convert("RGB")
+    pictures = [[decoded(data) for data in prompt_images] for prompt_images in images]
+    return VisionInputs(dict(image_processor(images=pictures, return_tensors="pt")))

@@ -16,10 +16,9 @@ from typing import Optional
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
-from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from lit_dpo.errors import InputError
-from lit_dpo.hf import _loading, resolve
+from lit_dpo.hf import _loading, is_vision_config, resolve
 from lit_dpo.parallel import decoder_layers
 from lit_dpo.scoring.lm_head import PLAIN_HEAD_MODELS
 
@@ -70,7 +69,7 @@ def load_config(name_or_path: str, trust_remote_code: bool = False) -> Pretraine
     """The model's config: a Hub id, a local folder (``config.json`` is enough) or the bundled model."""
     with _loading(name_or_path):
         config = AutoConfig.from_pretrained(resolve(name_or_path), trust_remote_code=trust_remote_code)
-    if config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+    if is_vision_config(config):
         raise InputError(f"python -m lit_dpo.plan does not plan vision-language models ({config.model_type}) yet")
     return config
 
