@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from lit_dpo.data.vision import vision_inputs
+from lit_dpo.scoring.mrope import token_types, uses_multimodal_rope
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ def generate(
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
             pictured = images[start : start + batch_size] if images is not None else []
             extra = vision_inputs(image_processor, pictured).to(device).tensors if any(pictured) else {}
+            if extra and uses_multimodal_rope(model.config):  # Qwen2-VL's family places positions from these
+                extra["mm_token_type_ids"] = token_types(model.config, ids)
             if lockstep_rows is not None:  # generate() bypasses FSDP's hooks under PEFT: the model's own forward
                 out = _decode_in_lockstep(model, ids, mask, sampling, extra)
             else:

@@ -166,8 +166,15 @@ def is_vision_language(name_or_path: str, trust_remote_code: bool = False) -> bo
 
 def load_processor(name_or_path: str, trust_remote_code: bool = False) -> Any:
     """A vision-language model's processor (its tokenizer, image processor and chat template)."""
-    with _loading(name_or_path):
-        processor = AutoProcessor.from_pretrained(resolve(name_or_path), trust_remote_code=trust_remote_code)
+    try:
+        with _loading(name_or_path):
+            processor = AutoProcessor.from_pretrained(resolve(name_or_path), trust_remote_code=trust_remote_code)
+    except (InputError, AttributeError, ImportError) as err:
+        # Qwen2-VL's processor holds a video processor, which transformers builds with torchvision only
+        if "video" not in str(err).lower() or importlib.util.find_spec("torchvision") is not None:
+            raise
+        raise InputError(f"cannot load the processor of '{name_or_path}': its video processor needs torchvision "
+                         "(pip install torchvision, the build that matches your torch)") from None  # fmt: skip
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
     return processor

@@ -122,23 +122,123 @@ def make_vlm(seed: int = 0, hidden: int = 32, layers: int = 2, tile: int = 32, p
     return Idefics3ForConditionalGeneration._from_config(config, attn_implementation="sdpa").eval(), processor
 
 
+def make_qwen_vlm(
+    seed: int = 0, hidden: int = 32, layers: int = 2, patch: int = 8, version: str = "2"
+) -> tuple[Any, Any]:
+    """A random Qwen2-VL (``version`` "2.5": Qwen2.5-VL, windowed vision attention) and its processor, assembled
+    from the test tokenizer and the PIL image processor: images resized to multiples of ``2 * patch`` pixels, up to
+    64 x 64, each ``(side / patch / 2)^2`` image tokens. Multimodal rope; every image's patches in one sequence."""
+    import transformers
+    from transformers import AutoProcessor
+    from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
+
+    name = "Qwen2_5_VL" if version == "2.5" else "Qwen2VL"
+    config_class = getattr(transformers, f"{name}Config")
+    AutoProcessor.register(config_class, ImageOnlyQwen2VLProcessor, exist_ok=True)  # saved and loaded by name
+    tokenizer = make_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|vision_start|>", "<|vision_end|>",
+                                                                "<|image_pad|>", "<|video_pad|>"]})  # fmt: skip
+    images = Qwen2VLImageProcessorPil(min_pixels=(2 * patch) ** 2, max_pixels=64 * 64, patch_size=patch, merge_size=2)
+    template = (  # ChatML, image parts as Qwen2-VL's template writes them
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+        "{% else %}{% for p in m['content'] %}{% if p['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+        "{% else %}{{ p['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    processor = ImageOnlyQwen2VLProcessor(image_processor=images, tokenizer=tokenizer, chat_template=template)
+    torch.manual_seed(seed)
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (("image_token_id", "<|image_pad|>"),
+           ("video_token_id", "<|video_pad|>"), ("vision_start_token_id", "<|vision_start|>"))}  # fmt: skip
+    specials = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    vision = dict(depth=layers, hidden_size=hidden, num_heads=2, patch_size=patch, spatial_merge_size=2)
+    if version == "2.5":  # windows of 2 x 2 merged patches, the last block attending to the whole image
+        vision |= dict(intermediate_size=2 * hidden, out_hidden_size=hidden, window_size=4 * patch,
+                       fullatt_block_indexes=[layers - 1])  # fmt: skip
+    else:
+        vision |= dict(embed_dim=hidden, mlp_ratio=2)
+    config = config_class(
+        vision_config=vision,
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
+                         rope_scaling={"type": "mrope", "mrope_section": [2, 2, 4]}, initializer_range=0.2,
+                         **specials),
+        **ids, **specials,
+    )  # fmt: skip
+    model_class = getattr(transformers, f"{name}ForConditionalGeneration")
+    return model_class._from_config(config, attn_implementation="sdpa").eval(), processor
+
+
+def _image_only_qwen2_vl_processor() -> type:
+    """Qwen2-VL's processor without its video processor: transformers builds that one with torchvision, which pip
+    cannot install beside the CPU build of torch here. Images are processed exactly as by ``Qwen2VLProcessor``."""
+    from transformers import Qwen2VLProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+        def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None, **kwargs):
+            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    return ImageOnlyQwen2VLProcessor
+
+
+ImageOnlyQwen2VLProcessor = _image_only_qwen2_vl_processor()
+VLM_FAMILIES = {"idefics3": make_vlm, "qwen2_vl": make_qwen_vlm,
+                "qwen2_5_vl": lambda seed=0: make_qwen_vlm(seed, version="2.5")}  # fmt: skip
+
+
+@pytest.fixture(scope="session", params=list(VLM_FAMILIES))
+def any_tiny_vlm(request: pytest.FixtureRequest) -> tuple[Any, Any]:
+    """A tiny random VLM of each family lit_dpo trains, with its processor."""
+    return VLM_FAMILIES[request.param]()
+
+
 @pytest.fixture(scope="session")
 def tiny_vlm() -> tuple[Any, Any]:
     return make_vlm()
 
 
-@pytest.fixture(scope="session")
-def tiny_vlm_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """Two of ``make_vlm``'s models (seeds 0 and 1: a policy and a different reference), each saved with the
+def _saved_vlms(family: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """Two of a family's tiny models (seeds 0 and 1: a policy and a different reference), each saved with the
     processor as a Hugging Face folder."""
     folders = []
     for seed in (0, 1):
-        folder = tmp_path_factory.mktemp(f"tiny_vlm_{seed}")
-        model, processor = make_vlm(seed)
+        folder = tmp_path_factory.mktemp(f"tiny_{family}_{seed}")
+        model, processor = VLM_FAMILIES[family](seed)
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
         folders.append(str(folder))
     return folders[0], folders[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """``_saved_vlms`` of Idefics3 (SmolVLM's family)."""
+    return _saved_vlms("idefics3", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def vlm_dirs_of(
+    tmp_path_factory: pytest.TempPathFactory, tiny_vlm_dirs: tuple[str, str]
+) -> Callable[[str], tuple[str, str]]:
+    """``_saved_vlms`` of a family, saved once a session."""
+    saved = {"idefics3": tiny_vlm_dirs}
+
+    def of(family: str) -> tuple[str, str]:
+        if family not in saved:
+            saved[family] = _saved_vlms(family, tmp_path_factory)
+        return saved[family]
+
+    return of
+
+
+@pytest.fixture(scope="session", params=list(VLM_FAMILIES))
+def any_tiny_vlm_dirs(request: pytest.FixtureRequest, vlm_dirs_of: Callable[[str], tuple[str, str]]) -> tuple[str, str]:
+    """``_saved_vlms`` of each family lit_dpo trains."""
+    return vlm_dirs_of(request.param)
 
 
 @pytest.fixture(scope="session")

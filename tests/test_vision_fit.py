@@ -2,10 +2,12 @@
 with images: the vision encoder frozen, the language model trained, the processor exported with the model."""
 
 import csv
+import importlib.util
 import io
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,11 +37,17 @@ def _rows(folder, n, seed):
     return str(path)
 
 
+# where each family keeps its vision encoder and its language model's layers in the saved weights' names
+TOWERS = {"idefics3": (".vision_model.", ".text_model."), "qwen2_vl": ("visual.", "model.layers.")}  # as saved
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("layout", ["shared", "padded", "lora"])
-def test_a_vision_language_fit_through_the_cli(tiny_vlm_dir, tmp_path, fit_args, capsys, layout):
+@pytest.mark.parametrize("family, layout", [("idefics3", "shared"), ("idefics3", "padded"), ("idefics3", "lora"),
+                                            ("qwen2_vl", "shared"), ("qwen2_vl", "lora")])  # fmt: skip
+def test_a_vision_language_fit_through_the_cli(vlm_dirs_of, tmp_path, fit_args, capsys, family, layout):
     """Full fine-tuning (vision frozen) with and without prefix sharing; LoRA: adapters on the language model only,
-    the reference the base model, merged into the export."""
+    the reference the base model, merged into the export. Qwen2-VL: multimodal rope placed by lit_dpo."""
+    tiny_vlm_dir = vlm_dirs_of(family)[0]
     train, val = _rows(tmp_path, 12, 0), _rows(tmp_path, 4, 1)
     extra = ["--trainer.max_steps=3", "--data.batch_size=4", "--model.learning_rate=1e-3", "--trainer.max_epochs=1",
              f"--data.prefix_sharing={layout != 'padded'}"] + (["--model.lora_r=4"] if layout == "lora" else [])  # fmt: skip
@@ -53,15 +61,16 @@ def test_a_vision_language_fit_through_the_cli(tiny_vlm_dir, tmp_path, fit_args,
     assert math.isfinite(float(final["val/rewards/margins"]))
     assert 0 <= float(final["val/win_rate"]) <= 1  # WinRate generated from the held-out prompts and their images
     before, after = load_file(f"{tiny_vlm_dir}/model.safetensors"), load_file(run / "hf_model" / "model.safetensors")
-    vision = [k for k in before if ".vision_model." in k]
-    language = [k for k in before if ".text_model." in k and "layers" in k]
+    vision_part, language_part = TOWERS[family]
+    vision = [k for k in before if vision_part in k]
+    language = [k for k in before if language_part in k and "layers" in k]
     assert vision and all(torch.equal(before[k], after[k]) for k in vision)  # frozen by default
     assert any(not torch.equal(before[k], after[k]) for k in language)
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(run / "hf_model")  # exported beside the model
-    assert processor.image_token == "<image>" and processor.chat_template
-    assert AutoModelForImageTextToText.from_pretrained(run / "hf_model").config.model_type == "idefics3"
+    assert processor.image_token in ("<image>", "<|image_pad|>") and processor.chat_template
+    assert AutoModelForImageTextToText.from_pretrained(run / "hf_model").config.model_type == family
     assert "AutoModelForImageTextToText.from_pretrained" in capsys.readouterr().out
     assert "pipeline_tag: image-text-to-text" in (run / "hf_model" / "README.md").read_text()
 
@@ -173,11 +182,16 @@ def test_streamed_image_rows_carry_their_images(tiny_vlm_dir, tmp_path):
     assert streamed.collator()(pairs[:2]).vision.images > 0
 
 
-def test_generation_from_image_prompts_runs_the_vision_encoder(tiny_vlm_dir, tmp_path):
-    """WinRate's generations: each held-out prompt's images reach the model, and the judge's columns."""
+@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
+def test_generation_from_image_prompts_runs_the_vision_encoder(vlm_dirs_of, tmp_path, family):
+    """WinRate's generations: each held-out prompt's images reach the model, and the judge's columns; greedy
+    answers do not depend on the batch (left padding, Qwen2-VL's positions)."""
     from lit_dpo.data import PreferenceDataModule
     from lit_dpo.generation import Sampling, generate
     from lit_dpo.hf import load_model
+    from lit_dpo.models import vision_tower
+
+    tiny_vlm_dir = vlm_dirs_of(family)[0]
 
     data = PreferenceDataModule(path=_rows(tmp_path, 3, 0), val_path=_rows(tmp_path, 3, 1),
                                 tokenizer_name_or_path=tiny_vlm_dir, cache_dir=str(tmp_path / "cache"))  # fmt: skip
@@ -185,8 +199,25 @@ def test_generation_from_image_prompts_runs_the_vision_encoder(tiny_vlm_dir, tmp
     prompts = data.held_out_prompts(3)
     assert [len(p.images) for p in prompts] == [1, 1, 1] and all(len(p.columns["images"]) == 1 for p in prompts)
     model, calls = load_model(tiny_vlm_dir), []
-    model.model.vision_model.register_forward_hook(lambda *_: calls.append(1))
+    vision_tower(model).register_forward_hook(lambda *_: calls.append(1))
     pad, eos = data.tokenizer.pad_token_id, data.tokenizer.eos_token_id
-    answers = generate(model, [p.prompt_ids for p in prompts], Sampling(max_new_tokens=3), pad, eos, batch_size=2,
-                       images=[p.images for p in prompts], image_processor=data.processor.image_processor)  # fmt: skip
+    answer = lambda batch_size: generate(model, [p.prompt_ids for p in prompts], Sampling(max_new_tokens=3), pad,  # noqa: E731
+                                         eos, batch_size=batch_size, images=[p.images for p in prompts],
+                                         image_processor=data.processor.image_processor)  # fmt: skip
+    answers = answer(2)
     assert len(answers) == 3 and len(calls) == 2  # one encoder pass per batch of prompts, at the prompt's forward
+    assert answers == answer(1)
+
+
+def test_a_qwen2_vl_processor_without_torchvision_is_one_line(vlm_dirs_of, tmp_path):
+    """transformers builds Qwen2-VL's video processor with torchvision only: the user is told what to install."""
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed: the processor loads")
+    from lit_dpo.errors import InputError
+    from lit_dpo.hf import load_processor
+
+    folder = shutil.copytree(vlm_dirs_of("qwen2_vl")[0], tmp_path / "qwen")
+    config = json.loads((folder / "processor_config.json").read_text())
+    (folder / "processor_config.json").write_text(json.dumps(config | {"processor_class": "Qwen2VLProcessor"}))
+    with pytest.raises(InputError, match="its video processor needs torchvision"):
+        load_processor(str(folder))

@@ -28,6 +28,8 @@ class VisionInputs:
     @property
     def images(self) -> int:
         """Images (or image tiles) the vision encoder runs on."""
+        if "image_grid_thw" in self.tensors:  # Qwen2-VL's family: every image's patches in one (patches, dim)
+            return int(self.tensors["image_grid_thw"].shape[0])
         pixels = self.tensors["pixel_values"]
         return int(pixels.shape[0] * pixels.shape[1]) if pixels.dim() == 5 else int(pixels.shape[0])
 

@@ -11,6 +11,7 @@ from lit_dpo.data.collate import Batch
 from lit_dpo.errors import InputError
 from lit_dpo.scoring.flex import block_mask
 from lit_dpo.scoring.lm_head import head_on_positions, token_scores
+from lit_dpo.scoring.mrope import multimodal_rope_inputs, uses_multimodal_rope
 
 
 class SequenceScores(NamedTuple):
@@ -92,9 +93,12 @@ def _model_inputs(model: torch.nn.Module, batch: Batch) -> dict[str, Tensor]:
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
     if batch.vision is not None:  # a vision-language model's image inputs, in the layout's order
         inputs |= batch.vision.tensors
+    if batch.position_ids is not None:  # shared-prefix layout: a (rows, 1, T, T) boolean mask
+        inputs["position_ids"] = batch.position_ids
+    if uses_multimodal_rope(model.config):  # Qwen2-VL's family: 3 positions a token (``lit_dpo.scoring.mrope``)
+        inputs |= multimodal_rope_inputs(model.config, batch)
     if batch.position_ids is None:  # padded layout: a (2B, T) padding mask
         return inputs
-    inputs["position_ids"] = batch.position_ids  # shared-prefix layout: a (rows, 1, T, T) boolean mask
     attention = model.config._attn_implementation
     if attention == "flex_attention":  # a block mask: the kernel skips the blocks prefix sharing masks out
         inputs["attention_mask"] = block_mask(batch.segments)

@@ -1,5 +1,5 @@
-"""On image rows, lit_dpo's loss and metrics equal TRL's DPOTrainer (fp32, a tiny random Idefics3 policy and a
-different reference), with prefix sharing (each pair's images through the vision encoder once) and without."""
+"""On image rows, lit_dpo's loss and metrics equal TRL's DPOTrainer (fp32, a tiny random Idefics3 or Qwen2-VL policy
+and a different reference), with prefix sharing (each pair's images through the vision encoder once) and without."""
 
 import pytest
 from PIL import Image
@@ -26,12 +26,12 @@ def _rows():
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
-def test_image_rows_match_trl(tiny_vlm_dirs, tmp_path, loss_type, dpo_module, step_metrics):
+def test_image_rows_match_trl(any_tiny_vlm_dirs, tmp_path, loss_type, dpo_module, step_metrics):
     trl = pytest.importorskip("trl")
     from datasets import Dataset
     from transformers import AutoModelForImageTextToText
 
-    policy_dir, ref_dir = tiny_vlm_dirs
+    policy_dir, ref_dir = any_tiny_vlm_dirs
     processor = load_processor(policy_dir)
     args = trl.DPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, beta=0.3,
                          loss_type=[loss_type])  # fmt: skip

@@ -9,6 +9,7 @@ from PIL import Image
 
 from lit_dpo.data import PaddedCollator, Pair, SharedPrefixCollator
 from lit_dpo.errors import InputError
+from lit_dpo.models import vision_tower
 from lit_dpo.scoring.forward import score_sequences
 
 
@@ -20,14 +21,16 @@ def _png(seed: int, size: tuple[int, int]) -> bytes:
 
 
 @pytest.fixture
-def pairs(tiny_vlm):
-    """Three pairs: one image, two images of other sizes (more tiles), one image again."""
-    _, processor = tiny_vlm
+def pairs(any_tiny_vlm):
+    """Three pairs: one image, two images of other sizes (more tiles or patches), one image again."""
+    _, processor = any_tiny_vlm
     tokenizer = processor.tokenizer
-    prompts = [("<image>what is it?", [_png(0, (40, 48))]), ("<image><image>which is red?", [_png(1, (30, 20)),
-               _png(2, (64, 32))]), ("<image>is it big?", [_png(3, (20, 20))])]  # fmt: skip
+    prompts = [(1, "what is it?", [_png(0, (40, 48))]), (2, "which is red?", [_png(1, (30, 20)), _png(2, (64, 32))]),
+               (1, "is it big?", [_png(3, (20, 20))])]  # fmt: skip
     out = []
-    for i, (text, images) in enumerate(prompts):
+    for i, (count, question, images) in enumerate(prompts):
+        parts = [{"type": "image"}] * count + [{"type": "text", "text": question}]  # the family's image markers
+        text = processor.apply_chat_template([{"role": "user", "content": parts}], tokenize=False)
         decoded = [Image.open(io.BytesIO(data)).convert("RGB") for data in images]
         prompt_ids = processor(text=[text], images=[decoded])["input_ids"][0]
         answer = lambda words: tokenizer(words, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # noqa: E731
@@ -36,8 +39,8 @@ def pairs(tiny_vlm):
 
 
 def _scored(model, batch):
-    tiles = []
-    hook = model.model.vision_model.register_forward_hook(
+    tiles = []  # Idefics3: the image tiles; Qwen2-VL: the image patches
+    hook = vision_tower(model).register_forward_hook(
         lambda m, args, kwargs, out: tiles.append((args[0] if args else kwargs["pixel_values"]).shape[0]),
         with_kwargs=True,
     )
@@ -49,13 +52,16 @@ def _scored(model, batch):
 
 
 def _tiles(image_processor):
-    """The tiles a pair's images make (Idefics3 splits an image into 32-pixel tiles and adds a global one)."""
+    """The tiles a pair's images make (Idefics3 splits an image into 32-pixel tiles and adds a global one; Qwen2-VL
+    cuts them into patches)."""
     decoded = lambda pair: [Image.open(io.BytesIO(data)).convert("RGB") for data in pair.images]  # noqa: E731
-    return lambda pair: image_processor(images=[decoded(pair)], return_tensors="pt")["pixel_values"].shape[1]
+    pixels = lambda pair: image_processor(images=[decoded(pair)], return_tensors="pt")["pixel_values"]  # noqa: E731
+    return lambda pair: pixels(pair).shape[1] if pixels(pair).dim() == 5 else pixels(pair).shape[0]
 
 
-def test_prefix_sharing_scores_as_padded_rows_with_the_vision_encoder_once_per_pair(tiny_vlm, pairs):
-    model, processor = tiny_vlm
+def test_prefix_sharing_scores_as_padded_rows_with_the_vision_encoder_once_per_pair(any_tiny_vlm, pairs):
+    """Qwen2-VL: the model places the padded rows' positions itself, lit_dpo the shared rows' (multimodal rope)."""
+    model, processor = any_tiny_vlm
     pad, images = processor.tokenizer.pad_token_id, processor.image_processor
     padded, padded_tiles = _scored(model, PaddedCollator(pad, image_processor=images)(pairs))
     total = sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
