@@ -1,12 +1,14 @@
 """lit_dpo against TRL's DPOTrainer on vision-language pairs, side by side: seconds per step, peak RSS, losses.
 
     python benchmarks/vlm.py                 # a random Idefics3 (SmolVLM's family), 4 layers, hidden 256, 224px tiles
+    python benchmarks/vlm.py --family qwen2_vl --patch 14   # a random Qwen2-VL: images of 224-448 px, 64-256 tokens
     python benchmarks/vlm.py --steps 2 --warmup 1 --hidden 64 --tile 32    # checks the script in seconds
 
 Every system trains the same random model (seed 0) on the same rows in the same order (batches of ``--batch``
 pairs, AdamW at a constant rate, no gradient clipping, fp32, a live reference: the model's initial weights), each
 in its own process (its peak RSS is its own). A row is a conversational prompt with one image of 1-2 tiles a side
-(each tile ``(tile / patch)^2 / 4`` image tokens, plus a global tile) and a question, and two text answers:
+(each tile ``(tile / patch)^2 / 4`` image tokens, plus a global tile for Idefics3; Qwen2-VL takes the image whole,
+one token per 2 x 2 patches) and a question, and two text answers:
 
 - ``lit_dpo``: defaults (prefix sharing: each pair's image through the vision encoder once, vision frozen);
 - ``lit_dpo_padded``: ``--data.prefix_sharing=false`` (TRL's layout: the prompt and its image twice);
@@ -39,11 +41,12 @@ WORDS = "the a cat dog sat ran on mat big small red blue yes no is it what why a
 
 def build(root: Path, args: argparse.Namespace) -> None:
     """The random model and its processor (``root/model``), and the rows with their images (``root/rows.jsonl``)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import make_vlm  # the tests' VLM, as a plain function
     from PIL import Image
 
-    model, processor = make_vlm(0, args.hidden, args.layers, args.tile, args.patch)
+    if args.family == "qwen2_vl":
+        model, processor = _tests().make_qwen_vlm(0, args.hidden, args.layers, args.patch, side=2 * args.tile)
+    else:
+        model, processor = _tests().make_vlm(0, args.hidden, args.layers, args.tile, args.patch)
     model.save_pretrained(root / "model")
     processor.save_pretrained(root / "model")
     rng = random.Random(0)
@@ -59,6 +62,15 @@ def build(root: Path, args: argparse.Namespace) -> None:
                      "rejected": [{"role": "assistant", "content": text(rng.randint(8, 40))}],
                      "images": [f"images/{i}.png"]})  # fmt: skip
     (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _tests() -> Any:
+    """The tests' models, as plain functions; their Qwen2-VL processor made loadable in this process."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import conftest
+
+    conftest.register_image_only_processor()
+    return conftest
 
 
 def run_lit_dpo(root: Path, args: argparse.Namespace, padded: bool) -> tuple[list[float], list[float]]:
@@ -125,6 +137,7 @@ def run_trl(root: Path, args: argparse.Namespace, checkpointing: bool) -> tuple[
 
 def worker(args: argparse.Namespace) -> None:
     root = Path(args.root)
+    _tests()
     if args.worker.startswith("lit_dpo"):
         stamps, losses = run_lit_dpo(root, args, padded=args.worker == "lit_dpo_padded")
     else:
@@ -145,6 +158,7 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--tile", type=int, default=224, help="pixels of an image tile (the vision encoder's input)")
     parser.add_argument("--patch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--family", choices=("idefics3", "qwen2_vl"), default="idefics3")
     parser.add_argument("--train_vision", action="store_true", help="lit_dpo trains the vision encoder, as TRL does")
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
@@ -162,14 +176,15 @@ def main() -> None:
     for system in args.systems:
         command = [sys.executable, __file__, "--worker", system, "--root", str(root)]
         command += [f"--{k}={getattr(args, k)}" for k in ("steps", "warmup", "batch", "hidden", "layers", "tile",
-                                                           "patch", "lr")]  # fmt: skip
+                                                           "patch", "lr", "family")]  # fmt: skip
         command += ["--train_vision"] if args.train_vision else []
         done = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
         if done.returncode:
             sys.exit(f"{system} failed:\n{done.stderr[-3000:]}")
         results[system] = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, fp32; Idefics3 random, "
-          f"{args.layers} layers, hidden {args.hidden}, {args.tile}px tiles; {args.batch} pairs/step, {args.steps} "
+    family = {"idefics3": "Idefics3", "qwen2_vl": "Qwen2-VL"}[args.family]
+    print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, fp32; {family} random, "
+          f"{args.layers} layers, hidden {args.hidden}, {args.tile}px tiles, patch {args.patch}; {args.batch} pairs/step, {args.steps} "
           f"timed steps after {args.warmup}{', vision trained' if args.train_vision else ''}")  # fmt: skip
     first = results[args.systems[0]]
     print(f"{'system':22s} {'s/step':>8s} {'peak RSS GiB':>13s} {'first loss':>11s} {'loss diff':>10s}")

@@ -96,7 +96,6 @@ def build_models(spec: ModelSpec, run: Run) -> Models:
     policy = load_policy(spec.model_name_or_path, *loading, spec.disable_dropout, spec.activation_checkpointing)
     tower = vision_tower(policy)
     if tower is not None:
-        check_vision_run(spec, run)
         tower.requires_grad_(not spec.freeze_vision)
     reference: Optional[Reference] = None
     separate = run.needs_reference and (spec.ref_model_name_or_path is not None or not spec.lora_r)
@@ -149,13 +148,6 @@ def vision_tower(model: torch.nn.Module) -> Optional[torch.nn.Module]:
         raise InputError(f"vision-language models of type {config.model_type} are not supported yet; lit_dpo trains "
                          f"{', '.join(VISION_TOWERS)} (SmolVLM's and Qwen2-VL's families)")  # fmt: skip
     return model.get_submodule(VISION_TOWERS[config.model_type])
-
-
-def check_vision_run(spec: ModelSpec, run: Run) -> None:
-    """Refuse what vision-language training does not do yet."""
-    if run.online:
-        raise InputError("online DPO with a vision-language model is not supported yet: train it on fixed pairs "
-                         "(lit_dpo.data.PreferenceDataModule)")  # fmt: skip
 
 
 def check_options(

@@ -123,22 +123,21 @@ def make_vlm(seed: int = 0, hidden: int = 32, layers: int = 2, tile: int = 32, p
 
 
 def make_qwen_vlm(
-    seed: int = 0, hidden: int = 32, layers: int = 2, patch: int = 8, version: str = "2"
+    seed: int = 0, hidden: int = 32, layers: int = 2, patch: int = 8, version: str = "2", side: int = 64
 ) -> tuple[Any, Any]:
     """A random Qwen2-VL (``version`` "2.5": Qwen2.5-VL, windowed vision attention) and its processor, assembled
     from the test tokenizer and the PIL image processor: images resized to multiples of ``2 * patch`` pixels, up to
-    64 x 64, each ``(side / patch / 2)^2`` image tokens. Multimodal rope; every image's patches in one sequence."""
+    ``side`` x ``side``, each ``(side / patch / 2)^2`` image tokens. Multimodal rope; every image's patches in one
+    sequence."""
     import transformers
-    from transformers import AutoProcessor
     from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
     name = "Qwen2_5_VL" if version == "2.5" else "Qwen2VL"
-    config_class = getattr(transformers, f"{name}Config")
-    AutoProcessor.register(config_class, ImageOnlyQwen2VLProcessor, exist_ok=True)  # saved and loaded by name
+    config_class = register_image_only_processor()[version]
     tokenizer = make_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|vision_start|>", "<|vision_end|>",
                                                                 "<|image_pad|>", "<|video_pad|>"]})  # fmt: skip
-    images = Qwen2VLImageProcessorPil(min_pixels=(2 * patch) ** 2, max_pixels=64 * 64, patch_size=patch, merge_size=2)
+    images = Qwen2VLImageProcessorPil(min_pixels=(2 * patch) ** 2, max_pixels=side**2, patch_size=patch, merge_size=2)
     template = (  # ChatML, image parts as Qwen2-VL's template writes them
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
         "{% else %}{% for p in m['content'] %}{% if p['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
@@ -151,7 +150,10 @@ def make_qwen_vlm(
            ("video_token_id", "<|video_pad|>"), ("vision_start_token_id", "<|vision_start|>"))}  # fmt: skip
     specials = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                     pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    vision = dict(depth=layers, hidden_size=hidden, num_heads=2, patch_size=patch, spatial_merge_size=2)
+    heads = max(2, hidden // 64)
+    rotary = hidden // heads // 2  # the rotary frequencies, split between time, height and width as Qwen's are
+    sections = [rotary // 4, 3 * rotary // 8, rotary - rotary // 4 - 3 * rotary // 8]
+    vision = dict(depth=layers, hidden_size=hidden, num_heads=heads, patch_size=patch, spatial_merge_size=2)
     if version == "2.5":  # windows of 2 x 2 merged patches, the last block attending to the whole image
         vision |= dict(intermediate_size=2 * hidden, out_hidden_size=hidden, window_size=4 * patch,
                        fullatt_block_indexes=[layers - 1])  # fmt: skip
@@ -160,8 +162,8 @@ def make_qwen_vlm(
     config = config_class(
         vision_config=vision,
         text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
-                         rope_scaling={"type": "mrope", "mrope_section": [2, 2, 4]}, initializer_range=0.2,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         rope_scaling={"type": "mrope", "mrope_section": sections}, initializer_range=0.2,
                          **specials),
         **ids, **specials,
     )  # fmt: skip
@@ -186,6 +188,18 @@ def _image_only_qwen2_vl_processor() -> type:
 
 
 ImageOnlyQwen2VLProcessor = _image_only_qwen2_vl_processor()
+
+
+def register_image_only_processor() -> dict[str, type]:
+    """Let ``AutoProcessor`` load ``ImageOnlyQwen2VLProcessor`` (by its saved name) in this process; the configs of
+    Qwen2-VL ("2") and Qwen2.5-VL ("2.5")."""
+    from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2VLConfig
+
+    for config_class in (Qwen2VLConfig, Qwen2_5_VLConfig):
+        AutoProcessor.register(config_class, ImageOnlyQwen2VLProcessor, exist_ok=True)
+    return {"2": Qwen2VLConfig, "2.5": Qwen2_5_VLConfig}
+
+
 VLM_FAMILIES = {"idefics3": make_vlm, "qwen2_vl": make_qwen_vlm,
                 "qwen2_5_vl": lambda seed=0: make_qwen_vlm(seed, version="2.5")}  # fmt: skip
 

@@ -21,7 +21,7 @@ from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from lit_dpo.data.checks import check_options, check_streaming
 from lit_dpo.data.collate import PaddedCollator, SharedPrefixCollator
 from lit_dpo.data.examples import Examples, Part, pad_for_ranks
-from lit_dpo.data.images import decoded
+from lit_dpo.data.images import images_column
 from lit_dpo.data.prepare import SourceLog, held_out_positions, kept_positions
 from lit_dpo.data.prompts import Prompt
 from lit_dpo.data.protocol import TokenizerSource
@@ -291,7 +291,7 @@ class PreferenceDataModule(L.LightningDataModule):
         pairs = list(islice((ex for ex in self.val_examples if isinstance(ex, Pair) and ex.weight > 0), count))
         return [
             Prompt(ex.prompt_ids, decode(ex.prompt_ids), {"chosen": decode(ex.chosen_ids),
-                   "rejected": decode(ex.rejected_ids)} | _images_column(ex), row=ex.row, images=ex.images)
+                   "rejected": decode(ex.rejected_ids)} | images_column(ex.images), row=ex.row, images=ex.images)
             for ex in pairs
         ]  # fmt: skip
 
@@ -346,8 +346,3 @@ class PreferenceDataModule(L.LightningDataModule):
             collate_fn=self.collator(),
             num_workers=self.hparams.num_workers,
         )
-
-
-def _images_column(example: Example) -> dict[str, Any]:
-    """A prompt's images as a judge's column (PIL images, as TRL's reward functions get them); none: no column."""
-    return {"images": [decoded(data) for data in example.images]} if example.images else {}

@@ -16,6 +16,19 @@ from lit_dpo.errors import DataError
 IMAGE_COLUMNS = ("images", "image")
 
 
+def images_column(images: tuple[bytes, ...]) -> dict[str, Any]:
+    """A prompt's images as a judge's column (PIL images, as TRL's reward functions get them); none: no column."""
+    return {"images": [decoded(data) for data in images]} if images else {}
+
+
+def image_format(data: bytes) -> str:
+    """The encoded image's format as a file extension (``png``, ``jpeg``, ...)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return (image.format or "png").lower()
+
+
 def has_images(record: dict[str, Any]) -> bool:
     return any(record.get(column) is not None for column in IMAGE_COLUMNS)
 

@@ -15,22 +15,25 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader
 
+from lit_dpo.atomic import write_atomically
 from lit_dpo.data.datamodule import DEMO, PreferenceDataModule
+from lit_dpo.data.images import image_format, images_column
 from lit_dpo.data.prepare import hold_out
 from lit_dpo.data.prompts import Prompt, read_prompts
 from lit_dpo.data.rounds import Judged, form_pairs, round_stats
 from lit_dpo.data.rows import RowFormat
 from lit_dpo.data.sources import Source, Sources, sample
-from lit_dpo.data.tokenize import Pair, tokenize_prompt
+from lit_dpo.data.tokenize import Pair, tokenize_image_prompt, tokenize_prompt
 from lit_dpo.errors import DataError, InputError, describe
 from lit_dpo.generation import Sampling, generate
-from lit_dpo.hf import load_tokenizer
+from lit_dpo.hf import load_text_tools
 from lit_dpo.judges import load_judge, score_samples
 from lit_dpo.parallel import first_failure, gather_in_order, is_sharded
 from lit_dpo.runs import run_directory, write_records
@@ -107,7 +110,7 @@ class OnlineDataModule(PreferenceDataModule):
         if stage == "fit" and trainer is not None and trainer.reload_dataloaders_every_n_epochs != 1:
             raise InputError("online DPO samples new pairs every epoch (round): it needs "
                              "--trainer.reload_dataloaders_every_n_epochs=1")  # fmt: skip
-        self.tokenizer = load_tokenizer(*self.tokenizer_source())
+        self.tokenizer, self.processor = load_text_tools(*self.tokenizer_source())
         self.judge = load_judge(hp.judge)
         train, val = self._sources()
         read = lambda s: read_prompts(s.path, s.split, s.config_name, RowFormat(s.columns or {}, hp.roles or {}))  # noqa: E731
@@ -128,19 +131,19 @@ class OnlineDataModule(PreferenceDataModule):
             raise InputError(f"--data.max_length {hp.max_length} leaves no room for a prompt before "
                              f"--data.max_new_tokens {room}")  # fmt: skip
         prompts, cut, dropped = [], [], []
-        for prompt, columns, number in rows:
-            tools = columns.get("tools") if isinstance(columns.get("tools"), list) else None
-            ids = tokenize_prompt(self.tokenizer, prompt, tools)
+        for prompt, columns, number, images in rows:
+            ids = self._prompt_ids(source, prompt, columns, number, images)
             if limit is not None and len(ids) > limit:
                 if hp.truncation == "error":
                     raise DataError.at(source.path, number, "prompt", f"{len(ids)} tokens > {limit} (max_length - "
                                        "max_new_tokens, or max_prompt_length); raise the limit or pass "
                                        "--data.truncation=keep_start or drop")  # fmt: skip
-                (dropped if hp.truncation == "drop" else cut).append(number)
-                if hp.truncation == "drop":
+                # a prompt with images is dropped, never cut: its image tokens must stay whole
+                (dropped if hp.truncation == "drop" or images else cut).append(number)
+                if hp.truncation == "drop" or images:
                     continue
                 ids = ids[-limit:]  # keep the end, where the question is
-            prompts.append(Prompt(ids, prompt, columns, self.source_names.index(source.name), number))
+            prompts.append(Prompt(ids, prompt, columns, self.source_names.index(source.name), number, images))
         if cut or dropped:
             rank_zero_warn(f"{source.path}: {len(cut)} prompts truncated and {len(dropped)} dropped to leave "
                            f"{room} new tokens within {self.limits}")  # fmt: skip
@@ -148,15 +151,26 @@ class OnlineDataModule(PreferenceDataModule):
             raise DataError(f"{source.path}: every prompt was dropped by the length limits")
         return prompts
 
+    def _prompt_ids(self, source: Source, prompt: Any, columns: dict, number: int, images: tuple) -> list[int]:
+        tools = columns.get("tools") if isinstance(columns.get("tools"), list) else None
+        if not images:
+            return tokenize_prompt(self.tokenizer, prompt, tools)
+        if self.processor is None:
+            raise DataError.at(source.path, number, "images", "rows with images need a vision-language model (its "
+                               "processor places and expands the image tokens); this model is text-only")  # fmt: skip
+        return tokenize_image_prompt(self.processor, prompt, images, source.path, number, tools)
+
     def held_out_prompts(self, count: int) -> list[Prompt]:
-        return self.val_prompts[:count]
+        """The first ``count`` held-out prompts, their images (if any) in an ``images`` column for the judge."""
+        return [replace(p, columns=p.columns | images_column(p.images)) for p in self.val_prompts[:count]]
 
     def fingerprint(self) -> str:
         """The prompts (in order) and everything that decides a round's pairs: what a resumed run must share."""
         if self._fingerprint is None:
             hp = self.hparams
+            images = lambda p: [hashlib.sha256(data).hexdigest() for data in p.images]  # noqa: E731
             settings = [hp.judge, hp.num_samples, hp.prompts_per_round, asdict(self.sampling), hp.min_score_gap,
-                        hp.missing_eos_penalty, [(p.prompt_ids, p.source) for p in self.prompts]]  # fmt: skip
+                        hp.missing_eos_penalty, [(p.prompt_ids, p.source, images(p)) for p in self.prompts]]  # fmt: skip
             self._fingerprint = hashlib.sha256(json.dumps(settings).encode()).hexdigest()
         return self._fingerprint
 
@@ -209,16 +223,22 @@ class OnlineDataModule(PreferenceDataModule):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         seed = (int(os.environ.get("PL_GLOBAL_SEED", 0)) * 1_000_003 + number + 1) * 1_009 + rank
         ids = [prompts[i].prompt_ids for i in mine for _ in range(k)]
+        if lockstep is not None and any(p.images for p in prompts):  # every rank decides alike: the same prompts
+            raise InputError("online DPO from prompts with images under FSDP is not supported yet: use DDP or one "
+                             "device")  # fmt: skip
+        images = [prompts[i].images for i in mine for _ in range(k)] if any(p.images for p in prompts) else None
+        image_processor = self.processor.image_processor if self.processor is not None else None
         samples, texts, scores, failure = [], [], [], None
         stage = "sampling"
         try:  # a failure on one rank (the judge is the user's code) stops every rank, now, with one line
             flat = generate(policy, ids, self.sampling, pad, tokenizer.eos_token_id,
-                            self.hparams.generation_batch_size, seed, lockstep)  # fmt: skip
+                            self.hparams.generation_batch_size, seed, lockstep, images, image_processor)  # fmt: skip
             samples = [flat[j * k : (j + 1) * k] for j in range(len(mine))]
             texts = [[tokenizer.decode(s, skip_special_tokens=True) for s in group] for group in samples]
             stage = "the judge"
             scores = score_samples(self.judge, [prompts[i].prompt for i in mine], texts,
-                                   [prompts[i].columns for i in mine], seed)  # fmt: skip
+                                   [prompts[i].columns | images_column(prompts[i].images) for i in mine],
+                                   seed)  # fmt: skip
         except Exception as err:
             failure = f"{stage} failed on rank {rank} ({describe(err)})"
         if (failure := first_failure(trainer, failure)) is not None:
@@ -254,4 +274,24 @@ class OnlineDataModule(PreferenceDataModule):
 
 @rank_zero_only
 def _write_jsonl(trainer: Any, name: str, records: list[dict[str, Any]]) -> None:
-    write_records(run_directory(trainer) / "online" / f"{name}.jsonl", records)
+    folder = run_directory(trainer) / "online"
+    try:
+        records = [_with_image_files(folder, record) for record in records]
+    except OSError as err:  # a record of what happened (the checkpoint holds the pairs): training goes on
+        rank_zero_warn(f"could not write the images of {folder / name}.jsonl ({err}); training goes on without it")
+        return
+    write_records(folder / f"{name}.jsonl", records)
+
+
+def _with_image_files(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """The record with its images (encoded bytes) written once each under ``folder/images``, named by their
+    content, and listed by their paths relative to ``folder``: the round's file reads back with ``--data.path``."""
+    if not record.get("images"):
+        return record
+    paths = []
+    for data in record["images"]:
+        path = f"images/{hashlib.sha256(data).hexdigest()[:24]}.{image_format(data)}"
+        if not (folder / path).is_file():
+            write_atomically(folder / path, lambda partial: partial.write_bytes(data))
+        paths.append(path)
+    return record | {"images": paths}

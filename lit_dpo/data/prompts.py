@@ -5,11 +5,12 @@ take data set columns."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from lit_dpo.data.files import records
+from lit_dpo.data.images import IMAGE_COLUMNS, has_images, row_images
 from lit_dpo.data.messages import is_blank
-from lit_dpo.data.rows import RowFormat, Text, field_value, mapped_columns
+from lit_dpo.data.rows import RowFormat, Text, check_image_parts, field_value, mapped_columns
 from lit_dpo.errors import DataError
 
 
@@ -27,21 +28,33 @@ class Prompt:
     images: tuple[bytes, ...] = ()  # the prompt's images, encoded, for a vision-language model
 
 
+class PromptRow(NamedTuple):
+    """One row of a prompts file, validated: its prompt, its other columns (for a judge), its number and images."""
+
+    prompt: Text
+    columns: dict[str, Any]
+    row: int
+    images: tuple[bytes, ...] = ()  # TRL's vision format: ``images`` or ``image`` (``lit_dpo.data.images``)
+
+
 def read_prompts(
     path: str, split: str = "train", config_name: Optional[str] = None, fmt: RowFormat = RowFormat()
-) -> list[tuple[Text, dict[str, Any], int]]:
-    """Every row of ``path`` as ``(prompt, other columns, row number)``; a bad prompt is a ``DataError`` naming
-    the file, the row and the field (checked as a preference row's prompt is, and never blank)."""
+) -> list[PromptRow]:
+    """Every row of ``path``; a bad prompt (or image) is a ``DataError`` naming the file, the row and the field
+    (checked as a preference row's prompt is, and never blank)."""
     prompt_column = fmt.columns.get("prompt", "prompt")
     rows = []
     for number, record in records(path, split, config_name):
         if not isinstance(record, dict):
             raise DataError.at(path, number, None, f"expected an object with a prompt, got {type(record).__name__}")
-        prompt = field_value(mapped_columns(record, fmt.columns, path, number), "prompt", path, number, fmt)
+        mapped = mapped_columns(record, fmt.columns, path, number)
+        images = row_images(mapped, path, number) if has_images(mapped) else ()
+        prompt = field_value(mapped, "prompt", path, number, fmt, images)
         if is_blank(prompt):
             raise DataError.at(path, number, "prompt", "holds no text")
-        columns = {k: v for k, v in record.items() if k != prompt_column}
-        rows.append((prompt, columns, number))
+        check_image_parts(prompt, images, path, number)
+        columns = {k: v for k, v in record.items() if k != prompt_column and k not in IMAGE_COLUMNS}
+        rows.append(PromptRow(prompt, columns, number, images))
     if not rows:
         raise DataError.at(path, None, None, "no rows found (the file is empty)")
     return rows

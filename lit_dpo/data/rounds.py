@@ -40,12 +40,13 @@ def form_pairs(prompts: list[Prompt], judged: list[Judged], min_gap: float) -> t
         best, worst = picked
         prompt = prompts[item.prompt]
         pairs.append(Pair(prompt.prompt_ids, item.samples[best], item.samples[worst], index=len(pairs),
-                          source=prompt.source, row=prompt.row))  # fmt: skip
+                          source=prompt.source, row=prompt.row, images=prompt.images))  # fmt: skip
         records.append({
             "prompt": prompt.prompt, "chosen": _as_completion(prompt, item.texts[best]),
             "rejected": _as_completion(prompt, item.texts[worst]), "chosen_score": item.scores[best],
             "rejected_score": item.scores[worst], "samples": item.texts, "scores": item.scores,
             **{k: v for k, v in prompt.columns.items() if k not in ("chosen", "rejected")},
+            **({"images": prompt.images} if prompt.images else {}),  # encoded: the writer stores them as files
         })  # fmt: skip
     return pairs, records
 

@@ -130,18 +130,18 @@ def parse_row(record: Any, source: str = "<rows>", row: int = 0, fmt: RowFormat 
     if "completion" in record and "chosen" not in record:
         fields = {name: field_value(record, name, source, row, fmt, images) for name in (*UNPAIRED_FIELDS, "label")}
         _same_kind(fields, UNPAIRED_FIELDS, source, row, tools)
-        _check_image_parts(fields["prompt"], images, source, row)
+        check_image_parts(fields["prompt"], images, source, row)
         desirable = _label(fields["label"], source, row)
         return UnpairedRow(fields["prompt"], fields["completion"], desirable, source, row, tools, images)
     if "prompt" not in record and "chosen" in record and "rejected" in record:
         record = _with_implicit_prompt(record, source, row, fmt)
     fields = {name: field_value(record, name, source, row, fmt, images) for name in FIELDS}
     _same_kind(fields, FIELDS, source, row, tools)
-    _check_image_parts(fields["prompt"], images, source, row)
+    check_image_parts(fields["prompt"], images, source, row)
     return PairRow(fields["prompt"], fields["chosen"], fields["rejected"], source, row, tools, images)
 
 
-def _check_image_parts(prompt: Text, images: tuple[bytes, ...], source: str, row: int) -> None:
+def check_image_parts(prompt: Text, images: tuple[bytes, ...], source: str, row: int) -> None:
     """A conversational prompt holds one ``{"type": "image"}`` part per image (a string prompt's image tokens
     are the processor's, counted when it is tokenized)."""
     if isinstance(prompt, list) and image_parts(prompt) != len(images):

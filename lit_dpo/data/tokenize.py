@@ -100,12 +100,7 @@ def tokenize_rows(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row], proce
 def with_image_tokens(processor: Any, row: Row, example: Example, prompt: str, cut: int, special: bool) -> Example:
     """``example`` with its prompt as the processor encodes it with the row's images (each image token expanded
     into the image's tokens: tiles, rows, separators), less the ``cut`` tokens merged into the completions."""
-    token = processor.image_token
-    if prompt.count(token) != len(row.images):
-        raise DataError.at(row.source, row.row, "prompt", f"holds {prompt.count(token)} image tokens ({token}) for "
-                           f"{len(row.images)} images")  # fmt: skip
-    images = [[decoded(data) for data in row.images]]
-    expanded = list(processor(text=[prompt], images=images, add_special_tokens=special)["input_ids"][0])
+    expanded = _expanded(processor, prompt, row.images, special, row.source, row.row)
     expanded = expanded[: len(expanded) - cut]
     ids = example.prompt_ids  # the tokenizer's, each image token one token: what follows the last one must agree
     last = max((i for i, token in enumerate(ids) if token == processor.image_token_id), default=None)
@@ -114,6 +109,18 @@ def with_image_tokens(processor: Any, row: Row, example: Example, prompt: str, c
         raise DataError.at(row.source, row.row, "prompt", "the processor encodes the prompt otherwise than its "
                            "tokenizer does around the images; lit_dpo cannot place the completions after it")  # fmt: skip
     return replace(example, prompt_ids=expanded, images=row.images)
+
+
+def _expanded(
+    processor: Any, prompt: str, images: tuple[bytes, ...], special: bool, source: str, row: int
+) -> list[int]:
+    """The prompt's ids as the processor encodes it with its images: each image token expanded."""
+    token = processor.image_token
+    if prompt.count(token) != len(images):
+        raise DataError.at(source, row, "prompt", f"holds {prompt.count(token)} image tokens ({token}) for "
+                           f"{len(images)} images")  # fmt: skip
+    pictures = [[decoded(data) for data in images]]
+    return list(processor(text=[prompt], images=pictures, add_special_tokens=special)["input_ids"][0])
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], special: list[bool]) -> list[list[int]]:
@@ -155,6 +162,17 @@ def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Text, tools: Opt
         text = _render(tokenizer, prompt, tools, generation_prompt=True)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     return tokenizer(prompt)["input_ids"]
+
+
+def tokenize_image_prompt(
+    processor: Any, prompt: Text, images: tuple[bytes, ...], source: str, row: int, tools: Optional[list] = None
+) -> list[int]:
+    """``tokenize_prompt`` of a prompt with images: the processor's chat template, each image token expanded."""
+    if isinstance(prompt, list):
+        return _expanded(
+            processor, _render(processor, prompt, tools, generation_prompt=True), images, False, source, row
+        )
+    return _expanded(processor, prompt, images, True, source, row)
 
 
 def _prompt_text(tokenizer: Any, row: Row) -> str:

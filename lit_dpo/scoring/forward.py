@@ -9,6 +9,7 @@ from torch import Tensor
 
 from lit_dpo.data.collate import Batch
 from lit_dpo.errors import InputError
+from lit_dpo.hf import is_vision_config
 from lit_dpo.scoring.flex import block_mask
 from lit_dpo.scoring.lm_head import head_on_positions, token_scores
 from lit_dpo.scoring.mrope import multimodal_rope_inputs, uses_multimodal_rope
@@ -93,6 +94,9 @@ def _model_inputs(model: torch.nn.Module, batch: Batch) -> dict[str, Tensor]:
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
     if batch.vision is not None:  # a vision-language model's image inputs, in the layout's order
         inputs |= batch.vision.tensors
+    elif is_vision_config(model.config) and bool((batch.input_ids == model.config.image_token_id).any()):
+        # some models would read the image tokens as text: a data module that left the images out says so here
+        raise InputError("a batch holds image tokens but no images (Batch.vision): its examples lost their images")
     if batch.position_ids is not None:  # shared-prefix layout: a (rows, 1, T, T) boolean mask
         inputs["position_ids"] = batch.position_ids
     if uses_multimodal_rope(model.config):  # Qwen2-VL's family: 3 positions a token (``lit_dpo.scoring.mrope``)

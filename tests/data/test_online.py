@@ -190,3 +190,44 @@ def test_the_demo_recipe_runs_and_a_round_without_pairs_ends_training(tiny_model
     assert not any(r.get("train/loss") for r in rows) and (run / "hf_model" / "config.json").exists()
     out = capsys.readouterr().out
     assert "lit_dpo: round 0: 48 prompts x 2 samples in" in out and "mean score 0.000" in out
+
+
+VLM_JUDGE = (  # shorter is better; each prompt's images reach the judge as PIL images
+    "def pictured(prompts, completions, images):\n"
+    "    from PIL import Image\n"
+    "    assert all(len(i) == 1 and isinstance(i[0], Image.Image) for i in images), images\n"
+    "    return [-len(c) for c in completions]\n"
+)
+
+
+@pytest.mark.integration
+def test_online_dpo_from_prompts_with_images(tiny_vlm_dir, tmp_path, monkeypatch):
+    """Samples generated from the prompts and their images, judged with the images, paired with them (the vision
+    encoder in every training step); the round's file holds the images as files and reads back as image rows."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_vlm_judges.py").write_text(VLM_JUDGE)
+    (tmp_path / "pics").mkdir()
+    rows = []
+    for i in range(8):
+        Image.new("RGB", (24 + 8 * (i % 3), 32), (30 * i, 100, 200 - 20 * i)).save(tmp_path / "pics" / f"{i}.png")
+        content = [{"type": "image"}, {"type": "text", "text": f"what color is {i}?"}]
+        rows.append({"prompt": [{"role": "user", "content": content}], "images": [f"pics/{i}.png"]})
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows[:6]))
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(json.dumps(r) + "\n" for r in rows[6:]))
+    fit.main(_online(tiny_vlm_dir, str(prompts), str(val), tmp_path, "--data.judge=my_vlm_judges.pictured",
+                     "--trainer.max_epochs=1", "--data.temperature=1.5"))  # fmt: skip
+    run = tmp_path / "lightning_logs" / "version_0"
+    logged = _metrics(run)
+    assert [r for r in logged if r["train/loss"]] and [r for r in logged if r["val/win_rate"]]
+    records = [json.loads(line) for line in (run / "online" / "round_0.jsonl").read_text().splitlines()]
+    assert records and all(len(r["images"]) == 1 and r["images"][0].startswith("images/") for r in records)
+    read_back = read_rows(str(run / "online" / "round_0.jsonl"))
+    assert len(read_back.rows) == len(records)
+    by_prompt = {json.dumps(r["prompt"]): r["images"] for r in rows}
+    for row in read_back.rows:  # the same image bytes as the prompt's file
+        original = (tmp_path / by_prompt[json.dumps(row.prompt)][0]).read_bytes()
+        assert row.images == (original,)

@@ -79,3 +79,12 @@ def test_prefix_sharing_scores_as_padded_rows_with_the_vision_encoder_once_per_p
 def test_images_without_an_image_processor_are_one_line(tiny_vlm, pairs):
     with pytest.raises(InputError, match="examples with images need a vision-language model's image processor"):
         SharedPrefixCollator(0)(pairs)
+
+
+def test_image_tokens_without_their_images_are_one_line(tiny_vlm, pairs):
+    """A data module that drops the images would have Idefics3 read its image tokens as text: refused."""
+    model, processor = tiny_vlm
+    text_only = [Pair(p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in pairs]
+    batch = SharedPrefixCollator(processor.tokenizer.pad_token_id)(text_only)
+    with pytest.raises(InputError, match="a batch holds image tokens but no images"):
+        score_sequences(model, batch)
