@@ -9,8 +9,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from lit_dpo.data.prompts import Prompt
 from lit_dpo.data.vision import vision_inputs
-from lit_dpo.scoring.mrope import token_types, uses_multimodal_rope
+from lit_dpo.errors import InputError
+from lit_dpo.scoring.mrope import prompt_positions, token_types, uses_multimodal_rope
 
 
 @dataclass(frozen=True)
@@ -55,20 +57,23 @@ def generate(
 
     ``lockstep_rows``: for a model sharded over ranks, the most prompts any rank holds; every rank then runs that
     many rows' batches and every batch the full ``max_new_tokens`` steps, so that the collectives of the sharded
-    forwards pair up (an idle rank decodes a dummy prompt)."""
+    forwards pair up (an idle rank decodes a dummy prompt; with images, its first prompt again, so that its vision
+    encoder runs when the others' do: every prompt must then have images, and every rank at least one prompt)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     answers: list[list[int]] = []
     rows = len(prompts) if lockstep_rows is None else max(lockstep_rows, 1)
+    filler = ([[pad_id]], []) if images is None or not any(images) else (prompts[:1], images[:1])
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # the training's random state is left as it was
         for start in range(0, rows, batch_size):
-            batch = prompts[start : start + batch_size] or [[pad_id]]
+            batch = prompts[start : start + batch_size]
+            pictured = images[start : start + batch_size] if images is not None else []
+            batch, pictured = (batch, pictured) if batch else filler
             width = max(map(len, batch))
             ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in batch], device=device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
-            pictured = images[start : start + batch_size] if images is not None else []
             extra = vision_inputs(image_processor, pictured).to(device).tensors if any(pictured) else {}
             if extra and uses_multimodal_rope(model.config):  # Qwen2-VL's family places positions from these
                 extra["mm_token_type_ids"] = token_types(model.config, ids)
@@ -82,6 +87,14 @@ def generate(
     return answers[: len(prompts)]
 
 
+def check_lockstep_images(prompts: Sequence[Prompt]) -> None:
+    """Under FSDP the ranks decode in lockstep, their vision encoders running together at each batch's first
+    forward: every prompt needs images, or none does."""
+    if not all(prompt.images for prompt in prompts):
+        raise InputError("under FSDP, generations need images in every prompt or in none (the ranks' sharded vision "
+                         "encoders run together); use DDP or one device for prompts with and without images")  # fmt: skip
+
+
 def _decode_in_lockstep(
     model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, sampling: Sampling, extra: dict[str, Any]
 ) -> torch.Tensor:
@@ -89,8 +102,13 @@ def _decode_in_lockstep(
     from transformers import DynamicCache
 
     cache, step_ids, out = DynamicCache(), ids, ids
-    for _ in range(sampling.max_new_tokens):
+    multimodal = "image_grid_thw" in extra and uses_multimodal_rope(model.config)  # Qwen2-VL: 3 positions a token
+    if multimodal:
+        prompt_places, following = prompt_positions(model.config, ids, mask, extra["image_grid_thw"])
+    for step in range(sampling.max_new_tokens):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1] :]  # left padding: prompts start at 0
+        if multimodal:  # the prompt's places, then one past the prompt's end and on
+            positions = prompt_places if step == 0 else (following + step - 1)[None, :, None].expand(3, -1, 1)
         logits = model(
             input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
             **(extra if step_ids is ids else {}),  # images: with the prompt, the first forward only

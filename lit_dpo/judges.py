@@ -136,6 +136,8 @@ def wins(
 ) -> list[float]:
     """Per prompt: 1 if the policy's completion is judged better than the reference's, 0.5 for a tie, else 0.
     A pairwise judge sees each pair in a random (seeded) order, so that a bias for one position cancels out."""
+    if not prompts:  # a rank with no prompts (fewer than the ranks): the judge is not called with nothing
+        return []
     if callable(getattr(judge, "judge", None)):
         return wins_of_first(judge, prompts, policy, reference, seed)
     scores_policy = _scores(judge, _call(judge, prompts, policy, columns), len(policy))
@@ -202,6 +204,8 @@ def score_samples(
     """Scores of each prompt's samples (higher is better). A reward function scores every sample with the row's
     columns; a pairwise judge compares every two samples of a prompt (in a seeded random order) and a sample
     scores its wins, ties counting half."""
+    if not samples:  # a rank with no prompts (fewer than the ranks): the judge is not called with nothing
+        return []
     if callable(getattr(judge, "judge", None)):
         return [_tournament(judge, prompt, group, seed + i) for i, (prompt, group) in enumerate(zip(prompts, samples))]
     flat_prompts = [p for p, group in zip(prompts, samples) for _ in group]

@@ -74,7 +74,7 @@ def test_exact_answer_checks_the_last_number_or_the_words():
 
 
 def test_score_samples_with_a_reward_function_passes_each_rows_columns():
-    from lit_dpo.judges import score_samples
+    from lit_dpo.judges import score_samples, wins
 
     def right(prompts, completions, answer):
         return [float(a in c) for c, a in zip(completions, answer)]
@@ -82,6 +82,8 @@ def test_score_samples_with_a_reward_function_passes_each_rows_columns():
     scores = score_samples(right, ["p1", "p2"], [["a1", "b"], ["x", "a2", "a2!"]], [{"answer": "a1"},
                            {"answer": "a2"}], seed=0)  # fmt: skip
     assert scores == [[1.0, 0.0], [0.0, 1.0, 1.0]]
+    # a rank with no prompts (fewer held-out prompts than ranks): nothing to score, and no column to pass
+    assert score_samples(right, [], [], [], seed=0) == [] and wins(right, [], [], [], {}, seed=0) == []
 
 
 def test_score_samples_with_a_pairwise_judge_counts_wins_in_every_order():

@@ -82,7 +82,8 @@ def _losses(run):
 
 @pytest.mark.integration
 def test_fsdp_on_two_processes_trains_as_one_process(tiny_vlm_dir, tmp_path, fit_args):
-    """FSDP2 shards the vision encoder's and the language model's layers; 2 ranks of 2 pairs = 1 process of 4."""
+    """FSDP2 shards the vision encoder's and the language model's layers; 2 ranks of 2 pairs = 1 process of 4;
+    generations from image prompts run with the sharded model."""
     train, val = _rows(tmp_path, 8, 0), _rows(tmp_path, 4, 1)
     common = ["--trainer.max_steps=2", "--model.learning_rate=1e-3", "--data.shuffle=false", "--model.warmup_steps=0"]
     fit.main(fit_args(tiny_vlm_dir, train, val, tmp_path / "one", *common, "--data.batch_size=4"))
@@ -94,6 +95,9 @@ def test_fsdp_on_two_processes_trains_as_one_process(tiny_vlm_dir, tmp_path, fit
     assert done.returncode == 0, done.stderr[-3000:]
     assert _losses(tmp_path / "fsdp") == pytest.approx(_losses(tmp_path / "one"), rel=1e-5)
     assert len(_losses(tmp_path / "one")) == 2
+    # WinRate generated from the image prompts with the sharded model, its ranks decoding in lockstep
+    with open(tmp_path / "fsdp" / "lightning_logs" / "version_0" / "metrics.csv") as handle:
+        assert [r for r in csv.DictReader(handle) if r["val/win_rate"]]
 
 
 def test_a_missing_image_stops_the_fit_with_one_line(tiny_vlm_dir, tmp_path, fit_args, capsys):
@@ -185,7 +189,7 @@ def test_streamed_image_rows_carry_their_images(tiny_vlm_dir, tmp_path):
 @pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
 def test_generation_from_image_prompts_runs_the_vision_encoder(vlm_dirs_of, tmp_path, family):
     """WinRate's generations: each held-out prompt's images reach the model, and the judge's columns; greedy
-    answers do not depend on the batch (left padding, Qwen2-VL's positions)."""
+    answers do not depend on the batch (left padding, Qwen2-VL's positions) nor on decoding in lockstep."""
     from lit_dpo.data import PreferenceDataModule
     from lit_dpo.generation import Sampling, generate
     from lit_dpo.hf import load_model
@@ -201,12 +205,15 @@ def test_generation_from_image_prompts_runs_the_vision_encoder(vlm_dirs_of, tmp_
     model, calls = load_model(tiny_vlm_dir), []
     vision_tower(model).register_forward_hook(lambda *_: calls.append(1))
     pad, eos = data.tokenizer.pad_token_id, data.tokenizer.eos_token_id
-    answer = lambda batch_size: generate(model, [p.prompt_ids for p in prompts], Sampling(max_new_tokens=3), pad,  # noqa: E731
-                                         eos, batch_size=batch_size, images=[p.images for p in prompts],
-                                         image_processor=data.processor.image_processor)  # fmt: skip
+    answer = lambda batch_size, lockstep=None: generate(  # noqa: E731
+        model, [p.prompt_ids for p in prompts], Sampling(max_new_tokens=3), pad, eos, batch_size=batch_size,
+        lockstep_rows=lockstep, images=[p.images for p in prompts], image_processor=data.processor.image_processor,
+    )  # fmt: skip
     answers = answer(2)
     assert len(answers) == 3 and len(calls) == 2  # one encoder pass per batch of prompts, at the prompt's forward
     assert answers == answer(1)
+    # FSDP's lockstep decoding (the model's own forward with the KV cache; lit_dpo places Qwen2-VL's positions)
+    assert answers == answer(2, lockstep=4)
 
 
 def test_a_qwen2_vl_processor_without_torchvision_is_one_line(vlm_dirs_of, tmp_path):

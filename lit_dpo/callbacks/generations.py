@@ -17,8 +17,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lit_dpo import lora
 from lit_dpo.data.prompts import Prompt
 from lit_dpo.data.protocol import VisionData, preference_data
-from lit_dpo.errors import InputError, describe
-from lit_dpo.generation import Sampling, generate
+from lit_dpo.errors import describe
+from lit_dpo.generation import Sampling, check_lockstep_images, generate
 from lit_dpo.hf import load_model
 from lit_dpo.judges import Judge, load_judge, wins
 from lit_dpo.parallel import first_failure, gather_in_order, is_sharded
@@ -163,15 +163,17 @@ class WinRate(Callback):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         world = trainer.world_size
         lockstep = -(-len(prompts) // world) if is_sharded(model) and world > 1 else None
-        if lockstep is not None and any(p.images for p in prompts):  # every rank decides alike: the same prompts
-            raise InputError("generations from prompts with images under FSDP are not supported yet")
         data = trainer.datamodule
         processor = data.processor if isinstance(data, VisionData) and data.processor is not None else None
         shard = prompts[trainer.global_rank :: world]
+        if lockstep is not None and any(p.images for p in prompts):  # every rank decides alike: the same prompts
+            check_lockstep_images(prompts)
+            shard = shard or prompts[:1]  # a rank without prompts decodes one (its answer dropped) beside the others
         mine, images = [p.prompt_ids for p in shard], [p.images for p in shard]
         seed = self.seed + trainer.global_rank
-        return generate(model, mine, self.sampling, pad, tokenizer.eos_token_id, self.batch_size, seed, lockstep,
-                        images, processor.image_processor if processor is not None else None)  # fmt: skip
+        answers = generate(model, mine, self.sampling, pad, tokenizer.eos_token_id, self.batch_size, seed, lockstep,
+                           images, processor.image_processor if processor is not None else None)  # fmt: skip
+        return answers[: len(prompts[trainer.global_rank :: world])]
 
 
 def _written(prompt: Prompt) -> dict[str, Any]:

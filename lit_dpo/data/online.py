@@ -32,7 +32,7 @@ from lit_dpo.data.rows import RowFormat
 from lit_dpo.data.sources import Source, Sources, sample
 from lit_dpo.data.tokenize import Pair, tokenize_image_prompt, tokenize_prompt
 from lit_dpo.errors import DataError, InputError, describe
-from lit_dpo.generation import Sampling, generate
+from lit_dpo.generation import Sampling, check_lockstep_images, generate
 from lit_dpo.hf import load_text_tools
 from lit_dpo.judges import load_judge, score_samples
 from lit_dpo.parallel import first_failure, gather_in_order, is_sharded
@@ -222,17 +222,20 @@ class OnlineDataModule(PreferenceDataModule):
         lockstep = -(-len(prompts) // world) * k if is_sharded(policy) and world > 1 else None
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         seed = (int(os.environ.get("PL_GLOBAL_SEED", 0)) * 1_000_003 + number + 1) * 1_009 + rank
-        ids = [prompts[i].prompt_ids for i in mine for _ in range(k)]
-        if lockstep is not None and any(p.images for p in prompts):  # every rank decides alike: the same prompts
-            raise InputError("online DPO from prompts with images under FSDP is not supported yet: use DDP or one "
-                             "device")  # fmt: skip
-        images = [prompts[i].images for i in mine for _ in range(k)] if any(p.images for p in prompts) else None
+        pictured = any(p.images for p in prompts)
+        if lockstep is not None and pictured:  # every rank decides alike: the same prompts
+            check_lockstep_images(prompts)
+        # a rank without prompts decodes the first one's samples (then dropped) beside the others, with its images
+        sampled = mine or ([0] if lockstep is not None and pictured else [])
+        ids = [prompts[i].prompt_ids for i in sampled for _ in range(k)]
+        images = [prompts[i].images for i in sampled for _ in range(k)] if pictured else None
         image_processor = self.processor.image_processor if self.processor is not None else None
         samples, texts, scores, failure = [], [], [], None
         stage = "sampling"
         try:  # a failure on one rank (the judge is the user's code) stops every rank, now, with one line
             flat = generate(policy, ids, self.sampling, pad, tokenizer.eos_token_id,
                             self.hparams.generation_batch_size, seed, lockstep, images, image_processor)  # fmt: skip
+            flat = flat[: len(mine) * k]
             samples = [flat[j * k : (j + 1) * k] for j in range(len(mine))]
             texts = [[tokenizer.decode(s, skip_special_tokens=True) for s in group] for group in samples]
             stage = "the judge"

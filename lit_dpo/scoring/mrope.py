@@ -61,6 +61,20 @@ def shared_positions(config: Any, batch: Batch) -> Tensor:
     return positions.view(3, rows, width)
 
 
+def prompt_positions(config: Any, ids: Tensor, mask: Tensor, grids: Tensor) -> tuple[Tensor, Tensor]:
+    """``(3, B, T)`` positions of left-padded prompts ``ids`` (``mask``: 1 on tokens) with their images' ``grids``
+    (``image_grid_thw``, in row order), and ``(B,)`` the position after each prompt: where generation goes on."""
+    positions = torch.zeros(3, *ids.shape, dtype=torch.long)
+    following = torch.zeros(ids.shape[0], dtype=torch.long)
+    each = iter(grids.tolist())
+    for row in range(ids.shape[0]):
+        kept = mask[row].bool().cpu()
+        placed, following[row] = _prompt_positions(ids[row][kept].tolist(), config.image_token_id, each,
+                                                   config.vision_config.spatial_merge_size)  # fmt: skip
+        positions[:, row, kept] = placed
+    return positions.to(ids.device), following.to(ids.device)
+
+
 def _prompt_positions(ids: list[int], image_id: int, grids: Any, merge: int) -> tuple[Tensor, int]:
     """``(3, len(ids))`` positions of one prompt from 0, and the position that follows it."""
     parts, start, i = [], 0, 0

@@ -200,24 +200,30 @@ VLM_JUDGE = (  # shorter is better; each prompt's images reach the judge as PIL 
 )
 
 
-@pytest.mark.integration
-def test_online_dpo_from_prompts_with_images(tiny_vlm_dir, tmp_path, monkeypatch):
-    """Samples generated from the prompts and their images, judged with the images, paired with them (the vision
-    encoder in every training step); the round's file holds the images as files and reads back as image rows."""
+def _image_prompts(folder, held_out=2):
+    """Prompts with an image each (8, the last ``held_out`` in the validation file) and the judge's module."""
     from PIL import Image
 
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "my_vlm_judges.py").write_text(VLM_JUDGE)
-    (tmp_path / "pics").mkdir()
+    (folder / "my_vlm_judges.py").write_text(VLM_JUDGE)
+    (folder / "pics").mkdir()
     rows = []
     for i in range(8):
-        Image.new("RGB", (24 + 8 * (i % 3), 32), (30 * i, 100, 200 - 20 * i)).save(tmp_path / "pics" / f"{i}.png")
+        Image.new("RGB", (24 + 8 * (i % 3), 32), (30 * i, 100, 200 - 20 * i)).save(folder / "pics" / f"{i}.png")
         content = [{"type": "image"}, {"type": "text", "text": f"what color is {i}?"}]
         rows.append({"prompt": [{"role": "user", "content": content}], "images": [f"pics/{i}.png"]})
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows[:6]))
-    val = tmp_path / "val.jsonl"
-    val.write_text("".join(json.dumps(r) + "\n" for r in rows[6:]))
+    prompts, val = folder / "prompts.jsonl", folder / "val.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows[: 8 - held_out]))
+    val.write_text("".join(json.dumps(r) + "\n" for r in rows[8 - held_out :]))
+    return rows, str(prompts), str(val)
+
+
+@pytest.mark.integration
+def test_online_dpo_from_prompts_with_images(tiny_vlm_dir, tmp_path, monkeypatch):
+    """Samples generated from the prompts and their images, judged with the images, paired with them (a batch's
+    image tokens without images would stop the fit); the round's file holds the images as files and reads back as
+    image rows."""
+    monkeypatch.chdir(tmp_path)
+    rows, prompts, val = _image_prompts(tmp_path)
     fit.main(_online(tiny_vlm_dir, str(prompts), str(val), tmp_path, "--data.judge=my_vlm_judges.pictured",
                      "--trainer.max_epochs=1", "--data.temperature=1.5"))  # fmt: skip
     run = tmp_path / "lightning_logs" / "version_0"
@@ -231,3 +237,17 @@ def test_online_dpo_from_prompts_with_images(tiny_vlm_dir, tmp_path, monkeypatch
     for row in read_back.rows:  # the same image bytes as the prompt's file
         original = (tmp_path / by_prompt[json.dumps(row.prompt)][0]).read_bytes()
         assert row.images == (original,)
+
+
+@pytest.mark.integration
+def test_online_dpo_from_prompts_with_images_under_fsdp(tiny_vlm_dir, tmp_path):
+    """The sharded policy samples in lockstep on both ranks, their vision encoders running together; one held-out
+    prompt for two ranks: the rank without one decodes beside the other, its judge not called."""
+    _, prompts, val = _image_prompts(tmp_path, held_out=1)
+    args = _online(tiny_vlm_dir, prompts, val, tmp_path, "--data.judge=my_vlm_judges.pictured", "--trainer.max_epochs=1",
+                   "--config", str(TESTS.parent / "recipes" / "strategy" / "fsdp.yaml"), "--trainer.accelerator=cpu",
+                   "--trainer.devices=2")  # fmt: skip
+    done = _fit(tmp_path, tmp_path, *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = _metrics(tmp_path / "lightning_logs" / "version_0")
+    assert [r for r in logged if r["train/loss"]] and [r for r in logged if r["val/win_rate"]]
