@@ -171,6 +171,37 @@ def make_qwen_vlm(
     return model_class._from_config(config, attn_implementation="sdpa").eval(), processor
 
 
+def make_llava_vlm(seed: int = 0, hidden: int = 32, layers: int = 2, side: int = 32, patch: int = 8) -> tuple[Any, Any]:
+    """A random LLaVA (a CLIP vision tower, a projector, a Llama) and its processor, assembled from the test tokenizer
+    and the PIL CLIP image processor: each image resized and cropped to ``side`` pixels, ``(side / patch)^2`` image
+    tokens."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip import CLIPImageProcessorPil
+
+    tokenizer = make_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    images = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    template = (  # ChatML, image parts as the processor's image token
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+        "{% else %}{% for p in m['content'] %}{% if p['type'] == 'image' %}<image>{% else %}{{ p['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=patch, chat_template=template,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1)  # fmt: skip
+    torch.manual_seed(seed)
+    heads = max(2, hidden // 64)
+    config = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=hidden, intermediate_size=2 * hidden,
+                           num_hidden_layers=layers, num_attention_heads=heads, image_size=side, patch_size=patch),
+        text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=hidden,
+                         intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                         num_key_value_heads=heads),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )  # fmt: skip
+    return LlavaForConditionalGeneration._from_config(config, attn_implementation="sdpa").eval(), processor
+
+
 def _image_only_qwen2_vl_processor() -> type:
     """Qwen2-VL's processor without its video processor: transformers builds that one with torchvision, which pip
     cannot install beside the CPU build of torch here. Images are processed exactly as by ``Qwen2VLProcessor``."""
@@ -201,7 +232,7 @@ def register_image_only_processor() -> dict[str, type]:
 
 
 VLM_FAMILIES = {"idefics3": make_vlm, "qwen2_vl": make_qwen_vlm,
-                "qwen2_5_vl": lambda seed=0: make_qwen_vlm(seed, version="2.5")}  # fmt: skip
+                "qwen2_5_vl": lambda seed=0: make_qwen_vlm(seed, version="2.5"), "llava": make_llava_vlm}  # fmt: skip
 
 
 @pytest.fixture(scope="session", params=list(VLM_FAMILIES))

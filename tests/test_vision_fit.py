@@ -38,15 +38,19 @@ def _rows(folder, n, seed):
 
 
 # where each family keeps its vision encoder and its language model's layers in the saved weights' names
-TOWERS = {"idefics3": (".vision_model.", ".text_model."), "qwen2_vl": ("visual.", "model.layers.")}  # as saved
+TOWERS = {
+    "idefics3": (".vision_model.", ".text_model."),
+    "qwen2_vl": ("visual.", "model.layers."),
+    "llava": ("vision_tower.", "language_model.model.layers."),
+}  # as saved
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("family, layout", [("idefics3", "shared"), ("idefics3", "padded"), ("idefics3", "lora"),
-                                            ("qwen2_vl", "shared"), ("qwen2_vl", "lora")])  # fmt: skip
+                                            ("qwen2_vl", "shared"), ("qwen2_vl", "lora"), ("llava", "shared")])  # fmt: skip
 def test_a_vision_language_fit_through_the_cli(vlm_dirs_of, tmp_path, fit_args, capsys, family, layout):
     """Full fine-tuning (vision frozen) with and without prefix sharing; LoRA: adapters on the language model only,
-    the reference the base model, merged into the export. Qwen2-VL: multimodal rope placed by lit_dpo."""
+    the reference the base model, merged into the export. Qwen2-VL: multimodal rope placed by lit_dpo; LLaVA."""
     tiny_vlm_dir = vlm_dirs_of(family)[0]
     train, val = _rows(tmp_path, 12, 0), _rows(tmp_path, 4, 1)
     extra = ["--trainer.max_steps=3", "--data.batch_size=4", "--model.learning_rate=1e-3", "--trainer.max_epochs=1",
@@ -186,7 +190,7 @@ def test_streamed_image_rows_carry_their_images(tiny_vlm_dir, tmp_path):
     assert streamed.collator()(pairs[:2]).vision.images > 0
 
 
-@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
+@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl", "llava"])
 def test_generation_from_image_prompts_runs_the_vision_encoder(vlm_dirs_of, tmp_path, family):
     """WinRate's generations: each held-out prompt's images reach the model, and the judge's columns; greedy
     answers do not depend on the batch (left padding, Qwen2-VL's positions) nor on decoding in lockstep."""
