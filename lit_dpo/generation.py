@@ -12,6 +12,7 @@ import torch
 from lit_dpo.data.prompts import Prompt
 from lit_dpo.data.vision import vision_inputs
 from lit_dpo.errors import InputError
+from lit_dpo.scoring.image_blocks import has_image_blocks
 from lit_dpo.scoring.mrope import prompt_positions, token_types, uses_multimodal_rope
 
 
@@ -50,10 +51,10 @@ def generate(
     seed: int = 0,
     lockstep_rows: Optional[int] = None,
     images: Optional[Sequence[tuple[bytes, ...]]] = None,
-    image_processor: Any = None,
+    processor: Any = None,
 ) -> list[list[int]]:
     """One completion per prompt (token ids up to and including EOS), in the prompts' order; ``images``: each
-    prompt's images, for a vision-language model, turned into its inputs by ``image_processor``.
+    prompt's images, for a vision-language model, turned into its inputs by its ``processor``'s image processor.
 
     ``lockstep_rows``: for a model sharded over ranks, the most prompts any rank holds; every rank then runs that
     many rows' batches and every batch the full ``max_new_tokens`` steps, so that the collectives of the sharded
@@ -74,9 +75,11 @@ def generate(
             width = max(map(len, batch))
             ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in batch], device=device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
-            extra = vision_inputs(image_processor, pictured).to(device).tensors if any(pictured) else {}
+            extra = _image_inputs(processor, pictured, device) if any(pictured) else {}
             if extra and uses_multimodal_rope(model.config):  # Qwen2-VL's family places positions from these
                 extra["mm_token_type_ids"] = token_types(model.config, ids)
+            if extra and has_image_blocks(model.config):  # Gemma 3: each image's tokens see each other
+                extra["token_type_ids"] = token_types(model.config, ids)
             if lockstep_rows is not None:  # generate() bypasses FSDP's hooks under PEFT: the model's own forward
                 out = _decode_in_lockstep(model, ids, mask, sampling, extra)
             else:
@@ -85,6 +88,15 @@ def generate(
             answers += [until_eos(row.tolist(), eos_id, pad_id) for row in out[:, width:]]
     model.train(was_training)
     return answers[: len(prompts)]
+
+
+def _image_inputs(processor: Any, images: Sequence[tuple[bytes, ...]], device: torch.device) -> dict[str, Any]:
+    """The image processor's tensors that the model's forward takes (``generate`` checks: Gemma 3's image processor
+    also counts its crops, which only its processor reads)."""
+    if processor is None:
+        raise InputError("prompts with images need a vision-language model's processor")
+    tensors = vision_inputs(processor.image_processor, images).to(device).tensors
+    return {name: value for name, value in tensors.items() if name not in processor.unused_input_names}
 
 
 def check_lockstep_images(prompts: Sequence[Prompt]) -> None:

@@ -127,10 +127,14 @@ def build_models(spec: ModelSpec, run: Run) -> Models:
 
 # where a vision-language model keeps its vision encoder and its language model, by model type: the families
 # lit_dpo trains (tested)
-VISION_TOWERS = {"idefics3": "model.vision_model", "smolvlm": "model.vision_model", "qwen2_vl": "model.visual",
-                 "qwen2_5_vl": "model.visual", "llava": "model.vision_tower"}  # fmt: skip
-LANGUAGE_MODELS = {"idefics3": "model.text_model", "smolvlm": "model.text_model", "qwen2_vl": "model.language_model",
-                   "qwen2_5_vl": "model.language_model", "llava": "model.language_model"}  # fmt: skip
+VISION_TOWERS = {
+    "idefics3": "model.vision_model", "smolvlm": "model.vision_model", "qwen2_vl": "model.visual",
+    "qwen2_5_vl": "model.visual", "llava": "model.vision_tower", "gemma3": "model.vision_tower",
+}  # fmt: skip
+LANGUAGE_MODELS = {
+    "idefics3": "model.text_model", "smolvlm": "model.text_model", "qwen2_vl": "model.language_model",
+    "qwen2_5_vl": "model.language_model", "llava": "model.language_model", "gemma3": "model.language_model",
+}  # fmt: skip
 
 
 def language_linears(model: torch.nn.Module) -> list[str]:
@@ -146,7 +150,7 @@ def vision_tower(model: torch.nn.Module) -> Optional[torch.nn.Module]:
         return None
     if config.model_type not in VISION_TOWERS:
         raise InputError(f"vision-language models of type {config.model_type} are not supported yet; lit_dpo trains "
-                         f"{', '.join(VISION_TOWERS)} (SmolVLM's, Qwen2-VL's and LLaVA's families)")  # fmt: skip
+                         f"{', '.join(VISION_TOWERS)} (SmolVLM's, Qwen2-VL's, LLaVA's and Gemma 3's families)")  # fmt: skip
     return model.get_submodule(VISION_TOWERS[config.model_type])
 
 

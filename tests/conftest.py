@@ -202,6 +202,47 @@ def make_llava_vlm(seed: int = 0, hidden: int = 32, layers: int = 2, side: int =
     return LlavaForConditionalGeneration._from_config(config, attn_implementation="sdpa").eval(), processor
 
 
+def make_gemma3_vlm(
+    seed: int = 0, hidden: int = 32, layers: int = 2, side: int = 32, patch: int = 8
+) -> tuple[Any, Any]:
+    """A random Gemma 3 (a SigLIP vision tower pooled to 4 tokens an image, a Gemma 3 language model whose image
+    tokens attend to each other both ways) and its processor, assembled from the test tokenizer (given Gemma's
+    start/end-of-image and image tokens) and the PIL image processor: each image resized to ``side`` pixels."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
+    from transformers.models.gemma3 import Gemma3ImageProcessorPil
+
+    images = ("<start_of_image>", "<end_of_image>", "<image_soft_token>")
+    base = make_tokenizer()
+    base.add_special_tokens({"additional_special_tokens": list(images)})
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=base.backend_tokenizer, eos_token="<|im_end|>", pad_token="<pad>", bos_token="<|endoftext|>",
+        model_specific_special_tokens=dict(zip(("boi_token", "eoi_token", "image_token"), images)),
+    )  # fmt: skip
+    template = (  # ChatML, image parts as Gemma 3's start-of-image token (the processor expands it)
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+        "{% else %}{% for p in m['content'] %}{% if p['type'] == 'image' %}<start_of_image>{% else %}{{ p['text'] }}"
+        "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+        "{% endif %}"
+    )
+    processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": side, "width": side}),
+                                tokenizer=tokenizer, chat_template=template, image_seq_length=4)  # fmt: skip
+    torch.manual_seed(seed)
+    heads = max(2, hidden // 64)
+    ids = tokenizer.convert_tokens_to_ids(list(images))
+    config = Gemma3Config(
+        vision_config=dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                           num_attention_heads=heads, image_size=side, patch_size=patch),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         head_dim=hidden // heads, sliding_window=4096, initializer_range=0.2),
+        mm_tokens_per_image=4, boi_token_id=ids[0], eoi_token_id=ids[1], image_token_id=ids[2],
+    )  # fmt: skip
+    model = Gemma3ForConditionalGeneration._from_config(config, attn_implementation="sdpa").eval()
+    with torch.no_grad():  # transformers leaves the projector's weight at zero: images would add nothing
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0, 0.2)
+    return model, processor
+
+
 def _image_only_qwen2_vl_processor() -> type:
     """Qwen2-VL's processor without its video processor: transformers builds that one with torchvision, which pip
     cannot install beside the CPU build of torch here. Images are processed exactly as by ``Qwen2VLProcessor``."""
@@ -232,7 +273,8 @@ def register_image_only_processor() -> dict[str, type]:
 
 
 VLM_FAMILIES = {"idefics3": make_vlm, "qwen2_vl": make_qwen_vlm,
-                "qwen2_5_vl": lambda seed=0: make_qwen_vlm(seed, version="2.5"), "llava": make_llava_vlm}  # fmt: skip
+                "qwen2_5_vl": lambda seed=0: make_qwen_vlm(seed, version="2.5"), "llava": make_llava_vlm,
+                "gemma3": make_gemma3_vlm}  # fmt: skip
 
 
 @pytest.fixture(scope="session", params=list(VLM_FAMILIES))

@@ -42,15 +42,18 @@ TOWERS = {
     "idefics3": (".vision_model.", ".text_model."),
     "qwen2_vl": ("visual.", "model.layers."),
     "llava": ("vision_tower.", "language_model.model.layers."),
+    "gemma3": ("vision_tower.", "language_model.model.layers."),
 }  # as saved
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("family, layout", [("idefics3", "shared"), ("idefics3", "padded"), ("idefics3", "lora"),
-                                            ("qwen2_vl", "shared"), ("qwen2_vl", "lora"), ("llava", "shared")])  # fmt: skip
+                                            ("qwen2_vl", "shared"), ("qwen2_vl", "lora"), ("llava", "shared"),
+                                            ("gemma3", "shared")])  # fmt: skip
 def test_a_vision_language_fit_through_the_cli(vlm_dirs_of, tmp_path, fit_args, capsys, family, layout):
     """Full fine-tuning (vision frozen) with and without prefix sharing; LoRA: adapters on the language model only,
-    the reference the base model, merged into the export. Qwen2-VL: multimodal rope placed by lit_dpo; LLaVA."""
+    the reference the base model, merged into the export. Qwen2-VL: multimodal rope placed by lit_dpo; LLaVA;
+    Gemma 3: image blocks in the shared mask."""
     tiny_vlm_dir = vlm_dirs_of(family)[0]
     train, val = _rows(tmp_path, 12, 0), _rows(tmp_path, 4, 1)
     extra = ["--trainer.max_steps=3", "--data.batch_size=4", "--model.learning_rate=1e-3", "--trainer.max_epochs=1",
@@ -73,7 +76,7 @@ def test_a_vision_language_fit_through_the_cli(vlm_dirs_of, tmp_path, fit_args, 
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(run / "hf_model")  # exported beside the model
-    assert processor.image_token in ("<image>", "<|image_pad|>") and processor.chat_template
+    assert processor.image_token in ("<image>", "<|image_pad|>", "<start_of_image>") and processor.chat_template
     assert AutoModelForImageTextToText.from_pretrained(run / "hf_model").config.model_type == family
     assert "AutoModelForImageTextToText.from_pretrained" in capsys.readouterr().out
     assert "pipeline_tag: image-text-to-text" in (run / "hf_model" / "README.md").read_text()
@@ -190,7 +193,7 @@ def test_streamed_image_rows_carry_their_images(tiny_vlm_dir, tmp_path):
     assert streamed.collator()(pairs[:2]).vision.images > 0
 
 
-@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl", "llava"])
+@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl", "llava", "gemma3"])
 def test_generation_from_image_prompts_runs_the_vision_encoder(vlm_dirs_of, tmp_path, family):
     """WinRate's generations: each held-out prompt's images reach the model, and the judge's columns; greedy
     answers do not depend on the batch (left padding, Qwen2-VL's positions) nor on decoding in lockstep."""
@@ -211,7 +214,7 @@ def test_generation_from_image_prompts_runs_the_vision_encoder(vlm_dirs_of, tmp_
     pad, eos = data.tokenizer.pad_token_id, data.tokenizer.eos_token_id
     answer = lambda batch_size, lockstep=None: generate(  # noqa: E731
         model, [p.prompt_ids for p in prompts], Sampling(max_new_tokens=3), pad, eos, batch_size=batch_size,
-        lockstep_rows=lockstep, images=[p.images for p in prompts], image_processor=data.processor.image_processor,
+        lockstep_rows=lockstep, images=[p.images for p in prompts], processor=data.processor,
     )  # fmt: skip
     answers = answer(2)
     assert len(answers) == 3 and len(calls) == 2  # one encoder pass per batch of prompts, at the prompt's forward

@@ -172,7 +172,7 @@ class WinRate(Callback):
         mine, images = [p.prompt_ids for p in shard], [p.images for p in shard]
         seed = self.seed + trainer.global_rank
         answers = generate(model, mine, self.sampling, pad, tokenizer.eos_token_id, self.batch_size, seed, lockstep,
-                           images, processor.image_processor if processor is not None else None)  # fmt: skip
+                           images, processor)  # fmt: skip
         return answers[: len(prompts[trainer.global_rank :: world])]
 
 

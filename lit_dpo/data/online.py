@@ -229,12 +229,11 @@ class OnlineDataModule(PreferenceDataModule):
         sampled = mine or ([0] if lockstep is not None and pictured else [])
         ids = [prompts[i].prompt_ids for i in sampled for _ in range(k)]
         images = [prompts[i].images for i in sampled for _ in range(k)] if pictured else None
-        image_processor = self.processor.image_processor if self.processor is not None else None
         samples, texts, scores, failure = [], [], [], None
         stage = "sampling"
         try:  # a failure on one rank (the judge is the user's code) stops every rank, now, with one line
             flat = generate(policy, ids, self.sampling, pad, tokenizer.eos_token_id,
-                            self.hparams.generation_batch_size, seed, lockstep, images, image_processor)  # fmt: skip
+                            self.hparams.generation_batch_size, seed, lockstep, images, self.processor)  # fmt: skip
             flat = flat[: len(mine) * k]
             samples = [flat[j * k : (j + 1) * k] for j in range(len(mine))]
             texts = [[tokenizer.decode(s, skip_special_tokens=True) for s in group] for group in samples]

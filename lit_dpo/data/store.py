@@ -31,6 +31,7 @@ from lit_dpo.data.files import hf_dataset, looks_local, raw_records, record_of
 from lit_dpo.data.rows import PairRow, Row, RowFormat, UnpairedRow, mixed_forms, validated_rows
 from lit_dpo.data.sources import Source
 from lit_dpo.data.tokenize import Example, Pair, Truncation, UnpairedExample, fit_length, tokenize_rows
+from lit_dpo.data.vision import feature_token
 from lit_dpo.errors import DataError
 
 FORMAT = 3  # bumped whenever what a store holds, or how rows become token ids, changes
@@ -231,7 +232,7 @@ class ChunkTokenizer:
     processor: Any = None  # a vision-language model's, for rows with images
 
     def _image_tokens(self, example: Example) -> int:
-        return example.prompt_ids.count(self.processor.image_token_id) if self.processor is not None else 0
+        return example.prompt_ids.count(feature_token(self.processor)[1]) if self.processor is not None else 0
 
     @property
     def _pixels(self) -> str:

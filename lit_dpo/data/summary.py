@@ -18,6 +18,7 @@ from lit_dpo.data.datamodule import PreferenceDataModule
 from lit_dpo.data.examples import digests
 from lit_dpo.data.prepare import row_list
 from lit_dpo.data.tokenize import Example
+from lit_dpo.data.vision import feature_token
 
 PERCENTILES = (50, 90, 99, 100)
 
@@ -114,7 +115,7 @@ def _rendered(data: PreferenceDataModule, example: Example) -> dict[str, Any]:
     decode = data.tokenizer.decode
     prompt = decode(example.prompt_ids)
     if data.processor is not None:  # an image's tokens, shown as one placeholder with their count
-        token = data.processor.image_token
+        token = feature_token(data.processor)[0]
         prompt = re.sub(f"(?:{re.escape(token)})+", lambda run: f"{token}x{len(run[0]) // len(token)}", prompt)
     return {
         "source": data.source_names[example.source],

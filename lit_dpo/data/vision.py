@@ -34,6 +34,16 @@ class VisionInputs:
         return int(pixels.shape[0] * pixels.shape[1]) if pixels.dim() == 5 else int(pixels.shape[0])
 
 
+def feature_token(processor: Any) -> tuple[str, int]:
+    """The token each of an image's features takes the place of in the prompt, and its id. Gemma 3's processor
+    names its start-of-image token as its image token (the placeholder a prompt holds); its features fill the
+    tokenizer's image token."""
+    from transformers import Gemma3Processor
+
+    source = processor.tokenizer if isinstance(processor, Gemma3Processor) else processor
+    return source.image_token, source.image_token_id
+
+
 def vision_inputs(image_processor: Any, images: Sequence[tuple[bytes, ...]]) -> VisionInputs:
     """``images``: the encoded images of each prompt, in the order the prompts appear in the flattened rows."""
     if image_processor is None:

@@ -11,6 +11,7 @@ from lit_dpo.data.collate import Batch
 from lit_dpo.errors import InputError
 from lit_dpo.hf import is_vision_config
 from lit_dpo.scoring.flex import block_mask
+from lit_dpo.scoring.image_blocks import has_image_blocks, image_block_inputs
 from lit_dpo.scoring.lm_head import head_on_positions, token_scores
 from lit_dpo.scoring.mrope import multimodal_rope_inputs, uses_multimodal_rope
 
@@ -101,10 +102,15 @@ def _model_inputs(model: torch.nn.Module, batch: Batch) -> dict[str, Tensor]:
         inputs["position_ids"] = batch.position_ids
     if uses_multimodal_rope(model.config):  # Qwen2-VL's family: 3 positions a token (``lit_dpo.scoring.mrope``)
         inputs |= multimodal_rope_inputs(model.config, batch)
+    if has_image_blocks(model.config):  # Gemma 3: an image's tokens see each other (``lit_dpo.scoring.image_blocks``)
+        inputs |= image_block_inputs(model.config, batch)
     if batch.position_ids is None:  # padded layout: a (2B, T) padding mask
         return inputs
     attention = model.config._attn_implementation
     if attention == "flex_attention":  # a block mask: the kernel skips the blocks prefix sharing masks out
+        if has_image_blocks(model.config) and batch.vision is not None:
+            raise InputError(f"{model.config.model_type}'s image blocks are not in lit_dpo's FlexAttention mask yet: "
+                             "pass --model.attn_implementation=sdpa")  # fmt: skip
         inputs["attention_mask"] = block_mask(batch.segments)
         return inputs
     if attention not in ("sdpa", "eager"):
@@ -113,8 +119,6 @@ def _model_inputs(model: torch.nn.Module, batch: Batch) -> dict[str, Tensor]:
             "--data.prefix_sharing=false, or another --model.attn_implementation"
         )
     if attention == "eager":  # eager attention adds the mask to the scores
-        blocked = torch.finfo(model.dtype).min
-        inputs["attention_mask"] = torch.zeros_like(batch.attention_mask, dtype=model.dtype).masked_fill(
-            ~batch.attention_mask, blocked
-        )
+        allowed, blocked = inputs["attention_mask"], torch.finfo(model.dtype).min
+        inputs["attention_mask"] = torch.zeros_like(allowed, dtype=model.dtype).masked_fill(~allowed, blocked)
     return inputs

@@ -14,9 +14,11 @@ from lit_dpo.scoring.forward import score_sequences
 
 
 def _png(seed: int, size: tuple[int, int]) -> bytes:
-    pixels = torch.randint(0, 255, (size[1], size[0], 3), generator=torch.Generator().manual_seed(seed))
+    """4 x 4 blocks of random colours: pooled image features (Gemma 3's 4 tokens an image) differ, as pixel noise's
+    averages would not."""
+    pixels = torch.randint(0, 255, (4, 4, 3), generator=torch.Generator().manual_seed(seed))
     buffer = io.BytesIO()
-    Image.fromarray(pixels.to(torch.uint8).numpy()).save(buffer, format="PNG")
+    Image.fromarray(pixels.to(torch.uint8).numpy()).resize(size, Image.NEAREST).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
