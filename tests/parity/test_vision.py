@@ -1,5 +1,5 @@
-"""On image rows, lit_dpo's loss and metrics equal TRL's DPOTrainer (fp32, a tiny random Idefics3 or Qwen2-VL policy
-and a different reference), with prefix sharing (each pair's images through the vision encoder once) and without."""
+"""On image rows, lit_dpo's loss and metrics equal TRL's DPOTrainer (fp32, a tiny random policy of each family and a
+different reference), with prefix sharing (each pair's images through the vision encoder once) and without."""
 
 import pytest
 from PIL import Image
@@ -25,7 +25,7 @@ def _rows():
     return rows
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "sft"])  # sft: reference-free (the NLL of chosen)
 def test_image_rows_match_trl(any_tiny_vlm_dirs, tmp_path, loss_type, dpo_module, step_metrics):
     trl = pytest.importorskip("trl")
     from datasets import Dataset
