@@ -10,7 +10,7 @@ from typing import Any, NamedTuple, Optional
 from lit_dpo.data.files import records
 from lit_dpo.data.images import IMAGE_COLUMNS, has_images, row_images
 from lit_dpo.data.messages import is_blank
-from lit_dpo.data.rows import RowFormat, Text, check_image_parts, field_value, mapped_columns
+from lit_dpo.data.rows import RowFormat, Text, field_value, mapped_columns, with_image_parts
 from lit_dpo.errors import DataError
 
 
@@ -52,7 +52,7 @@ def read_prompts(
         prompt = field_value(mapped, "prompt", path, number, fmt, images)
         if is_blank(prompt):
             raise DataError.at(path, number, "prompt", "holds no text")
-        check_image_parts(prompt, images, path, number)
+        prompt = with_image_parts(prompt, images, path, number)
         columns = {k: v for k, v in record.items() if k != prompt_column and k not in IMAGE_COLUMNS}
         rows.append(PromptRow(prompt, columns, number, images))
     if not rows:

@@ -130,23 +130,31 @@ def parse_row(record: Any, source: str = "<rows>", row: int = 0, fmt: RowFormat 
     if "completion" in record and "chosen" not in record:
         fields = {name: field_value(record, name, source, row, fmt, images) for name in (*UNPAIRED_FIELDS, "label")}
         _same_kind(fields, UNPAIRED_FIELDS, source, row, tools)
-        check_image_parts(fields["prompt"], images, source, row)
+        fields["prompt"] = with_image_parts(fields["prompt"], images, source, row)
         desirable = _label(fields["label"], source, row)
         return UnpairedRow(fields["prompt"], fields["completion"], desirable, source, row, tools, images)
     if "prompt" not in record and "chosen" in record and "rejected" in record:
         record = _with_implicit_prompt(record, source, row, fmt)
     fields = {name: field_value(record, name, source, row, fmt, images) for name in FIELDS}
     _same_kind(fields, FIELDS, source, row, tools)
-    check_image_parts(fields["prompt"], images, source, row)
+    fields["prompt"] = with_image_parts(fields["prompt"], images, source, row)
     return PairRow(fields["prompt"], fields["chosen"], fields["rejected"], source, row, tools, images)
 
 
-def check_image_parts(prompt: Text, images: tuple[bytes, ...], source: str, row: int) -> None:
-    """A conversational prompt holds one ``{"type": "image"}`` part per image (a string prompt's image tokens
-    are the processor's, counted when it is tokenized)."""
-    if isinstance(prompt, list) and image_parts(prompt) != len(images):
+def with_image_parts(prompt: Text, images: tuple[bytes, ...], source: str, row: int) -> Text:
+    """A conversational prompt holding one ``{"type": "image"}`` part per image. Where the row's first user message
+    is plain text, the images' parts go before it (TRL's ``prepare_multimodal_messages``), so rows whose messages
+    name no image work as in TRL. A string prompt's image tokens are the processor's, counted when it is tokenized."""
+    if not isinstance(prompt, list):
+        return prompt
+    first = next((i for i, m in enumerate(prompt) if m["role"] == "user"), None)
+    if images and first is not None and isinstance(prompt[first]["content"], str):
+        parts = [{"type": "image"}] * len(images) + [{"type": "text", "text": prompt[first]["content"]}]
+        prompt = [*prompt[:first], {**prompt[first], "content": parts}, *prompt[first + 1 :]]
+    if image_parts(prompt) != len(images):
         raise DataError.at(source, row, "prompt", f"has {image_parts(prompt)} image parts for {len(images)} images; "
                            "each image needs a {\"type\": \"image\"} part where it goes")  # fmt: skip
+    return prompt
 
 
 def mapped_columns(record: dict[str, Any], columns: Mapping[str, str], source: str, row: int) -> dict[str, Any]:

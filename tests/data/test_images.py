@@ -1,12 +1,13 @@
 """lit_dpo/data/images.py and image rows: TRL's vision format read, every image checked, one line per problem."""
 
 import io
+import json
 
 import datasets
 import pytest
 from PIL import Image
 
-from lit_dpo.data import parse_row, read_rows
+from lit_dpo.data import parse_row, read_prompts, read_rows
 from lit_dpo.data.tokenize import tokenize_rows
 from lit_dpo.errors import DataError
 
@@ -42,6 +43,28 @@ def test_images_as_paths_relative_to_the_data_file_bytes_pil_and_undecoded_featu
     assert single.images == (_png(),)
     text_only = parse_row({"prompt": "hi", "chosen": "a", "rejected": "b"}, str(source), 3)
     assert text_only.images == ()
+
+
+def test_images_go_before_the_first_user_messages_text_when_no_part_names_them(tmp_path):
+    """TRL's convention (``prepare_multimodal_messages``): plain-text messages and an images column."""
+    prompt = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "what is it?"},
+              {"role": "assistant", "content": "a square"}, {"role": "user", "content": "and its color?"}]  # fmt: skip
+    row = parse_row(_row(prompt=prompt, images=[_png(), _png()]), str(tmp_path / "rows.jsonl"), 1)
+    assert row.prompt[1]["content"] == [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "what is it?"}]
+    assert row.prompt[0] == prompt[0] and row.prompt[2:] == prompt[2:]
+    (read,) = read_prompts(_jsonl(tmp_path, [{"prompt": prompt, "images": [_png_file(tmp_path)]}]))
+    assert read.prompt[1]["content"][0] == {"type": "image"}
+
+
+def _jsonl(folder, rows):
+    path = folder / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _png_file(folder):
+    (folder / "a.png").write_bytes(_png())
+    return "a.png"
 
 
 @pytest.mark.parametrize(
