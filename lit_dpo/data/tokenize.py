@@ -172,14 +172,22 @@ def tokenize_image_prompt(
         return _expanded(
             processor, _render(processor, prompt, tools, generation_prompt=True), images, False, source, row
         )
-    return _expanded(processor, prompt, images, True, source, row)
+    return _expanded(processor, _images_first(processor, prompt, len(images)), images, True, source, row)
 
 
 def _prompt_text(tokenizer: Any, row: Row) -> str:
     """The prompt as a completion follows it: the chat template with the generation prompt for messages."""
     if isinstance(row.prompt, list):
         return _render(tokenizer, row.prompt, row.tools, generation_prompt=True)
-    return row.prompt
+    return _images_first(tokenizer, row.prompt, len(row.images))
+
+
+def _images_first(processor: Any, prompt: str, images: int) -> str:
+    """A string prompt with images but no image token: the images' tokens before its text, where messages that
+    name no image get their images (``rows.with_image_parts``)."""
+    if images and processor.image_token not in prompt:
+        return processor.image_token * images + prompt
+    return prompt
 
 
 def _rendered(tokenizer: Any, eos: str, row: Row, prompt: str, completions: dict[str, Text]) -> list[str]:

@@ -125,10 +125,16 @@ def test_image_rows_tokenize_through_the_processor_each_image_expanded_in_the_pr
     assert tokenizer.decode(plain.chosen_ids) == " red<|im_end|>"
 
 
-def test_a_string_prompt_needs_one_image_token_per_image(tiny_vlm):
+def test_a_string_prompt_holds_one_image_token_per_image_or_none(tiny_vlm):
+    """None (RLAIF-V's question column, say): the images' tokens go before the text, as for messages."""
     _, processor = tiny_vlm
-    row = parse_row({"prompt": "what is it?", "chosen": " red", "rejected": " blue", "image": _png()}, "f.jsonl", 4)
+    row = lambda prompt, images: parse_row({"prompt": prompt, "chosen": " red", "rejected": " blue",  # noqa: E731
+                                            "images": images}, "f.jsonl", 4)  # fmt: skip
+    (placed,) = tokenize_rows(processor.tokenizer, [row("what is it?", [_png(), _png()])], processor=processor)
+    (written,) = tokenize_rows(processor.tokenizer, [row("<image><image>what is it?", [_png(), _png()])],
+                               processor=processor)  # fmt: skip
+    assert placed.prompt_ids == written.prompt_ids and placed.chosen_ids == written.chosen_ids
     with pytest.raises(
-        DataError, match=r"^f\.jsonl, row 4, field 'prompt': holds 0 image tokens \(<image>\) for 1 images"
+        DataError, match=r"^f\.jsonl, row 4, field 'prompt': holds 1 image tokens \(<image>\) for 2 images"
     ):
-        tokenize_rows(processor.tokenizer, [row], processor=processor)
+        tokenize_rows(processor.tokenizer, [row("<image>what is it?", [_png(), _png()])], processor=processor)
