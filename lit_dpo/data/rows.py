@@ -133,6 +133,9 @@ def parse_row(record: Any, source: str = "<rows>", row: int = 0, fmt: RowFormat 
         fields["prompt"] = with_image_parts(fields["prompt"], images, source, row)
         desirable = _label(fields["label"], source, row)
         return UnpairedRow(fields["prompt"], fields["completion"], desirable, source, row, tools, images)
+    if "prompt" not in record and images:  # a prompt split off the answers would hold no image
+        raise DataError.at(source, row, "prompt", "missing; rows with images need one (TRL's vision format)"
+                           + _prompt_column_hint(record))  # fmt: skip
     if "prompt" not in record and "chosen" in record and "rejected" in record:
         record = _with_implicit_prompt(record, source, row, fmt)
     fields = {name: field_value(record, name, source, row, fmt, images) for name in FIELDS}
@@ -196,6 +199,12 @@ def _same_kind(fields: dict[str, Any], names: tuple[str, ...], source: str, row:
         raise DataError.at(source, row, "tools", "needs conversational rows (message lists) for the chat template")
 
 
+def _prompt_column_hint(record: dict[str, Any]) -> str:
+    """How to read the prompt from a column that looks like one (RLAIF-V's ``question``, say)."""
+    column = next((name for name in ("question", "instruction", "query", "input") if name in record), None)
+    return f"; to read it from column '{column}', pass --data.columns='{{prompt: {column}}}'" if column else ""
+
+
 def _with_implicit_prompt(record: dict[str, Any], source: str, row: int, fmt: RowFormat) -> dict[str, Any]:
     """The prompt left implicit in ``chosen`` and ``rejected`` (shared leading messages or text), split off."""
     chosen, rejected = (field_value(record, name, source, row, fmt) for name in ("chosen", "rejected"))
@@ -208,7 +217,8 @@ def _with_implicit_prompt(record: dict[str, Any], source: str, row: int, fmt: Ro
     else:
         return record  # the checks that follow name the problem
     if not prompt:
-        raise DataError.at(source, row, "prompt", f"missing, and chosen/rejected share no leading {what} to use as one")
+        raise DataError.at(source, row, "prompt", f"missing, and chosen/rejected share no leading {what} to use as one"
+                           + _prompt_column_hint(record))  # fmt: skip
     return record | {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 

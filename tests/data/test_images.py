@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from lit_dpo.data import parse_row, read_prompts, read_rows
+from lit_dpo.data.rows import RowFormat
 from lit_dpo.data.tokenize import tokenize_rows
 from lit_dpo.errors import DataError
 
@@ -54,6 +55,15 @@ def test_images_go_before_the_first_user_messages_text_when_no_part_names_them(t
     assert row.prompt[0] == prompt[0] and row.prompt[2:] == prompt[2:]
     (read,) = read_prompts(_jsonl(tmp_path, [{"prompt": prompt, "images": [_png_file(tmp_path)]}]))
     assert read.prompt[1]["content"][0] == {"type": "image"}
+
+
+def test_an_image_row_without_a_prompt_is_one_line_naming_the_column_to_map(tmp_path):
+    """RLAIF-V's raw rows (question, chosen, rejected, image): a prompt split off the answers would hold no image."""
+    record = {"question": "what is it?", "chosen": "a cat", "rejected": "a dog", "image": _png()}
+    with pytest.raises(DataError, match=r"row 3, field 'prompt': missing; rows with images need one .*"
+                                        r"pass --data.columns='\{prompt: question\}'"):  # fmt: skip
+        parse_row(record, "rlaif.jsonl", 3)
+    assert parse_row(record, "rlaif.jsonl", 3, RowFormat({"prompt": "question"}, {})).prompt == "what is it?"
 
 
 def _jsonl(folder, rows):
