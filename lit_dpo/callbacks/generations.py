@@ -166,6 +166,7 @@ class WinRate(Callback):
         data = trainer.datamodule
         processor = data.processor if isinstance(data, VisionData) and data.processor is not None else None
         shard = prompts[trainer.global_rank :: world]
+        count = len(shard)
         if lockstep is not None and any(p.images for p in prompts):  # every rank decides alike: the same prompts
             check_lockstep_images(prompts)
             shard = shard or prompts[:1]  # a rank without prompts decodes one (its answer dropped) beside the others
@@ -173,7 +174,7 @@ class WinRate(Callback):
         seed = self.seed + trainer.global_rank
         answers = generate(model, mine, self.sampling, pad, tokenizer.eos_token_id, self.batch_size, seed, lockstep,
                            images, processor)  # fmt: skip
-        return answers[: len(prompts[trainer.global_rank :: world])]
+        return answers[:count]
 
 
 def _written(prompt: Prompt) -> dict[str, Any]:

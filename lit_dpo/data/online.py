@@ -155,9 +155,6 @@ class OnlineDataModule(PreferenceDataModule):
         tools = columns.get("tools") if isinstance(columns.get("tools"), list) else None
         if not images:
             return tokenize_prompt(self.tokenizer, prompt, tools)
-        if self.processor is None:
-            raise DataError.at(source.path, number, "images", "rows with images need a vision-language model (its "
-                               "processor places and expands the image tokens); this model is text-only")  # fmt: skip
         return tokenize_image_prompt(self.processor, prompt, images, source.path, number, tools)
 
     def held_out_prompts(self, count: int) -> list[Prompt]:

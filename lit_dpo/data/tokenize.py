@@ -77,8 +77,7 @@ def tokenize_rows(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row], proce
     """
     pictured = next((row for row in rows if row.images), None)
     if pictured is not None and processor is None:  # validated (lit_dpo.data.images), but a text model cannot
-        raise DataError.at(pictured.source, pictured.row, "images", "rows with images need a vision-language model "
-                           "(its processor places and expands the image tokens); this model is text-only")  # fmt: skip
+        raise _text_only(pictured.source, pictured.row)
     renderer = processor if processor is not None else tokenizer  # whose chat template renders messages
     prompts = [_prompt_text(renderer, row) for row in rows]
     completions = [_completions(row) for row in rows]
@@ -109,6 +108,11 @@ def with_image_tokens(processor: Any, row: Row, example: Example, prompt: str, c
         raise DataError.at(row.source, row.row, "prompt", "the processor encodes the prompt otherwise than its "
                            "tokenizer does around the images; lit_dpo cannot place the completions after it")  # fmt: skip
     return replace(example, prompt_ids=expanded, images=row.images)
+
+
+def _text_only(source: str, row: int) -> DataError:
+    return DataError.at(source, row, "images", "rows with images need a vision-language model (its processor "
+                        "places and expands the image tokens); this model is text-only")  # fmt: skip
 
 
 def _expanded(
@@ -168,6 +172,8 @@ def tokenize_image_prompt(
     processor: Any, prompt: Text, images: tuple[bytes, ...], source: str, row: int, tools: Optional[list] = None
 ) -> list[int]:
     """``tokenize_prompt`` of a prompt with images: the processor's chat template, each image token expanded."""
+    if processor is None:
+        raise _text_only(source, row)
     if isinstance(prompt, list):
         return _expanded(
             processor, _render(processor, prompt, tools, generation_prompt=True), images, False, source, row

@@ -9,7 +9,7 @@ from PIL import Image
 
 from lit_dpo.data import parse_row, read_prompts, read_rows
 from lit_dpo.data.rows import RowFormat
-from lit_dpo.data.tokenize import tokenize_rows
+from lit_dpo.data.tokenize import tokenize_image_prompt, tokenize_rows
 from lit_dpo.errors import DataError
 
 
@@ -114,6 +114,8 @@ def test_a_text_model_refuses_image_rows_with_one_line(tokenizer, tmp_path):
     row = parse_row(_row(images=[_png()]), str(tmp_path / "rows.jsonl"), 5)
     with pytest.raises(DataError, match=r"row 5, field 'images': rows with images need a vision-language model"):
         tokenize_rows(tokenizer, [row])
+    with pytest.raises(DataError, match=r"row 5, field 'images': rows with images need a vision-language model"):
+        tokenize_image_prompt(None, row.prompt, row.images, str(tmp_path / "prompts.jsonl"), 5)  # online prompts
 
 
 def test_image_rows_tokenize_through_the_processor_each_image_expanded_in_the_prompt(tiny_vlm, tmp_path):
