@@ -18,6 +18,7 @@ from lit_dpo.hf import check_local, is_vision_config, load_model, load_policy
 from lit_dpo.losses import Objective
 from lit_dpo.reference import AdapterReference, ModelReference, Reference, should_cache, weights_fingerprint
 from lit_dpo.reference.sync import check_sync_options
+from lit_dpo.scoring.blocked import use_blocked_attention
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class ModelSpec:
     disable_dropout: bool = True
     activation_checkpointing: bool = False
     attn_implementation: Optional[str] = None
+    compile: bool = False
     lora_r: int = 0
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -94,13 +96,17 @@ def build_models(spec: ModelSpec, run: Run) -> Models:
                          "has no backward on CPUs); on a CPU use sdpa, the default")  # fmt: skip
     loading = (spec.dtype, spec.trust_remote_code, spec.quantization, device, spec.attn_implementation)
     policy = load_policy(spec.model_name_or_path, *loading, spec.disable_dropout, spec.activation_checkpointing)
+    if not spec.compile:  # compiled layers would recompile for every row's split into examples
+        use_blocked_attention(policy, device)
     tower = vision_tower(policy)
     if tower is not None:
         tower.requires_grad_(not spec.freeze_vision)
     reference: Optional[Reference] = None
     separate = run.needs_reference and (spec.ref_model_name_or_path is not None or not spec.lora_r)
     if separate:
-        reference = ModelReference(load_model(spec.reference_source, *loading), spec.ld_alpha)
+        frozen = load_model(spec.reference_source, *loading)
+        use_blocked_attention(frozen, device)
+        reference = ModelReference(frozen, spec.ld_alpha)
     caches = should_cache(
         spec.precompute_ref_log_probs, run.needs_reference, separate, run.unpaired, spec.reference_moves or run.online,
         run.trainer, run.data,

@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
+from torch.optim.adamw import adamw as functional_adamw
 
 from lit_dpo.errors import InputError, nonfinite
 from lit_dpo.parallel import is_sharded
@@ -85,34 +86,55 @@ def lr_lambda(warmup: int, schedule: str, total_steps: Callable[[], int]) -> Cal
     return factor
 
 
-class AdamWInBackward(torch.optim.Optimizer):
-    """One AdamW per parameter, stepped by a post-accumulate-grad hook; ``step`` only runs the closure.
+class AdamWInBackward(torch.optim.AdamW):
+    """AdamW stepped per parameter by a post-accumulate-grad hook; ``step`` only runs the closure.
 
-    Its one param group is the one schedulers and loggers see: its ``lr`` (and other settings) are read at every
-    parameter's update. Its state dict has the layout of a plain ``torch.optim.AdamW`` over the same parameters,
-    so a checkpoint resumes with either optimizer. Valid only when each backward ends an optimizer step: no
-    gradient accumulation, no gradient clipping, no loss scaling, no gradient all-reduce (DDP/FSDP) after the hook.
+    It is a ``torch.optim.AdamW`` (param group, state layout, state dict), so schedulers, loggers and checkpoints
+    see one, and a checkpoint resumes with either optimizer; each hook runs torch's functional AdamW on its one
+    parameter with the group's settings of the moment. The moments are allocated up front: allocated lazily in the
+    first backward they would sit among that step's activations and fragment the heap (a higher peak RSS). Valid
+    only when each backward ends an optimizer step: no gradient accumulation, no gradient clipping, no loss
+    scaling, no gradient all-reduce (DDP/FSDP) after the hook.
     """
 
     def __init__(self, params: list[Tensor], names: Optional[list[str]] = None, **adamw_kwargs: Any) -> None:
-        super().__init__(params, {k: v for k, v in adamw_kwargs.items() if k != "fused"})
-        self.per_param = {p: torch.optim.AdamW([p], **adamw_kwargs) for p in self.param_groups[0]["params"]}
-        self.names = dict(zip(self.per_param, names or [f"parameter {i}" for i in range(len(self.per_param))]))
+        super().__init__(params, **adamw_kwargs)
+        group = self.param_groups[0]
+        self.names = dict(zip(group["params"], names or [f"parameter {i}" for i in range(len(group["params"]))]))
         self.found_inf: dict[Tensor, Tensor] = {}  # per parameter, this step: 1 where its gradient was not finite
-        self.hooks = [p.register_post_accumulate_grad_hook(self._update) for p in self.per_param]
+        for param in group["params"]:
+            self._state(param)
+        self.hooks = [p.register_post_accumulate_grad_hook(self._update) for p in group["params"]]
 
+    def _state(self, param: Tensor) -> dict[str, Tensor]:
+        """``param``'s state, created as ``torch.optim.AdamW`` creates it where it has none."""
+        state, group = self.state[param], self.param_groups[0]
+        if not state:
+            scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+            on_device = group["fused"] or group["capturable"]  # AdamW keeps ``step`` on the CPU otherwise
+            state["step"] = torch.zeros((), dtype=torch.float32 if group["fused"] else scalar,
+                                        device=param.device if on_device else "cpu")  # fmt: skip
+            moments = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
+            for name in moments:
+                state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        return state
+
+    @torch.no_grad()
     def _update(self, param: Tensor) -> None:
-        inner = self.per_param[param]
-        settings = {k: v for k, v in self.param_groups[0].items() if k != "params"}
-        inner.param_groups[0].update({k: v for k, v in settings.items() if k in inner.param_groups[0]})
+        group, state = self.param_groups[0], self._state(param)
         # a non-finite gradient must not reach the weights; the fused kernel skips on a device flag (no sync)
         found_inf = nonfinite(param.grad).float()
         self.found_inf[param] = found_inf
-        if inner.defaults.get("fused"):
-            inner.found_inf = found_inf
-            inner.step()
-        elif not found_inf.item():
-            inner.step()
+        if group["fused"] or not found_inf.item():
+            beta1, beta2 = group["betas"]
+            functional_adamw(
+                [param], [param.grad], [state["exp_avg"]], [state["exp_avg_sq"]],
+                [state["max_exp_avg_sq"]] if group["amsgrad"] else [], [state["step"]],
+                foreach=group["foreach"], capturable=group["capturable"], differentiable=group["differentiable"],
+                fused=group["fused"], found_inf=found_inf if group["fused"] else None,
+                has_complex=torch.is_complex(param), amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2,
+                lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
+            )  # fmt: skip
         param.grad = None  # the point: this gradient's memory is free before the next one is computed
 
     def nonfinite_parameters(self) -> list[str]:
@@ -133,24 +155,3 @@ class AdamWInBackward(torch.optim.Optimizer):
         for hook in self.hooks:
             hook.remove()
         self.hooks = []
-
-    def state_dict(self) -> dict[str, Any]:
-        state = {}
-        for index, inner in enumerate(self.per_param.values()):
-            own = inner.state_dict()["state"]
-            if own:
-                state[index] = own[0]
-        settings = next(iter(self.per_param.values())).param_groups[0] if self.per_param else {}
-        group = {k: v for k, v in {**settings, **self.param_groups[0]}.items() if k != "params"}
-        return {"state": state, "param_groups": [{**group, "params": list(range(len(self.per_param)))}]}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        groups = state_dict["param_groups"]
-        if len(groups) != 1 or len(groups[0]["params"]) != len(self.per_param):
-            raise ValueError("the saved optimizer state does not match this model's trainable parameters")
-        group = {k: v for k, v in groups[0].items() if k != "params"}
-        self.param_groups[0].update(group)
-        for index, inner in enumerate(self.per_param.values()):
-            inner_group = {**inner.param_groups[0], **{k: v for k, v in group.items() if k in inner.param_groups[0]}}
-            own = {0: state_dict["state"][index]} if index in state_dict["state"] else {}
-            inner.load_state_dict({"state": own, "param_groups": [{**inner_group, "params": [0]}]})

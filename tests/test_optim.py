@@ -109,6 +109,6 @@ def test_a_non_finite_gradient_never_reaches_its_weights(random_llama):
     _train(model, optimizer, 1, [1e-2])
     assert optimizer.nonfinite_parameters() == ["model.layers.0.mlp.up_proj.weight"]
     assert torch.equal(bad, before["model.layers.0.mlp.up_proj.weight"])  # not updated, not NaN
-    assert optimizer.per_param[bad].state[bad]["step"] == 0
+    assert optimizer.state[bad]["step"] == 0
     assert not torch.equal(model.model.embed_tokens.weight, before["model.embed_tokens.weight"])  # the rest trained
     assert optimizer.nonfinite_parameters() == []  # reset once read

@@ -117,8 +117,9 @@ def build_setup(
     shape = model_shape(config, lora_r or LORA_R_SUGGESTED, model.get("lora_target_modules", "all-linear"),
                         model.get("trust_remote_code", False))  # fmt: skip
     shared = bool(data.get("prefix_sharing", True))
+    lean = hw.world_size == 1 and not model.get("compile")  # as DPOModule.configure_model does
     layer, outside = layer_activations(config, param_dtype, autocast, model.get("attn_implementation"), shared,
-                                       model.get("trust_remote_code", False))  # fmt: skip
+                                       model.get("trust_remote_code", False), lean)  # fmt: skip
     steps_like = SimpleNamespace(
         world_size=hw.world_size, accumulate_grad_batches=int(trainer.get("accumulate_grad_batches") or 1),
         gradient_clip_val=trainer.get("gradient_clip_val"), precision=str(trainer.get("precision") or "32-true"),

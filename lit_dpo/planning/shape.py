@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from lit_dpo.errors import InputError
 from lit_dpo.hf import _loading, is_vision_config, resolve
 from lit_dpo.parallel import decoder_layers
+from lit_dpo.scoring.lean import use_lean_blocks
 from lit_dpo.scoring.lm_head import PLAIN_HEAD_MODELS
 
 TRACE_LENGTHS = (32, 64, 128)  # one row of each length: enough to tell constant, linear and quadratic terms
@@ -114,13 +115,17 @@ def layer_activations(
     attn_implementation: Optional[str] = None,
     shared_prefix: bool = True,
     trust_remote_code: bool = False,
+    lean: bool = False,
 ) -> tuple[LayerActivations, LayerActivations]:
     """What one decoder layer saves for the backward, and what the rest of the forward saves (embeddings, final
     norm), traced (see the module's docstring). ``shared_prefix`` passes a 4D boolean mask and position ids, as
-    lit_dpo's prefix-shared rows do; else a padding mask."""
+    lit_dpo's prefix-shared rows do; else a padding mask. ``lean``: with ``lit_dpo.scoring.lean``'s blocks, as a
+    fit in one process has them."""
     traced = {}
     for layers in (1, 2):
         model = _truncated(config, layers, dtype, attn_implementation, trust_remote_code)
+        if lean:
+            use_lean_blocks(model)
         traced[layers] = [_saved(model, length, autocast, shared_prefix) for length in TRACE_LENGTHS]
         del model
     layer = [two - one for one, two in zip(traced[1], traced[2])]

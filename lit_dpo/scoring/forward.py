@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -10,6 +10,7 @@ from torch import Tensor
 from lit_dpo.data.collate import Batch
 from lit_dpo.errors import InputError
 from lit_dpo.hf import is_vision_config
+from lit_dpo.scoring.blocked import BLOCKED_SDPA, BLOCKS_ARGUMENT, row_blocks
 from lit_dpo.scoring.flex import block_mask
 from lit_dpo.scoring.image_blocks import has_image_blocks, image_block_inputs
 from lit_dpo.scoring.lm_head import head_on_positions, token_scores
@@ -90,7 +91,7 @@ def length_desensitized_weights(seq_index: Tensor, num_pairs: int, ld_alpha: flo
     return torch.where(position < shared[seq_index], 1.0, ld_alpha)
 
 
-def _model_inputs(model: torch.nn.Module, batch: Batch) -> dict[str, Tensor]:
+def _model_inputs(model: torch.nn.Module, batch: Batch) -> dict[str, Any]:
     """The forward's keyword arguments for either batch layout of ``lit_dpo.data.collate``."""
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
     if batch.vision is not None:  # a vision-language model's image inputs, in the layout's order
@@ -112,6 +113,11 @@ def _model_inputs(model: torch.nn.Module, batch: Batch) -> dict[str, Tensor]:
             raise InputError(f"{model.config.model_type}'s image blocks are not in lit_dpo's FlexAttention mask yet: "
                              "pass --model.attn_implementation=sdpa")  # fmt: skip
         inputs["attention_mask"] = block_mask(batch.segments)
+        return inputs
+    if attention == BLOCKED_SDPA:  # a CPU's sdpa, one example of a packed row at a time
+        blocks = row_blocks(batch.segments)
+        if blocks is not None:
+            inputs[BLOCKS_ARGUMENT] = blocks
         return inputs
     if attention not in ("sdpa", "eager"):
         raise InputError(

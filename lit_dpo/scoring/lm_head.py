@@ -160,12 +160,16 @@ def head_on_positions(
     head = model.get_output_embeddings()
     project, scored = head.forward, {}
     chunk = chunks_logits(model, index.numel())
+    embedding = model.get_input_embeddings()
+    sums_in_place = type(head) is torch.nn.Linear and isinstance(embedding, torch.nn.Embedding) and embedding.sparse
 
     def forward(hidden: Tensor) -> Tensor:
         positions = hidden.flatten(0, 1)[index]  # (M, H)
         if chunk:
             scored["scores"] = chunked_token_scores(positions, head.weight, head.bias, targets, wpo)
             return positions.new_empty(positions.shape[0], 0)
+        if sums_in_place:
+            return _TiedHeadLinear.apply(positions, head.weight, head.bias)
         return project(positions)
 
     head.forward = forward
@@ -173,3 +177,35 @@ def head_on_positions(
         yield scored
     finally:
         del head.forward  # back to the class's forward
+
+
+class _TiedHeadLinear(torch.autograd.Function):
+    """``linear(x, weight, bias)`` for a head whose weight is also the input embedding with sparse gradients
+    (``lit_dpo.hf.sparse_tied_embedding``). Autograd would hold the head's dense (V, H) gradient until the
+    embedding's sparse rows arrive and then add the two out of place: a second (V, H) tensor at the end of every
+    backward, where a step's RSS peaks (SmolLM2: 108 MiB). This backward adds the head's gradient into
+    ``weight.grad`` itself and passes none on, so the embedding's rows are added to it in place when they arrive
+    (the weight's gradient hooks still run once, on the sum). Valid because the embedding always comes after
+    the head in the backward of the same graph."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        device = x.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        return torch.nn.functional.linear(x, weight, bias)  # (M, V)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        device, enabled, dtype = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):  # the forward's matmul precision
+            grad_x = grad @ weight.to(grad.dtype)
+            grad_weight = (grad.T @ x.to(grad.dtype)).to(weight.dtype)  # (V, H)
+        if weight.grad is None:
+            weight.grad = grad_weight
+        else:  # gradient accumulation
+            weight.grad.add_(grad_weight)
+        grad_bias = grad.sum(0).to(weight.dtype) if ctx.has_bias else None
+        return grad_x.to(x.dtype), None, grad_bias

@@ -81,3 +81,32 @@ def test_token_scores_gradient_is_autograds():
     (torch.log_softmax(logits, -1).gather(-1, targets[:, None]).squeeze(-1) * weights).sum().backward()
     torch.testing.assert_close(mine, logits.grad)
     assert torch.autograd.gradcheck(lambda x: token_scores(x, targets).logps, (logits.detach().requires_grad_(),))
+
+
+def test_a_sparse_tied_head_adds_the_embedding_rows_into_its_own_gradient(tokenizer, make_batch, standard_rows,
+                                                                          monkeypatch):  # fmt: skip
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lit_dpo.hf import sparse_tied_embedding
+    from lit_dpo.scoring import lm_head, score_sequences
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)  # fmt: skip
+    batch = make_batch(standard_rows(3), "packed")
+    head_grads, calls = [], []
+    apply = lm_head._TiedHeadLinear.apply
+    monkeypatch.setattr(lm_head._TiedHeadLinear, "apply", lambda *a: calls.append(1) or apply(*a))
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+        assert sparse_tied_embedding(model) if sparse else True
+        weight = model.get_input_embeddings().weight
+        seen = []
+        weight.register_post_accumulate_grad_hook(lambda p: seen.append(p.grad.clone()))  # once, on the sum
+        for _ in range(2):  # the second backward accumulates
+            score_sequences(model, batch).logps.sum().backward()
+        assert len(seen) == 2 and not weight.grad.is_sparse
+        head_grads.append((seen[0], weight.grad))
+    assert len(calls) == 2  # only the sparse-tied model's two forwards
+    for got, want in zip(head_grads[1], head_grads[0]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
