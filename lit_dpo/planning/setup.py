@@ -119,7 +119,7 @@ def build_setup(
     shared = bool(data.get("prefix_sharing", True))
     lean = hw.world_size == 1 and not model.get("compile")  # as DPOModule.configure_model does
     layer, outside = layer_activations(config, param_dtype, autocast, model.get("attn_implementation"), shared,
-                                       model.get("trust_remote_code", False), lean)  # fmt: skip
+                                       model.get("trust_remote_code", False), lean, bool(lora_r))  # fmt: skip
     steps_like = SimpleNamespace(
         world_size=hw.world_size, accumulate_grad_batches=int(trainer.get("accumulate_grad_batches") or 1),
         gradient_clip_val=trainer.get("gradient_clip_val"), precision=str(trainer.get("precision") or "32-true"),

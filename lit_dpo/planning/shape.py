@@ -116,16 +116,17 @@ def layer_activations(
     shared_prefix: bool = True,
     trust_remote_code: bool = False,
     lean: bool = False,
+    lora: bool = False,
 ) -> tuple[LayerActivations, LayerActivations]:
     """What one decoder layer saves for the backward, and what the rest of the forward saves (embeddings, final
     norm), traced (see the module's docstring). ``shared_prefix`` passes a 4D boolean mask and position ids, as
     lit_dpo's prefix-shared rows do; else a padding mask. ``lean``: with ``lit_dpo.scoring.lean``'s blocks, as a
-    fit in one process has them."""
+    fit in one process has them (its norms only under ``lora``: LoRA's projections keep autograd's MLP)."""
     traced = {}
     for layers in (1, 2):
         model = _truncated(config, layers, dtype, attn_implementation, trust_remote_code)
         if lean:
-            use_lean_blocks(model)
+            use_lean_blocks(model, mlps=not lora)
         traced[layers] = [_saved(model, length, autocast, shared_prefix) for length in TRACE_LENGTHS]
         del model
     layer = [two - one for one, two in zip(traced[1], traced[2])]

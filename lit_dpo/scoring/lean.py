@@ -25,13 +25,13 @@ SWIGLU_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"}
 RMS_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}
 
 
-def use_lean_blocks(model: torch.nn.Module) -> int:
-    """Give ``model``'s RMSNorms and its SwiGLU MLPs whose projections are plain bias-free linears (not LoRA's, not
-    4-bit) the lean backwards; returns how many modules."""
+def use_lean_blocks(model: torch.nn.Module, mlps: bool = True) -> int:
+    """Give ``model``'s RMSNorms and (``mlps``) its SwiGLU MLPs whose projections are plain bias-free linears (not
+    LoRA's, not 4-bit) the lean backwards; returns how many modules."""
     count = 0
     for module in model.modules():
         name = type(module).__name__
-        if name in SWIGLU_MLPS and _plain(module):
+        if name in SWIGLU_MLPS and mlps and _plain(module):
             module.forward = types.MethodType(_lean_mlp_forward, module)
         elif name in RMS_NORMS:
             module.forward = types.MethodType(_lean_norm_forward, module)
