@@ -105,7 +105,8 @@ def build_models(spec: ModelSpec, run: Run) -> Models:
     separate = run.needs_reference and (spec.ref_model_name_or_path is not None or not spec.lora_r)
     if separate:
         frozen = load_model(spec.reference_source, *loading)
-        use_blocked_attention(frozen, device)
+        if not spec.compile:  # a live reference's layers are compiled too
+            use_blocked_attention(frozen, device)
         reference = ModelReference(frozen, spec.ld_alpha)
     caches = should_cache(
         spec.precompute_ref_log_probs, run.needs_reference, separate, run.unpaired, spec.reference_moves or run.online,

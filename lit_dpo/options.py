@@ -46,9 +46,11 @@ class DPOOptions(L.LightningModule):
         activation_checkpointing: Recompute each decoder layer's activations in the backward (less memory).
         attn_implementation: transformers' attention: ``sdpa``, ``eager``, ``flex_attention`` (block masks that skip
             what prefix sharing masks out), ``flash_attention_2`` (padded rows only). None: transformers' default.
+            On a CPU, sdpa runs packed rows one example at a time (``lit_dpo.scoring.blocked``; text models).
         freeze_vision: With a vision-language model (SmolVLM's family): keep its vision encoder frozen, training
             the connector and the language model (as LLaVA's and LLaMA-Factory's DPO recipes do).
-        compile: ``torch.compile`` each decoder layer (needs a C++ compiler on CPUs, Triton on GPUs).
+        compile: ``torch.compile`` each decoder layer (needs a C++ compiler on CPUs, Triton on GPUs); compiled
+            layers keep transformers' sdpa and autograd's MLP and norm backwards (``lit_dpo.scoring.lean``).
         trust_remote_code: Allow model code from the Hub (off: only transformers' own architectures).
         allow_changed: Resume although these changed: ``data``, ``reference``, or settings like ``model.beta``.
     """

@@ -85,3 +85,14 @@ def test_a_tied_embedding_gets_the_same_gradient_from_sparse_rows(tokenizer):
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=1e-7)
     untied = LlamaForCausalLM(LlamaConfig(**{**config.to_dict(), "tie_word_embeddings": False}))
     assert not sparse_tied_embedding(untied) and not untied.get_input_embeddings().sparse
+
+
+def test_a_cpu_fit_scores_packed_rows_by_example_unless_compiled(tiny_model_dir):
+    from lit_dpo.scoring.blocked import BLOCKED_SDPA
+
+    plain = build_models(ModelSpec(tiny_model_dir), Run(True, False))
+    assert plain.policy.config._attn_implementation == BLOCKED_SDPA
+    assert plain.reference.model.config._attn_implementation == BLOCKED_SDPA
+    compiled = build_models(ModelSpec(tiny_model_dir, compile=True), Run(True, False))  # recompiles per split
+    assert compiled.policy.config._attn_implementation == "sdpa"
+    assert compiled.reference.model.config._attn_implementation == "sdpa"

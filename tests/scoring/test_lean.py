@@ -36,3 +36,10 @@ def test_lean_blocks_give_autograd_s_gradients(random_llama):
 def test_lora_projections_keep_autograd_s_mlp(random_llama):
     model = add_adapters(random_llama(64, 0), 4, 8, 0.0, "all-linear")
     assert use_lean_blocks(model) == 2 * 2 + 1  # the norms only: the MLPs' projections are LoRA layers
+
+
+def test_a_one_process_fit_uses_them_unless_compiled(dpo_module, tiny_model_dir):
+    lean = dpo_module(model_name_or_path=tiny_model_dir).policy.model.layers[0]
+    assert "forward" in vars(lean.mlp) and "forward" in vars(lean.input_layernorm)  # the lean forwards
+    compiled = dpo_module(model_name_or_path=tiny_model_dir, compile=True).policy.model.layers[0]
+    assert "forward" not in vars(compiled.mlp) and "forward" not in vars(compiled.input_layernorm)
