@@ -30,7 +30,7 @@ from lit_dpo.parallel import compile_layers, shard_over
 from lit_dpo.reference import Reference, check_start
 from lit_dpo.reference.schedule import ReferenceSchedule
 from lit_dpo.scoring import Logps, PairLogps, UnpairedLogps, score_sequences, split_scores
-from lit_dpo.scoring.lean import use_lean_blocks
+from lit_dpo.scoring.lean import lean_blocks_apply, use_lean_blocks
 
 
 class DPOModule(DPOOptions):
@@ -97,7 +97,7 @@ class DPOModule(DPOOptions):
                 self.synced_reference = models.synced_reference
             if self._trainer is None or self.trainer.world_size == 1:
                 sparse_tied_embedding(self.policy)
-                if not self.hparams.compile:  # one process (FSDP's sharded weights are left to autograd), eager
+                if lean_blocks_apply(1, self.hparams.compile):
                     use_lean_blocks(self.policy)
         frozen = self.reference.model if self.reference is not None else None
         if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2

@@ -14,6 +14,7 @@ from lit_dpo.errors import InputError
 from lit_dpo.losses import Objective
 from lit_dpo.planning.estimate import ReferenceKind, Setup, Strategy
 from lit_dpo.planning.shape import layer_activations, load_config, model_shape
+from lit_dpo.scoring.lean import lean_blocks_apply
 from lit_dpo.scoring.lm_head import CHUNK_ELEMENTS, GPU_CHUNK_ELEMENTS
 
 LORA_R_SUGGESTED = 16  # the rank the plan's "use LoRA" alternative assumes when no --model.lora_r is given
@@ -117,7 +118,7 @@ def build_setup(
     shape = model_shape(config, lora_r or LORA_R_SUGGESTED, model.get("lora_target_modules", "all-linear"),
                         model.get("trust_remote_code", False))  # fmt: skip
     shared = bool(data.get("prefix_sharing", True))
-    lean = hw.world_size == 1 and not model.get("compile")  # as DPOModule.configure_model does
+    lean = lean_blocks_apply(hw.world_size, bool(model.get("compile")))
     layer, outside = layer_activations(config, param_dtype, autocast, model.get("attn_implementation"), shared,
                                        model.get("trust_remote_code", False), lean, bool(lora_r))  # fmt: skip
     steps_like = SimpleNamespace(

@@ -2,10 +2,10 @@
 peaks (at its start), and the cheap ones recomputed there. The matmuls are the same; gradients equal autograd's to
 float rounding (tested).
 
-SwiGLU MLP: for ``down(silu(gate(x)) * up(x))`` autograd keeps gate(x) (silu's input), silu(gate(x)) and up(x) (the product's
-inputs) and the product (down's input) until the backward. ``_SwiGLU`` keeps gate(x) and up(x) and recomputes silu
-and the product there: two elementwise passes over (T, I), for two (T, I) tensors a layer less when a step's
-step (SmolLM2, I = 1,536, 30 layers: 118 MiB on the benchmark's 337-token rows).
+SwiGLU MLP: for ``down(silu(gate(x)) * up(x))`` autograd keeps gate(x) (silu's input), silu(gate(x)) and up(x)
+(the product's inputs) and the product (down's input) until the backward. ``_SwiGLU`` keeps gate(x) and up(x) and
+recomputes silu and the product there: two elementwise passes over (T, I), for two (T, I) tensors a layer less
+(SmolLM2, I = 1,536, 30 layers: 118 MiB on the benchmark's 337-token rows).
 
 RMSNorm: autograd keeps its input, 1 / rms and the normalised input; ``_RMSNorm`` keeps the first two (SmolLM2: 61
 norms, 45 MiB on those rows).
@@ -19,10 +19,18 @@ import torch
 from torch import Tensor
 from torch.nn.functional import linear, silu
 
+from lit_dpo.scoring.lm_head import forward_autocast
+
 # transformers' MLPs that compute exactly ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``
 SWIGLU_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"}
 # and their RMSNorms: ``weight * (x / rms(x))``, computed in fp32, the normalised input cast back to x's dtype first
 RMS_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}
+
+
+def lean_blocks_apply(world_size: int, compiled: bool) -> bool:
+    """Whether a fit gives its policy the lean blocks: in one process (FSDP's sharded weights are left to
+    autograd), not compiled. ``DPOModule`` does as this says, and so does the memory plan."""
+    return world_size == 1 and not compiled
 
 
 def use_lean_blocks(model: torch.nn.Module, mlps: bool = True) -> int:
@@ -59,15 +67,13 @@ class _SwiGLU(torch.autograd.Function):
     def forward(ctx, x, w_gate, w_up, w_down):  # type: ignore[override]
         gate, up = linear(x, w_gate), linear(x, w_up)  # (..., I), in autocast's dtype when it is on
         ctx.save_for_backward(x, w_gate, w_up, w_down, gate, up)
-        device = x.device.type
-        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        ctx.autocast = forward_autocast(x)
         return linear(silu(gate) * up, w_down)  # (..., H)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         x, w_gate, w_up, w_down, gate, up = ctx.saved_tensors
-        device, enabled, dtype = ctx.autocast
-        with torch.autocast(device, dtype=dtype, enabled=enabled):  # the forward's matmul precision
+        with ctx.autocast:  # the forward's matmul precision
             sigmoid = torch.sigmoid(gate)
             activated = gate * sigmoid  # silu(gate), recomputed
             grad_out = grad_out.to(gate.dtype)

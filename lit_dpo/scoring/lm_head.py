@@ -49,6 +49,13 @@ def token_scores(logits: Tensor, targets: Tensor, wpo: bool = False) -> TokenSco
     return TokenScores(logps, mean_logits, wpo_terms)
 
 
+def forward_autocast(tensor: Tensor) -> torch.autocast:
+    """The autocast state a custom autograd function's forward runs under, on ``tensor``'s device: its backward
+    runs outside autocast, and re-enters this so that its matmuls have the forward's precision."""
+    device = tensor.device.type
+    return torch.autocast(device, dtype=torch.get_autocast_dtype(device), enabled=torch.is_autocast_enabled(device))
+
+
 class _TargetLogps(torch.autograd.Function):
     """``logits[m, targets[m]] - normalizer[m]`` with a one-buffer backward: the gradient ``onehot - softmax`` is
     built in place in one (M, V) tensor, where autograd's gather and logsumexp backwards fill, subtract,
@@ -103,20 +110,18 @@ class _ChunkedLogps(torch.autograd.Function):
             outputs[2].append(scores.wpo if wpo else scores.logps.new_zeros(0))
         logps, mean_logits, wpo_terms = (torch.cat(parts) for parts in outputs)
         ctx.save_for_backward(hidden, weight, bias, targets, logps)
-        device = hidden.device.type
-        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        ctx.autocast = forward_autocast(hidden)
         ctx.mark_non_differentiable(mean_logits, wpo_terms)
         return logps, mean_logits, wpo_terms
 
     @staticmethod
     def backward(ctx, grad_logps, *_):  # type: ignore[override]
         hidden, weight, bias, targets, logps = ctx.saved_tensors
-        device, enabled, dtype = ctx.autocast
         rows = chunk_rows(weight.shape[0], hidden.device)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None else None
-        with torch.autocast(device, dtype=dtype, enabled=enabled):  # the forward's matmul precision
+        with ctx.autocast:  # the forward's matmul precision
             for start in range(0, hidden.shape[0], rows):
                 h, g, t = hidden[start : start + rows], grad_logps[start : start + rows], targets[start : start + rows]
                 logits = _chunk_logits(h, weight, bias).float()  # recomputed, (C, V)
@@ -192,15 +197,13 @@ class _TiedHeadLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias):  # type: ignore[override]
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        device = x.device.type
-        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        ctx.autocast = forward_autocast(x)
         return torch.nn.functional.linear(x, weight, bias)  # (M, V)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         x, weight = ctx.saved_tensors
-        device, enabled, dtype = ctx.autocast
-        with torch.autocast(device, dtype=dtype, enabled=enabled):  # the forward's matmul precision
+        with ctx.autocast:  # the forward's matmul precision
             grad_x = grad @ weight.to(grad.dtype)
             grad_weight = (grad.T @ x.to(grad.dtype)).to(weight.dtype)  # (V, H)
         if weight.grad is None:
