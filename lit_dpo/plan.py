@@ -100,8 +100,9 @@ def _parts(s: Setup, plan: Plan, memory: float) -> Table:
         table.add_row(part, f"{getattr(plan, part) / GIB:.2f}", _what(part, s))
     if plan.reference_pass:
         table.add_row(
-            "(reference pass)", f"{plan.reference_pass / GIB:.2f}", "before training: both models, no gradients"
-        )
+            "(reference pass)", f"{plan.reference_pass / GIB:.2f}",
+            f"before training: both models, batches of {s.pass_batch_size or s.batch_size} pairs, no gradients",
+        )  # fmt: skip
     tight = "tight: under 10% to spare" if plan.peak <= memory else "does NOT fit"
     verdict = "fits" if fits(plan.peak, memory) else tight
     table.add_row("peak", f"{plan.peak / GIB:.2f}", f"of {memory / GIB:.1f} GiB: {verdict}", style="bold")

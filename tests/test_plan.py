@@ -1,6 +1,7 @@
 """lit_dpo/plan.py: ``python -m lit_dpo.plan`` takes the fit's options and prints the plan; mistakes are one line."""
 
 import json
+import shutil
 
 import pytest
 
@@ -51,6 +52,18 @@ def test_plan_follows_the_options(tiny_model_dir, tmp_path):
     assert mixed["weights"] == default["weights"] and mixed["activations"] != default["activations"]
     assert plan(tmp_path, *base, "--trainer.precision=bf16-true")["parts"]["weights"] == default["weights"] / 2
     assert plan(tmp_path, *base, "--data.prefix_sharing=false")["rows"] == {"rows": 8, "length": 64, "scored": 256}
+
+
+def test_the_reference_pass_follows_its_batches_and_the_weights_file(tiny_model_dir, tmp_path):
+    base = [f"--model.model_name_or_path={tiny_model_dir}", "--data.max_length=64"]
+    default = plan(tmp_path, *base)["parts"]  # the validation batch: 8 pairs
+    assert plan(tmp_path, *base, "--data.val_batch_size=16")["parts"]["reference_pass"] > default["reference_pass"]
+    # one CPU process: the reference maps the policy's own file, one copy of the weights; another file, two
+    other = shutil.copytree(tiny_model_dir, tmp_path / "reference")
+    apart = plan(tmp_path, *base, f"--model.ref_model_name_or_path={other}")["parts"]
+    assert apart["reference_pass"] == default["reference_pass"] + default["weights"]
+    gpu = plan(tmp_path, *base, "--trainer.accelerator=gpu", "--trainer.devices=1", "--memory_gb=80")["parts"]
+    assert gpu["reference_pass"] > default["reference_pass"] + 0.9 * default["weights"]  # copied to the device
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,6 @@ from lit_dpo.scoring.lm_head import worth_chunking
 
 Strategy = Literal["single", "ddp", "fsdp"]
 ReferenceKind = Literal["live", "cached", "adapter", "none"]
-LOGITS_BUFFERS = 3  # the plain head's peak: logits, their fp32 copy or softmax, their gradient (lm_head.py)
 
 
 @dataclass(frozen=True)
@@ -65,15 +64,28 @@ class Setup:
     activation_checkpointing: bool = False
     optimizer_in_backward: bool = False
     chunk_positions: Optional[int] = None  # scored positions per LM-head chunk; None: the whole (M, V) at once
+    half_logits: bool = False  # the head computes in half precision (half weights or autocast)
+    pass_batch_size: Optional[int] = None  # pairs per batch of the cached reference's pass (the validation batch)
+    # the reference maps the policy's own weights file (one CPU process, stored dtype): one copy until an update
+    shares_weights_file: bool = False
 
     @property
     def chunks_logits(self) -> bool:
-        """Whether the LM head works in chunks (``lit_dpo.scoring.lm_head.chunks_logits``)."""
-        return self.chunk_positions is not None and worth_chunking(self.rows.scored, self.chunk_positions)
+        """Whether the LM head works in chunks (``lit_dpo.scoring.lm_head.chunks_logits``) on a training step."""
+        return self.chunks(self.rows)
+
+    def chunks(self, rows: Layout) -> bool:
+        return self.chunk_positions is not None and worth_chunking(rows.scored, self.chunk_positions)
 
     @property
     def rows(self) -> Layout:
         return layout(self.batch_size, self.prompt_tokens, self.completion_tokens, self.shared_prefix, self.pack_length)
+
+    @property
+    def pass_rows(self) -> Layout:
+        """A batch of the cached reference's pass."""
+        pairs = self.pass_batch_size or self.batch_size
+        return layout(pairs, self.prompt_tokens, self.completion_tokens, self.shared_prefix, self.pack_length)
 
 
 @dataclass(frozen=True)
@@ -114,16 +126,20 @@ def estimate(setup: Setup) -> Plan:
     reference = shape.params * s.param_bytes / shard if s.reference == "live" else 0.0
     acts = activations(s)
     logits = logit_bytes(s)
-    if s.reference in ("live", "adapter"):  # its forward runs while the policy's activations are kept
-        logits = max(logits, s.layer.bytes(s.rows.rows, s.rows.length) + logit_bytes(s, backward=False))
+    if s.reference in ("live", "adapter"):  # its forward runs after the policy's, whose activations and fp32
+        # logits (none in chunks) are kept for the backward: a layer's worth and the head's peak on top
+        kept = 0 if s.chunks_logits else s.rows.scored * s.shape.vocab_size * 4
+        logits += kept + s.layer.bytes(s.rows.rows, s.rows.length)
     strategy = 0.0
     if s.strategy == "fsdp":  # the root unit stays gathered through forward and backward; a layer is prefetched
         strategy = (shape.root_params * (1 - 1 / shard) + 2 * shape.layer_params) * s.param_bytes
     elif s.strategy == "ddp" and s.world_size > 1:  # DDP's gradient buckets: a second copy of the gradients
         strategy = trainable * s.param_bytes
     reference_pass = 0.0
-    if s.reference == "cached":  # policy and reference both held while the reference scores every pair once
-        reference_pass = 2 * weights + s.layer.bytes(s.rows.rows, s.rows.length) + logit_bytes(s, backward=False)
+    if s.reference == "cached":  # before training, policy and reference both held (and AdamW's moments, where
+        # allocated up front) while the reference scores every pair once, without gradients
+        held = (1 if s.shares_weights_file else 2) * weights + (optimizer if s.optimizer_in_backward else 0.0)
+        reference_pass = held + s.layer.bytes(s.pass_rows.rows, s.pass_rows.length) + logit_bytes(s, s.pass_rows)
     stale = not s.optimizer_in_backward
     return Plan(weights, gradients, optimizer, reference, acts, logits, strategy, reference_pass, stale)
 
@@ -140,11 +156,15 @@ def activations(s: Setup) -> float:
     return inputs + s.layer.bytes(rows, length) + outside
 
 
-def logit_bytes(s: Setup, backward: bool = True) -> float:
-    """The LM head's logits over the scored positions: in chunks (``lit_dpo.scoring.lm_head``) or all at once."""
-    positions = s.chunk_positions if s.chunks_logits else s.rows.scored
-    buffers = LOGITS_BUFFERS if backward else 1
-    return buffers * positions * s.shape.vocab_size * 4  # fp32: half-precision logsumexp loses digits
+def logit_bytes(s: Setup, rows: Optional[Layout] = None) -> float:
+    """The LM head's peak over the scored positions, all at once or a chunk's (``lit_dpo.scoring.lm_head``): the
+    logits, their fp32 copy when the head computes in half precision, and one more fp32 tensor of their size
+    (logsumexp's temporary in the forward, their gradient in the backward; a forward without gradients peaks
+    the same way). ``rows``: a training step's unless given."""
+    rows = rows or s.rows
+    positions = s.chunk_positions if s.chunks(rows) else rows.scored
+    per_logit = 4 + 4 + (2 if s.half_logits else 0)  # fp32: half-precision logsumexp loses digits
+    return positions * s.shape.vocab_size * per_logit
 
 
 @dataclass(frozen=True)

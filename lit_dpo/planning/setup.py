@@ -126,11 +126,13 @@ def build_setup(
         gradient_clip_val=trainer.get("gradient_clip_val"), precision=str(trainer.get("precision") or "32-true"),
     )  # fmt: skip
     chunk = (GPU_CHUNK_ELEMENTS if hw.accelerator == "gpu" else CHUNK_ELEMENTS) // shape.vocab_size
+    batch_size = int(data.get("batch_size") or 4)
     setup = Setup(
         shape=shape,
         layer=layer,
         outside=outside,
-        batch_size=int(data.get("batch_size") or 4),
+        batch_size=batch_size,
+        pass_batch_size=int(data.get("val_batch_size") or 2 * batch_size),  # PreferenceDataModule's default
         prompt_tokens=pair.prompt,
         completion_tokens=pair.completion,
         shared_prefix=shared,
@@ -144,8 +146,18 @@ def build_setup(
         activation_checkpointing=bool(model.get("activation_checkpointing")),
         optimizer_in_backward=optim.in_backward(steps_like, model.get("optimizer_in_backward")),
         chunk_positions=chunk if shape.chunked_head else None,  # (and the scored positions are many: see Setup)
+        half_logits=param_dtype.itemsize == 2 or autocast is not None,
+        shares_weights_file=_shares_weights_file(model, config, hw, param_dtype),
     )
     return setup, hw
+
+
+def _shares_weights_file(model: Mapping[str, Any], config: Any, hw: Hardware, param_dtype: torch.dtype) -> bool:
+    """Whether the reference is the policy's own checkpoint, loaded as stored into one CPU process: transformers
+    maps the safetensors file, so both models' weights are the same pages until the policy's first update (a
+    GPU, a conversion to another dtype or a sharding strategy copies them)."""
+    own = model.get("ref_model_name_or_path") in (None, model["model_name_or_path"])
+    return hw.accelerator == "cpu" and hw.strategy == "single" and own and getattr(config, "dtype", None) == param_dtype
 
 
 def _precision(precision: str, dtype: str) -> tuple[torch.dtype, Optional[torch.dtype]]:

@@ -3,7 +3,8 @@ so that only ``(C, V)`` logits exist at a time, forward and backward (a custom a
 each chunk's logits in the backward instead of keeping them).
 
 V is 49,152 for SmolLM2 and 151,936 for Qwen2.5: 4,096 scored tokens in fp32 are 0.8 GB and 2.5 GB of logits,
-and the plain path holds about three tensors of that size at its peak (logits, their gradient, softmax).
+and the plain path holds two tensors of that size at its peak (the logits, and logsumexp's temporary in the
+forward or their gradient in the backward), and the head's own output besides when it computes in half precision.
 """
 
 from __future__ import annotations
@@ -84,11 +85,13 @@ def _wpo_terms(logps: Tensor, logits: Tensor, normalizer: Tensor) -> Tensor:
 
 
 def chunked_token_scores(
-    hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor, wpo: bool = False
+    hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor, wpo: bool = False, into_grad: bool = False
 ) -> TokenScores:
     """The same scores as ``token_scores(hidden @ weight.T + bias, targets, wpo)``, for hidden states ``(M, H)``
-    and a head ``weight`` ``(V, H)``, with at most ``chunk_rows(V)`` positions' logits alive at once."""
-    logps, mean_logits, wpo_terms = _ChunkedLogps.apply(hidden, weight, bias, targets, wpo)
+    and a head ``weight`` ``(V, H)``, with at most ``chunk_rows(V)`` positions' logits alive at once.
+    ``into_grad``: the backward sums the head's gradient into ``weight.grad`` itself (an fp32 head tied to a
+    sparse embedding, as ``_TiedHeadLinear`` does) instead of passing it on to autograd."""
+    logps, mean_logits, wpo_terms = _ChunkedLogps.apply(hidden, weight, bias, targets, wpo, into_grad)
     return TokenScores(logps, mean_logits, wpo_terms if wpo else None)
 
 
@@ -98,7 +101,7 @@ def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Ten
 
 class _ChunkedLogps(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, wpo):  # type: ignore[override]
+    def forward(ctx, hidden, weight, bias, targets, wpo, into_grad):  # type: ignore[override]
         rows = chunk_rows(weight.shape[0], hidden.device)
         outputs: list[list[Tensor]] = [[], [], []]
         for start in range(0, hidden.shape[0], rows):
@@ -111,6 +114,7 @@ class _ChunkedLogps(torch.autograd.Function):
         logps, mean_logits, wpo_terms = (torch.cat(parts) for parts in outputs)
         ctx.save_for_backward(hidden, weight, bias, targets, logps)
         ctx.autocast = forward_autocast(hidden)
+        ctx.into_grad = into_grad
         ctx.mark_non_differentiable(mean_logits, wpo_terms)
         return logps, mean_logits, wpo_terms
 
@@ -119,7 +123,7 @@ class _ChunkedLogps(torch.autograd.Function):
         hidden, weight, bias, targets, logps = ctx.saved_tensors
         rows = chunk_rows(weight.shape[0], hidden.device)
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        grad_weight = weight.grad if ctx.into_grad else None  # fp32, summed over the chunks
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None else None
         with ctx.autocast:  # the forward's matmul precision
             for start in range(0, hidden.shape[0], rows):
@@ -129,11 +133,24 @@ class _ChunkedLogps(torch.autograd.Function):
                 normalizer = logits.gather(-1, t[:, None]).squeeze(-1) - logps[start : start + rows]
                 grad_logits = _grad_of_target_logps(logits.sub_(normalizer[:, None]), t, g).to(ctx.logits_dtype)
                 grad_hidden[start : start + rows] = grad_logits @ weight
-                grad_weight += (grad_logits.T @ h).float()
+                grad_weight = _add_product(grad_weight, grad_logits.T, h, torch.float32)
                 if grad_bias is not None:
                     grad_bias += grad_logits.float().sum(0)
         grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
-        return grad_hidden, grad_weight.to(weight.dtype), grad_bias, None, None
+        if ctx.into_grad:  # the embedding's rows are added into it when they arrive
+            weight.grad = grad_weight
+            return grad_hidden, None, grad_bias, None, None, None
+        return grad_hidden, grad_weight.to(weight.dtype), grad_bias, None, None, None
+
+
+def _add_product(total: Optional[Tensor], a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
+    """``total + a @ b``: a new tensor of ``dtype`` when ``total`` is None, else summed into ``total`` in place,
+    without a (V, H) temporary when the dtypes agree (``addmm_``)."""
+    if total is None:
+        return (a @ b).to(dtype)
+    if a.dtype == b.dtype == total.dtype:
+        return total.addmm_(a, b)
+    return total.add_(a @ b)
 
 
 def chunks_logits(model: torch.nn.Module, num_positions: int) -> bool:
@@ -171,7 +188,8 @@ def head_on_positions(
     def forward(hidden: Tensor) -> Tensor:
         positions = hidden.flatten(0, 1)[index]  # (M, H)
         if chunk:
-            scored["scores"] = chunked_token_scores(positions, head.weight, head.bias, targets, wpo)
+            into_grad = sums_in_place and head.weight.dtype == torch.float32  # (bf16 weights: summed in fp32)
+            scored["scores"] = chunked_token_scores(positions, head.weight, head.bias, targets, wpo, into_grad)
             return positions.new_empty(positions.shape[0], 0)
         if sums_in_place:
             return _TiedHeadLinear.apply(positions, head.weight, head.bias)
@@ -205,10 +223,6 @@ class _TiedHeadLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         with ctx.autocast:  # the forward's matmul precision
             grad_x = grad @ weight.to(grad.dtype)
-            grad_weight = (grad.T @ x.to(grad.dtype)).to(weight.dtype)  # (V, H)
-        if weight.grad is None:
-            weight.grad = grad_weight
-        else:  # gradient accumulation
-            weight.grad.add_(grad_weight)
+            weight.grad = _add_product(weight.grad, grad.T, x.to(grad.dtype), weight.dtype)  # (V, H)
         grad_bias = grad.sum(0).to(weight.dtype) if ctx.has_bias else None
         return grad_x.to(x.dtype), None, grad_bias

@@ -37,12 +37,15 @@ def test_one_process_by_hand():
     assert plan.weights == 4000 and plan.gradients == 4000 and plan.optimizer == 8000
     assert plan.reference == 4000  # live: a second model
     assert plan.activations == 2 * 100 * 20 + 1 * 20  # two layers and the rest, 20 tokens
-    # the reference's forward (one layer's worth and its logits) while the policy's activations are kept: smaller
-    # than the head's 3 buffers of 8 x 100 fp32 logits
-    assert plan.logits == 3 * 8 * 100 * 4
+    # the reference's forward (one layer's worth and the head's peak: 8 x 100 logits and a temporary, fp32) after
+    # the policy's, which keeps its activations and fp32 logits
+    assert plan.logits == 8 * 100 * 4 + 100 * 20 + 2 * 8 * 100 * 4
     assert plan.strategy == 0 and plan.reference_pass == 0
-    assert plan.peak == 4000 + 8000 + 4000 + 4020 + 9600 + 4000  # the previous step's gradients: until the backward
-    assert estimate(setup(optimizer_in_backward=True)).peak == 4000 + 8000 + 4000 + 4020 + 9600
+    assert plan.peak == 4000 + 8000 + 4000 + 4020 + 11600 + 4000  # the previous step's gradients: until the backward
+    assert estimate(setup(optimizer_in_backward=True)).peak == 4000 + 8000 + 4000 + 4020 + 11600
+    cached = estimate(setup(reference="cached"))
+    assert cached.logits == 2 * 8 * 100 * 4  # the logits and their gradient (or logsumexp's temporary)
+    assert estimate(setup(reference="cached", half_logits=True)).logits == 8 * 100 * (2 + 4 + 4)  # and the output
 
 
 def test_strategies_and_options_by_hand():
@@ -55,11 +58,15 @@ def test_strategies_and_options_by_hand():
     lora = estimate(setup(lora=True, reference="adapter"))
     assert lora.weights == 1050 * 4 and lora.gradients == 200 and lora.optimizer == 400 and lora.reference == 0
     cached = estimate(setup(reference="cached"))
-    assert cached.reference == 0 and cached.reference_pass == 2 * 4000 + 100 * 20 + 8 * 100 * 4
+    assert cached.reference == 0 and cached.reference_pass == 2 * 4000 + 100 * 20 + 2 * 8 * 100 * 4
+    # the pass scores batches of the validation batch size (4 pairs: 8 rows of 5 tokens, 16 scored), with AdamW's
+    # moments already allocated when the optimizer steps in the backward
+    bigger = estimate(setup(reference="cached", pass_batch_size=4, optimizer_in_backward=True))
+    assert bigger.reference_pass == 2 * 4000 + 8000 + 100 * 40 + 2 * 16 * 100 * 4
     checkpointed = estimate(setup(activation_checkpointing=True))
     assert checkpointed.activations == 2 * 20 * 8 * 4 + 100 * 20 + 20  # each layer's input, one layer, the rest
     chunked = estimate(setup(chunk_positions=1))  # 8 scored positions > 4 chunks: chunks of one position
-    assert chunked.logits == max(3 * 1 * 100 * 4, 100 * 20 + 1 * 100 * 4)
+    assert chunked.logits == 100 * 20 + 2 * 1 * 100 * 4  # the policy keeps no logits: hidden states
 
 
 def test_variants_mark_the_current_choice_and_lower_the_peak():

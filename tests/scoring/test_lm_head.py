@@ -83,8 +83,9 @@ def test_token_scores_gradient_is_autograds():
     assert torch.autograd.gradcheck(lambda x: token_scores(x, targets).logps, (logits.detach().requires_grad_(),))
 
 
+@pytest.mark.parametrize("chunked", [False, True])
 def test_a_sparse_tied_head_adds_the_embedding_rows_into_its_own_gradient(tokenizer, make_batch, standard_rows,
-                                                                          monkeypatch):  # fmt: skip
+                                                                          monkeypatch, chunked):  # fmt: skip
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from lit_dpo.hf import sparse_tied_embedding
@@ -93,9 +94,12 @@ def test_a_sparse_tied_head_adds_the_embedding_rows_into_its_own_gradient(tokeni
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)  # fmt: skip
     batch = make_batch(standard_rows(3), "packed")
+    if chunked:  # chunks of 2 positions
+        monkeypatch.setenv("LIT_DPO_CHUNK_ELEMENTS", str(2 * len(tokenizer)))
     head_grads, calls = [], []
-    apply = lm_head._TiedHeadLinear.apply
-    monkeypatch.setattr(lm_head._TiedHeadLinear, "apply", lambda *a: calls.append(1) or apply(*a))
+    function = lm_head._ChunkedLogps if chunked else lm_head._TiedHeadLinear
+    apply = function.apply
+    monkeypatch.setattr(function, "apply", lambda *a: calls.append(a[-1] if chunked else True) or apply(*a))
     for sparse in (False, True):
         torch.manual_seed(0)
         model = LlamaForCausalLM(config)
@@ -107,6 +111,6 @@ def test_a_sparse_tied_head_adds_the_embedding_rows_into_its_own_gradient(tokeni
             score_sequences(model, batch).logps.sum().backward()
         assert len(seen) == 2 and not weight.grad.is_sparse
         head_grads.append((seen[0], weight.grad))
-    assert len(calls) == 2  # only the sparse-tied model's two forwards
+    assert calls == [False, False, True, True] if chunked else len(calls) == 2  # the sparse-tied model's sums in place
     for got, want in zip(head_grads[1], head_grads[0]):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
