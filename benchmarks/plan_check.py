@@ -50,7 +50,6 @@ CASES = {  # name: (size, processes, extra options)
 # steps per process: the peak comes with the optimizer state and the previous step's gradients (step 2 on), and
 # a DDP process reaches it from step 3 only (135M: 3.28 GiB over two steps, 3.75 GiB over three, 2026-12-01)
 STEPS = 3
-SHORTER = {"360M, 2 processes, FSDP": 2}  # its third step does not finish on this VM's two gloo processes
 
 
 class PeakMemory(L.Callback):
@@ -104,9 +103,8 @@ def options(model: Path, data: Path, processes: int, extra: list[str], root: Pat
 
 def run_case(name: str, work: Path) -> dict:
     size, processes, extra = CASES[name]
-    steps = SHORTER.get(name, STEPS)
     model = make_model(work / "models", size)
-    data = make_data(work / f"pairs{processes}x{steps}.jsonl", 4 * steps * processes)
+    data = make_data(work / f"pairs{processes}x{STEPS}.jsonl", 4 * STEPS * processes)
     out = Path(tempfile.mkdtemp(dir=work))
     args = options(model, data, processes, extra, out / "runs")
     tokens = [f"--prompt_tokens={PROMPT}", f"--completion_tokens={COMPLETION}"]
