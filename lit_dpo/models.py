@@ -96,8 +96,7 @@ def build_models(spec: ModelSpec, run: Run) -> Models:
                          "has no backward on CPUs); on a CPU use sdpa, the default")  # fmt: skip
     loading = (spec.dtype, spec.trust_remote_code, spec.quantization, device, spec.attn_implementation)
     policy = load_policy(spec.model_name_or_path, *loading, spec.disable_dropout, spec.activation_checkpointing)
-    if not spec.compile:  # compiled layers would recompile for every row's split into examples
-        use_blocked_attention(policy, device)
+    use_blocked_attention(policy, device, spec.compile)
     tower = vision_tower(policy)
     if tower is not None:
         tower.requires_grad_(not spec.freeze_vision)
@@ -105,8 +104,7 @@ def build_models(spec: ModelSpec, run: Run) -> Models:
     separate = run.needs_reference and (spec.ref_model_name_or_path is not None or not spec.lora_r)
     if separate:
         frozen = load_model(spec.reference_source, *loading)
-        if not spec.compile:  # a live reference's layers are compiled too
-            use_blocked_attention(frozen, device)
+        use_blocked_attention(frozen, device, spec.compile)  # a live reference's layers are compiled too
         reference = ModelReference(frozen, spec.ld_alpha)
     caches = should_cache(
         spec.precompute_ref_log_probs, run.needs_reference, separate, run.unpaired, spec.reference_moves or run.online,

@@ -95,10 +95,11 @@ class DPOModule(DPOOptions):
             self.policy, self.reference, self.caches_reference = models.policy, models.reference, models.caches_reference  # fmt: skip
             if models.synced_reference is not None:  # training state: in the module tree, so checkpoints hold it
                 self.synced_reference = models.synced_reference
-            if self._trainer is None or self.trainer.world_size == 1:
+            world_size = self.trainer.world_size if self._trainer is not None else 1
+            if world_size == 1:
                 sparse_tied_embedding(self.policy)
-                if lean_blocks_apply(1, self.hparams.compile):
-                    use_lean_blocks(self.policy)
+            if lean_blocks_apply(world_size, self.hparams.compile):
+                use_lean_blocks(self.policy)
         frozen = self.reference.model if self.reference is not None else None
         if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2
             shard_over(self.trainer.strategy, self.device_mesh, self.policy, frozen)

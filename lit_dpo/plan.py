@@ -101,7 +101,7 @@ def _parts(s: Setup, plan: Plan, memory: float) -> Table:
     if plan.reference_pass:
         table.add_row(
             "(reference pass)", f"{plan.reference_pass / GIB:.2f}",
-            f"before training: both models, {s.pass_batch_size or s.batch_size} pairs a batch, no gradients",
+            f"before training: both models, {s.pass_pairs} pairs a batch, no gradients",
         )  # fmt: skip
     tight = "tight: under 10% to spare" if plan.peak <= memory else "does NOT fit"
     verdict = "fits" if fits(plan.peak, memory) else tight

@@ -82,10 +82,14 @@ class Setup:
         return layout(self.batch_size, self.prompt_tokens, self.completion_tokens, self.shared_prefix, self.pack_length)
 
     @property
+    def pass_pairs(self) -> int:
+        """Pairs per batch of the cached reference's pass."""
+        return self.pass_batch_size or self.batch_size
+
+    @property
     def pass_rows(self) -> Layout:
         """A batch of the cached reference's pass."""
-        pairs = self.pass_batch_size or self.batch_size
-        return layout(pairs, self.prompt_tokens, self.completion_tokens, self.shared_prefix, self.pack_length)
+        return layout(self.pass_pairs, self.prompt_tokens, self.completion_tokens, self.shared_prefix, self.pack_length)
 
 
 @dataclass(frozen=True)

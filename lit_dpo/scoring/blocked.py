@@ -31,12 +31,13 @@ BIASES = ("softcap", "position_bias", "s_aux")  # attention extras sdpa_attentio
 Blocks = list[list[int]]  # per row, the lengths of its runs of one example (padding: one run), in order
 
 
-def use_blocked_attention(model: PreTrainedModel, device: torch.device) -> bool:
+def use_blocked_attention(model: PreTrainedModel, device: torch.device, compiled: bool = False) -> bool:
     """Switch a text model that uses sdpa and runs on a CPU ``device`` to ``BLOCKED_SDPA`` (else leave it); whether
     it uses it now. Vision-language models keep sdpa: their vision towers share the setting and never see the rows.
-    GPUs keep one kernel a layer (``--model.attn_implementation=flex_attention`` skips the empty tiles there)."""
+    GPUs keep one kernel a layer (``--model.attn_implementation=flex_attention`` skips the empty tiles there), and
+    ``compiled`` layers keep sdpa: they would recompile for every row's split into examples."""
     attention = model.config._attn_implementation
-    if attention == "sdpa" and device.type == "cpu" and not is_vision_config(model.config):
+    if attention == "sdpa" and device.type == "cpu" and not compiled and not is_vision_config(model.config):
         model.set_attn_implementation(BLOCKED_SDPA)
     return model.config._attn_implementation == BLOCKED_SDPA
 

@@ -53,6 +53,7 @@ def test_only_a_cpu_s_sdpa_switches(random_llama):
     model.set_attn_implementation("eager")
     assert not use_blocked_attention(model, torch.device("cpu"))
     model.set_attn_implementation("sdpa")
+    assert not use_blocked_attention(model, torch.device("cpu"), compiled=True)  # compiled layers keep sdpa
     assert use_blocked_attention(model, torch.device("cpu"))
     out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False)  # no runs: sdpa itself
     model.set_attn_implementation("sdpa")
