@@ -252,11 +252,18 @@ def worker(args: argparse.Namespace) -> None:
     rows, _ = _pairs(args.data, args.model, n)
     data = Path(tempfile.mkdtemp()) / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    record = (
-        run_lit_dpo(args, str(data))
+    run = (
+        (lambda: run_lit_dpo(args, str(data)))
         if args.worker.startswith("lit_dpo")
-        else run_trl(args, str(data), args.worker == "trl_best", args.worker == TRL_LIGER)
+        else (lambda: run_trl(args, str(data), args.worker == "trl_best", args.worker == TRL_LIGER))
     )
+    if args.count_flops:  # a run of its own: the counter slows every operator down
+        import flops  # benchmarks/flops.py, beside this file
+
+        with flops.counted() as total:
+            run()
+        return print(json.dumps({"gflop_per_pair": total() / 1e9 / n}))
+    record = run()
     _, tokens = _pairs(str(data), args.model, n)
     timed = record.stamps[args.warmup - 1 :] if args.warmup else record.stamps
     steps = len(timed) - 1
@@ -301,6 +308,8 @@ def arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="both systems' weights")
     parser.add_argument("--profile_to", default=None, help="a worker writes its busiest operators to this file")
+    parser.add_argument("--count_flops", action="store_true", help="one more run of each system, under PyTorch's "
+                        "FLOP counter: the work it does per pair (GFLOP), and so the rate it runs at (GFLOP/s)")  # fmt: skip
     parser.add_argument("--worker", choices=SYSTEMS + tuple(VARIANTS) + (TRL_LIGER,), help=argparse.SUPPRESS)
     return parser
 
@@ -319,6 +328,9 @@ def main() -> None:
         for system in systems:
             runs.setdefault(system, []).append(_run_worker(args, system))
     results = {system: _median_run(r) for system, r in runs.items()}
+    if args.count_flops:
+        for system, r in results.items():
+            r["gflop_per_pair"] = _run_worker(args, system, count_flops=True)["gflop_per_pair"]
     print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, fp32, {args.model}")
     print(f"# {args.workload} workload, {args.batch} pairs/step, {args.steps} timed steps after {args.warmup}, max_length {args.max_length}"
           f"{f', median of {args.repeats} runs each' if args.repeats > 1 else ''}")  # fmt: skip
@@ -331,6 +343,10 @@ def main() -> None:
               f"{r['peak_rss_gib']:13.2f} {diff:10.1e}")  # fmt: skip
     print("# loss diff: the largest relative difference from lit_dpo's loss, over every step")
     for system, r in results.items():
+        if "gflop_per_pair" in r:
+            print(f"# {system}: {r['gflop_per_pair']:.1f} GFLOP per pair (reference pass included), "
+                  f"{r['gflop_per_pair'] * r['pairs_per_s']:.1f} GFLOP/s")  # fmt: skip
+    for system, r in results.items():
         if r.get("components"):
             parts = ", ".join(f"{name} {seconds:.3f}" for name, seconds in r["components"].items())
             print(f"# {system}, seconds per step by component: {parts}")
@@ -341,8 +357,9 @@ def main() -> None:
                   f"{lit['peak_rss_gib'] / r['peak_rss_gib']:.2f}x peak RSS")  # fmt: skip
 
 
-def _run_worker(args: argparse.Namespace, system: str) -> dict:
+def _run_worker(args: argparse.Namespace, system: str, count_flops: bool = False) -> dict:
     command = [sys.executable, __file__, "--worker", system, "--model", args.model, "--data", args.data]
+    command += ["--count_flops"] if count_flops else []
     command += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch)]
     command += ["--max_length", str(args.max_length), "--lr", str(args.lr), "--device", args.device]
     command += ["--dtype", args.dtype]

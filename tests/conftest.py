@@ -417,7 +417,7 @@ def make_batch(tokenizer: PreTrainedTokenizerFast) -> Callable[..., Any]:
     layouts = {
         "padded": PaddedCollator,
         "shared": SharedPrefixCollator,
-        "packed": lambda pad: SharedPrefixCollator(pad, pack_length=64),
+        "packed": lambda pad: SharedPrefixCollator(pad, pack_length=200),  # standard_rows(7): 2 rows, 1 padded
     }
 
     def make(rows: list[dict], layout: str = "shared", tokenizer: Any = tokenizer) -> Any:

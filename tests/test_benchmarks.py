@@ -21,6 +21,31 @@ def test_vs_trl_times_lit_dpo_on_a_tiny_model():
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["pairs_per_s"] > 0 and figures["ref_pass_s"] > 0 and len(figures["losses"]) == 2
+    counted = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "vs_trl.py"), "--tiny", "--worker", "lit_dpo", "--steps", "2", "--warmup", "0",
+         "--count_flops"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert counted.returncode == 0, counted.stderr[-2000:]
+    assert json.loads(counted.stdout.strip().splitlines()[-1])["gflop_per_pair"] > 0
+
+
+def test_flops_counts_the_cpu_attention_kernel():
+    """PyTorch counts its GPU attention kernels only; on a CPU every query against every key, grouped heads too."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("flops", BENCHMARKS / "flops.py")
+    flops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(flops)
+    q = torch.randn(2, 6, 5, 8, requires_grad=True)  # (B, H, T, D), 2 key/value heads for 6 query heads
+    k, v = torch.randn(2, 2, 7, 8, requires_grad=True), torch.randn(2, 2, 7, 8, requires_grad=True)
+    with flops.counted() as total:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        forward = total()
+        out.sum().backward()
+    scores = 2 * 2 * 6 * 5 * 7 * 8  # one (T, D) x (D, S) product per head: 2 flops a multiply-add
+    assert forward == 2 * scores  # scores, then their product with the values
+    assert total() - forward == 5 * scores  # the scores again, and four products for the three gradients
 
 
 def test_data_scale_measures_both_ways(tmp_path):

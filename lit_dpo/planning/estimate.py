@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal, Optional
 
+from lit_dpo.data.collate import pack_rows
 from lit_dpo.planning.shape import LayerActivations, ModelShape
 from lit_dpo.scoring.lm_head import worth_chunking
 
@@ -34,13 +35,13 @@ class Layout:
 
 def layout(batch_size: int, prompt: int, completion: int, shared_prefix: bool, pack_length: int) -> Layout:
     """Rows as lit_dpo's collators make them (``lit_dpo.data.collate``): ``2B`` padded rows of prompt + completion,
-    or rows of prompt, chosen, rejected, packed into ~``pack_length``-token rows filled evenly (0: a pair a row)."""
+    or rows of prompt, chosen, rejected, packed as ``pack_rows`` packs them (``pack_length`` 0: a pair a row)."""
     scored = 2 * batch_size * completion
     if not shared_prefix:
         return Layout(2 * batch_size, prompt + completion, scored)
     pair = prompt + 2 * completion
-    rows = min(batch_size, -(-batch_size * pair // pack_length)) if pack_length else batch_size
-    return Layout(rows, -(-batch_size // rows) * pair, scored)
+    rows = pack_rows([pair] * batch_size, pack_length)
+    return Layout(len(rows), max(len(row) for row in rows) * pair, scored)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
 """lit_dpo/data/collate.py: both layouts, by hand, and equal to the plain forward's log-probs."""
 
+import random
+
 import torch
 
 from lit_dpo.data import PaddedCollator, Pair, SharedPrefixCollator, UnpairedExample
+from lit_dpo.data.collate import _width, pack_rows
 from lit_dpo.scoring import score_sequences
 
 EXAMPLES = [Pair([1, 2, 3], [4, 5], [6]), Pair([7, 8], [9], [10, 11])]
@@ -86,6 +89,25 @@ def test_packing_balances_rows_and_keeps_pairs_apart():
     assert not mask[6:, :6].any() and not mask[:6, 6:].any()  # block-diagonal: pairs never see each other
     assert batch.completions.index.tolist() == [2, 3, 2, 7, 7, 9]
     assert SharedPrefixCollator(0, pack_length=6)(EXAMPLES).input_ids.shape == (2, 6)  # 11 tokens: 2 rows
+
+
+def test_packing_computes_the_fewest_tokens_within_the_row_length():
+    long = [420, 380, 360, 336]  # dialogue-length pairs, 1,496 tokens
+    assert pack_rows(long, 512) == [[0], [1], [2], [3]]  # 1,680 tokens; ceil(1,496 / 512) = 3 rows: 3 x 696
+    assert pack_rows(long, 2048) == [[0, 1, 2, 3]]  # one row: no padding
+    assert pack_rows([10, 10, 10, 10], 40) == [[0, 1, 2, 3]]  # the fewest rows among equals
+    assert pack_rows([70, 60], 512, multiple=64) == [[0, 1]]  # 192 tokens rounded, where two rows are 2 x 128
+    assert pack_rows([5, 9, 4], 0) == [[0], [1], [2]]
+    generator = random.Random(0)
+    for _ in range(200):
+        lengths = [generator.randint(1, 300) for _ in range(generator.randint(1, 24))]
+        pack_length, multiple = generator.choice([64, 200, 512]), generator.choice([None, 8, 64])
+        rows = pack_rows(lengths, pack_length, multiple)
+        assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+        sizes = [sum(lengths[i] for i in row) for row in rows]
+        assert max(sizes) <= max(pack_length, *lengths)
+        width = -(-max(sizes) // multiple) * multiple if multiple else max(sizes)
+        assert len(rows) * width <= len(lengths) * _width([max(lengths)], multiple)  # never worse than a pair a row
 
 
 def test_a_batch_moves_as_one_object():
