@@ -240,8 +240,8 @@ def pack_rows(lengths: list[int], pack_length: int, multiple: Optional[int] = No
     Padding costs as much as a real token in every matmul, so of the row counts whose rows stay within
     ``pack_length`` tokens (or the longest example, if longer), the one that computes the fewest tokens, padding
     included (rows x width, widths rounded up to ``multiple``); the fewest rows among equals. Filling
-    ``ceil(total / pack_length)`` rows instead made three rows of 696 from four examples of 336-420 tokens: 40%
-    padding, where four rows of 420 make 12%.
+    ``ceil(total / pack_length)`` rows instead put four examples of 336-420 tokens in three rows of 696: 2,088
+    tokens computed for 1,496, where four rows of 420 compute 1,680.
     """
     if pack_length <= 0:
         return [[i] for i in range(len(lengths))]
