@@ -42,7 +42,9 @@ VARIANTS = {
     "lit_dpo_padded": {"prefix_sharing": False},  # TRL's layout: 2B padded rows (a data option)
     "lit_dpo_unpacked": {"pack_length": 0},  # prefix sharing, one pair a row (a data option)
     "lit_dpo_plain_adamw": {"optimizer_in_backward": False},  # AdamW after the backward
+    "lit_dpo_mkl": {},  # linear layers on PyTorch's own CPU path (MKL) instead of oneDNN: VARIANT_ENV
 }
+VARIANT_ENV = {"lit_dpo_mkl": {"LIT_DPO_ONEDNN": "0"}}  # variants set in the worker's environment
 DATA_OPTIONS = ("prefix_sharing", "pack_length")  # variants' options that belong to the data module
 TRL_LIGER = "trl_liger"  # TRL's defaults with use_liger_kernel=True (GPU only: Triton kernels), benchmarks/gpu.py
 
@@ -304,7 +306,8 @@ def arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--max_length", type=int, default=512)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--repeats", type=int, default=1, help="runs per system; the median is reported")
-    parser.add_argument("--variants", action="store_true", help="also lit_dpo with other settings (VARIANTS)")
+    parser.add_argument("--variants", nargs="*", choices=tuple(VARIANTS), default=None,
+                        help="also lit_dpo with other settings: these, or all (VARIANTS) when none is named")  # fmt: skip
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="both systems' weights")
     parser.add_argument("--profile_to", default=None, help="a worker writes its busiest operators to this file")
@@ -323,7 +326,8 @@ def main() -> None:
     if args.workload == "long":
         args.data = dialogue_pairs(Path(tempfile.mkdtemp()), (args.steps + args.warmup) * args.batch)
     runs: dict[str, list[dict]] = {}
-    systems = SYSTEMS[:1] + (tuple(VARIANTS) if args.variants else ()) + SYSTEMS[1:]
+    variants = () if args.variants is None else tuple(args.variants or VARIANTS)
+    systems = SYSTEMS[:1] + variants + SYSTEMS[1:]
     for _ in range(args.repeats):  # interleaved, so that a slow spell of a shared machine hits every system
         for system in systems:
             runs.setdefault(system, []).append(_run_worker(args, system))
@@ -365,7 +369,8 @@ def _run_worker(args: argparse.Namespace, system: str, count_flops: bool = False
     command += ["--dtype", args.dtype]
     if getattr(args, "profile_dir", None):
         command += ["--profile_to", str(Path(args.profile_dir) / f"{system}.txt")]
-    done = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
+    env = os.environ | {"PYTHONWARNINGS": "ignore"} | VARIANT_ENV.get(system, {})
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode:
         sys.exit(f"{system} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

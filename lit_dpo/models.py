@@ -19,6 +19,7 @@ from lit_dpo.losses import Objective
 from lit_dpo.reference import AdapterReference, ModelReference, Reference, should_cache, weights_fingerprint
 from lit_dpo.reference.sync import check_sync_options
 from lit_dpo.scoring.blocked import use_blocked_attention
+from lit_dpo.scoring.gemm import use_onednn_linears
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ def build_models(spec: ModelSpec, run: Run) -> Models:
     loading = (spec.dtype, spec.trust_remote_code, spec.quantization, device, spec.attn_implementation)
     policy = load_policy(spec.model_name_or_path, *loading, spec.disable_dropout, spec.activation_checkpointing)
     use_blocked_attention(policy, device, spec.compile)
+    use_onednn_linears(policy, device, spec.compile)
     tower = vision_tower(policy)
     if tower is not None:
         tower.requires_grad_(not spec.freeze_vision)
@@ -105,6 +107,7 @@ def build_models(spec: ModelSpec, run: Run) -> Models:
     if separate:
         frozen = load_model(spec.reference_source, *loading)
         use_blocked_attention(frozen, device, spec.compile)  # a live reference's layers are compiled too
+        use_onednn_linears(frozen, device, spec.compile)
         reference = ModelReference(frozen, spec.ld_alpha)
     caches = should_cache(
         spec.precompute_ref_log_probs, run.needs_reference, separate, run.unpaired, spec.reference_moves or run.online,

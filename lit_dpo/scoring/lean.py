@@ -17,8 +17,9 @@ import types
 
 import torch
 from torch import Tensor
-from torch.nn.functional import linear, silu
+from torch.nn.functional import silu
 
+from lit_dpo.scoring.gemm import linear, weight_grad
 from lit_dpo.scoring.lm_head import forward_autocast
 
 # transformers' MLPs that compute exactly ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``
@@ -78,17 +79,12 @@ class _SwiGLU(torch.autograd.Function):
             activated = gate * sigmoid  # silu(gate), recomputed
             grad_out = grad_out.to(gate.dtype)
             grad_product = grad_out @ w_down.to(gate.dtype)  # (..., I)
-            grad_w_down = _outer(grad_out, activated * up)  # (H, I)
+            grad_w_down = weight_grad(grad_out, activated * up)  # (H, I)
             grad_up = grad_product * activated
             grad_gate = grad_product.mul_(up).mul_(sigmoid * (1 + gate * (1 - sigmoid)))  # silu'(g) = s(1 + g(1 - s))
             grad_x = grad_gate @ w_gate.to(gate.dtype) + grad_up @ w_up.to(gate.dtype)
-            grad_w_gate, grad_w_up = _outer(grad_gate, x), _outer(grad_up, x)
+            grad_w_gate, grad_w_up = weight_grad(grad_gate, x), weight_grad(grad_up, x)
         return grad_x.to(x.dtype), grad_w_gate.to(w_gate.dtype), grad_w_up.to(w_up.dtype), grad_w_down.to(w_down.dtype)
-
-
-def _outer(grad: Tensor, inputs: Tensor) -> Tensor:
-    """A linear layer's weight gradient: ``grad`` ``(..., out)`` by ``inputs`` ``(..., in)`` -> ``(out, in)``."""
-    return grad.flatten(0, -2).T @ inputs.flatten(0, -2).to(grad.dtype)
 
 
 class _RMSNorm(torch.autograd.Function):

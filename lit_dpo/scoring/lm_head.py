@@ -16,6 +16,8 @@ from typing import Iterator, NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from lit_dpo.scoring.gemm import linear
+
 CHUNK_ELEMENTS = 2**24  # logits per chunk: 64 MiB in fp32; C = CHUNK_ELEMENTS // V positions
 # on a GPU, 1 GiB chunks: each chunk reads the whole (V, H) head and adds a (V, H) gradient, so chunks of a few
 # hundred positions would make that traffic, not the matmuls, the cost (a 128k vocabulary: 130 positions a chunk)
@@ -96,7 +98,7 @@ def chunked_token_scores(
 
 
 def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    return torch.nn.functional.linear(hidden, weight, bias)  # (C, V), in autocast's dtype when it is on
+    return linear(hidden, weight, bias)  # (C, V), in autocast's dtype when it is on
 
 
 class _ChunkedLogps(torch.autograd.Function):
@@ -195,11 +197,15 @@ def head_on_positions(
             return _TiedHeadLinear.apply(positions, head.weight, head.bias)
         return project(positions)
 
+    own = vars(head).get("forward")  # a forward of the layer's own (``use_onednn_linears``), else the class's
     head.forward = forward
     try:
         yield scored
     finally:
-        del head.forward  # back to the class's forward
+        if own is None:
+            del head.forward
+        else:
+            head.forward = own
 
 
 class _TiedHeadLinear(torch.autograd.Function):
@@ -216,7 +222,7 @@ class _TiedHeadLinear(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         ctx.autocast = forward_autocast(x)
-        return torch.nn.functional.linear(x, weight, bias)  # (M, V)
+        return linear(x, weight, bias)  # (M, V)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]

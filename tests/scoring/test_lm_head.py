@@ -5,6 +5,7 @@ import torch
 
 from lit_dpo.hf import load_model
 from lit_dpo.scoring import score_sequences
+from lit_dpo.scoring.gemm import use_onednn_linears
 from lit_dpo.scoring.lm_head import chunked_token_scores, chunks_logits, token_scores
 
 
@@ -55,6 +56,7 @@ def test_score_chunks_a_plain_head_model_with_the_same_results(
 ):
     batch = make_batch(standard_rows(4), layout)
     model = load_model(tiny_model_dir, "float32", False)
+    use_onednn_linears(model, torch.device("cpu"))  # as a fit has it: both paths' matmuls in the same kernels
     results = []
     for elements in (None, 7 * 300):  # the plain path, then chunks of 7 positions over V = 300
         if elements:
