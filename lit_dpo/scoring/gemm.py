@@ -4,8 +4,8 @@ PyTorch's x86 CPU wheels send an fp32 ``linear`` to MKL's sgemm, and a bf16 one 
 project is benchmarked on, MKL runs the shapes of a step well below the machine's peak and oneDNN's linear kernel
 (``torch.ops.mkldnn._linear_pointwise``, the one inductor's CPU backend calls) much closer to it (figures:
 docs/performance.md). The backward stays on ``mm``: for the weights' gradients neither is ahead, and for the
-inputs' gradients oneDNN reads the transposed weight and held more memory at the step's peak. The products are
-the same to float rounding (another summation order).
+inputs' gradients oneDNN, though faster, held more memory at the step's peak. The products are the same to float
+rounding (another summation order).
 
 ``linear`` is a drop-in for ``torch.nn.functional.linear`` that takes this path for CPU fp32 tensors outside
 autocast (``_Linear``, with autograd's saved tensors and backward); ``use_onednn_linears`` points a model's plain
@@ -86,9 +86,9 @@ class _Linear(torch.autograd.Function):
 
 
 def use_onednn_linears(model: torch.nn.Module, device: torch.device, compiled: bool = False) -> int:
-    """Point ``model``'s plain ``nn.Linear`` layers (not LoRA's wrappers, not 4-bit ones; LoRA's own A and B are
-    plain) at ``linear`` when it runs on a CPU and is not compiled (inductor chooses its own kernels); returns how
-    many layers. Layers in other dtypes or under autocast keep PyTorch's path at every call."""
+    """Point ``model``'s plain ``nn.Linear`` layers (LoRA adapters added later wrap them as their base layers;
+    4-bit layers are not plain) at ``linear`` when it runs on a CPU and is not compiled (inductor chooses its own
+    kernels); returns how many layers. In other dtypes or under autocast they keep PyTorch's path at every call."""
     if not ENABLED or device.type != "cpu" or compiled:
         return 0
     layers = [m for m in model.modules() if type(m) is torch.nn.Linear]
