@@ -251,8 +251,9 @@ def pack_rows(lengths: list[int], pack_length: int, multiple: Optional[int] = No
         if count * narrowest >= best[0]:
             break  # more rows cannot compute fewer tokens: each is at least the longest example wide
         rows, sizes = _filled(lengths, count)
-        if max(sizes) <= limit and count * _width(sizes, multiple) < best[0]:
-            best = (count * _width(sizes, multiple), rows)
+        computed = count * _width(sizes, multiple)
+        if max(sizes) <= limit and computed < best[0]:
+            best = (computed, rows)
     return best[1]
 
 
