@@ -4,8 +4,8 @@ PyTorch's x86 CPU wheels send an fp32 ``linear`` to MKL's sgemm, and a bf16 one 
 project is benchmarked on, MKL runs the shapes of a step well below the machine's peak and oneDNN's linear kernel
 (``torch.ops.mkldnn._linear_pointwise``, the one inductor's CPU backend calls) much closer to it (figures:
 docs/performance.md). The backward stays on ``mm``: for the weights' gradients neither is ahead, and for the
-inputs' gradients oneDNN, though faster, held more memory at the step's peak. The products are the same to float
-rounding (another summation order).
+inputs' gradients oneDNN was no faster within a step while its kernels for transposed weights keep about a weight's
+memory each while cached. The products are the same to float rounding (another summation order).
 
 ``linear`` is a drop-in for ``torch.nn.functional.linear`` that takes this path for CPU fp32 tensors outside
 autocast (``_Linear``, with autograd's saved tensors and backward); ``use_onednn_linears`` points a model's plain
