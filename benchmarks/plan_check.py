@@ -84,11 +84,15 @@ def make_model(folder: Path, size: str) -> Path:
     return path
 
 
+FIRST_WORDS = ("the", "a", "one", "two", "this", "that", "it", "we")  # one token each, and apart
+
+
 def make_data(path: Path, rows: int) -> Path:
     """``rows`` pairs of ``PROMPT`` prompt tokens and ``COMPLETION`` completion tokens (EOS included) in SmolLM2's
-    tokenizer: each " the", " yes", " no" is one token."""
-    prompt = "the" + " the" * (PROMPT - 1)
-    lines = [{"prompt": prompt, "chosen": " yes" * (COMPLETION - 1), "rejected": " no" * (COMPLETION - 1)}] * rows
+    tokenizer: each first word, " the", " yes", " no" is one token. The prompts start with different words: the
+    plan counts no prompt start shared within a packed row, and the fit then computes none."""
+    lines = [{"prompt": FIRST_WORDS[i % len(FIRST_WORDS)] + " the" * (PROMPT - 1), "chosen": " yes" * (COMPLETION - 1),
+              "rejected": " no" * (COMPLETION - 1)} for i in range(rows)]  # fmt: skip
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
 

@@ -9,22 +9,24 @@ first completion of example ``i``, sequence ``B + i`` its second.
 - ``SharedPrefixCollator`` (default): one row per example, ``[prompt, first, second]``, with a block mask so the
   second completion attends to the prompt but not to the first one, and position ids restarting it right after
   the prompt: the prompt is computed once and no row is padded to its partner's length (prefix sharing,
-  arXiv 2410.20305). With ``pack_length``, several examples share a row under a block-diagonal mask.
+  arXiv 2410.20305). With ``pack_length``, several examples share a row under a block-diagonal mask, and the
+  prompts' common start (a chat template's system prompt) is computed once at the row's start, seen by them all.
 """
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, fields, replace
 from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from lit_dpo.data.packing import common_start, pack_rows, row_width
 from lit_dpo.data.tokenize import Example, Pair
 from lit_dpo.data.vision import VisionInputs, vision_inputs
 
 PROMPT, CHOSEN, REJECTED, PAD = 0, 1, 2, 3
+SHARED = -2  # the example id of a row's shared prompt start (padding: -1)
 
 
 class _Movable:
@@ -61,8 +63,8 @@ class Batch(_Movable):
     desirable: Optional[Tensor] = None  # (B,) bool labels of unpaired (KTO) examples; None for pairs
     tokens: int = 0  # prompt and completion tokens of the examples (a count on the CPU, for throughput)
     positions: int = 0  # token positions the forward computes (prompts twice when padded): the rest is padding
-    # (rows, T) with prefix sharing: example * 4 + PROMPT/CHOSEN/REJECTED, -1 for padding; what a FlexAttention
-    # block mask is built from (``lit_dpo.scoring.flex``)
+    # (rows, T) with prefix sharing: example * 4 + PROMPT/CHOSEN/REJECTED, SHARED * 4 + PROMPT for a packed row's
+    # shared prompt start, -1 for padding; what a FlexAttention block mask is built from (``lit_dpo.scoring.flex``)
     segments: Optional[Tensor] = None
     vision: Optional[VisionInputs] = None  # the prompts' images, for a vision-language model (``lit_dpo.data.vision``)
 
@@ -83,6 +85,7 @@ class _Layout(NamedTuple):
     prompts: Positions
     segments: Optional[Tensor] = None
     prompt_order: Sequence[int] = ()  # the examples whose prompts appear in the flattened rows, in that order
+    positions: int = 0  # the positions that are not padding
 
 
 Triple = tuple[list[int], list[int], list[int]]  # prompt, first completion, second completion
@@ -98,7 +101,7 @@ class _Collator:
     def __call__(self, examples: Sequence[Example]) -> Batch:
         pairs = all(isinstance(ex, Pair) for ex in examples)
         triples = [_triple(examples, i, self.max_length) for i in range(len(examples))]
-        layout = self._lay_out(triples)
+        layout = self._lay_out(triples, share_prompts=not any(ex.images for ex in examples))
         vision = None
         if any(ex.images for ex in examples):
             vision = vision_inputs(self.image_processor, [examples[i].images for i in layout.prompt_order])
@@ -111,14 +114,11 @@ class _Collator:
             sources=torch.tensor([ex.source for ex in examples], dtype=torch.long),
             desirable=None if pairs else torch.tensor([bool(ex.desirable) for ex in examples]),  # type: ignore[union-attr]
             tokens=sum(len(p) + len(a) + len(b) for p, a, b in triples),
-            positions=sum(self._positions_used(*triple) for triple in triples),
+            positions=layout.positions,
         )
 
-    def _lay_out(self, triples: list[Triple]) -> _Layout:
+    def _lay_out(self, triples: list[Triple], share_prompts: bool) -> _Layout:
         raise NotImplementedError
-
-    def _positions_used(self, prompt: list[int], first: list[int], second: list[int]) -> int:
-        return len(prompt) + len(first) + len(second)  # the prompt once (prefix sharing)
 
 
 def _triple(examples: Sequence[Example], i: int, max_length: Optional[int]) -> Triple:
@@ -130,11 +130,6 @@ def _triple(examples: Sequence[Example], i: int, max_length: Optional[int]) -> T
     return example.prompt_ids, example.completion_ids, mismatched[:room]
 
 
-def _width(lengths: list[int], multiple: Optional[int]) -> int:
-    width = max(lengths)
-    return -(-width // multiple) * multiple if multiple else width
-
-
 def _positions(index: list[int] | Tensor, target: list[int] | Tensor, seq: list[int] | Tensor) -> Positions:
     return Positions(*(torch.as_tensor(t, dtype=torch.long) for t in (index, target, seq)))
 
@@ -143,12 +138,9 @@ def _positions(index: list[int] | Tensor, target: list[int] | Tensor, seq: list[
 class PaddedCollator(_Collator):
     """2B rows ``prompt + completion``, first completions first, right-padded."""
 
-    def _positions_used(self, prompt: list[int], first: list[int], second: list[int]) -> int:
-        return 2 * len(prompt) + len(first) + len(second)
-
-    def _lay_out(self, triples: list[Triple]) -> _Layout:
+    def _lay_out(self, triples: list[Triple], share_prompts: bool) -> _Layout:
         rows = [(prompt, seqs[k]) for k in (0, 1) for prompt, *seqs in triples]
-        width = _width([len(p) + len(c) for p, c in rows], self.pad_to_multiple_of)
+        width = row_width([len(p) + len(c) for p, c in rows], self.pad_to_multiple_of)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
         scored = torch.zeros((len(rows), width), dtype=torch.bool)  # completion tokens
@@ -163,7 +155,8 @@ class PaddedCollator(_Collator):
         prompt_seq = torch.tensor(prompt_seq, dtype=torch.long)  # first-completion rows come first: row i is pair i
         completions = _positions(row * width + pos, input_ids[row, pos + 1], row)
         prompts = _positions(prompt_seq * width + prompt_pos, input_ids[prompt_seq, prompt_pos + 1], prompt_seq)
-        return _Layout(input_ids, attention_mask, None, completions, prompts, prompt_order=[*range(len(triples))] * 2)
+        return _Layout(input_ids, attention_mask, None, completions, prompts, prompt_order=[*range(len(triples))] * 2,
+                       positions=int(attention_mask.sum()))  # fmt: skip
 
 
 @dataclass
@@ -172,21 +165,27 @@ class SharedPrefixCollator(_Collator):
 
     With ``pack_length`` > 0, examples are packed several to a row, rows of about ``pack_length`` tokens balanced
     longest-first, and the mask is block-diagonal: no padding between examples, at the price of attention over
-    the whole row (dense masks: keep rows short). With 0, one example per row.
+    the whole row (dense masks: keep rows short). The tokens that all prompts of a row start with (a chat
+    template's system prompt, a shared instruction, the same prompt twice) come once at the row's start, where
+    every example of the row attends to them: causal attention makes their hidden states the same in every
+    example, so the log-probs are too. With 0, one example per row.
     """
 
     pack_length: int = 0
 
-    def _lay_out(self, triples: list[Triple]) -> _Layout:
+    def _lay_out(self, triples: list[Triple], share_prompts: bool) -> _Layout:
         lengths = [sum(len(part) for part in triple) for triple in triples]
         rows = pack_rows(lengths, self.pack_length, self.pad_to_multiple_of)
-        width = _width([sum(lengths[i] for i in row) for row in rows], self.pad_to_multiple_of)
+        shared = [common_start([triples[i][0] for i in row]) if share_prompts else 0 for row in rows]
+        sizes = [n + sum(lengths[i] - n for i in row) for n, row in zip(shared, rows)]
+        width = row_width(sizes, self.pad_to_multiple_of)
         packed = _PackedRows(len(rows) * width, self.pad_token_id, len(triples))
         for r, row in enumerate(rows):
-            start = r * width  # flat index where the next example starts
+            prefix = packed.add_shared(r * width, triples[row[0]][0][: shared[r]])
+            start = prefix.stop  # flat index where the next example starts
             for i in row:
-                packed.add(i, start, *triples[i])
-                start += lengths[i]
+                packed.add(i, start, *triples[i], prefix=prefix)
+                start += lengths[i] - shared[r]
         return packed.layout(len(rows), width)._replace(prompt_order=[i for row in rows for i in row])
 
 
@@ -203,23 +202,36 @@ class _PackedRows:
         self.completions: tuple[list[int], list[int], list[int]] = ([], [], [])  # index, target, seq
         self.prompts: tuple[list[int], list[int], list[int]] = ([], [], [])
 
-    def add(self, i: int, start: int, prompt: list[int], chosen: list[int], rejected: list[int]) -> None:
-        p, c, n = len(prompt), len(chosen), len(prompt) + len(chosen) + len(rejected)
-        span = slice(start, start + n)
-        self.input_ids[span] = torch.tensor(prompt + chosen + rejected)
-        self.position_ids[span] = torch.cat([torch.arange(p + c), torch.arange(p, n - c)])
-        self.segment[span] = torch.tensor([PROMPT] * p + [CHOSEN] * c + [REJECTED] * (n - p - c))
+    def add_shared(self, start: int, tokens: list[int]) -> range:
+        """A row's shared prompt start at flat index ``start``; its flat positions."""
+        span = slice(start, start + len(tokens))
+        self.input_ids[span] = torch.tensor(tokens, dtype=torch.long)
+        self.position_ids[span] = torch.arange(len(tokens))
+        self.segment[span] = PROMPT
+        self.pair[span] = SHARED
+        return range(span.start, span.stop)
+
+    def add(self, i: int, start: int, prompt: list[int], chosen: list[int], rejected: list[int], prefix: range) -> None:
+        """Example ``i`` from flat index ``start``, its prompt's first ``len(prefix)`` tokens being the row's shared
+        ones at the flat positions ``prefix``."""
+        own = prompt[len(prefix) :]
+        p, c, r = len(prompt), len(chosen), len(rejected)
+        span = slice(start, start + len(own) + c + r)
+        self.input_ids[span] = torch.tensor(own + chosen + rejected, dtype=torch.long)
+        self.position_ids[span] = torch.cat([torch.arange(len(prefix), p + c), torch.arange(p, p + r)])
+        self.segment[span] = torch.tensor([PROMPT] * len(own) + [CHOSEN] * c + [REJECTED] * r)
         self.pair[span] = i
+        prompt_at = [*prefix, *range(start, start + len(own))]  # flat position of each prompt token
         # each scored token's predictor is the token before it in its own sequence, which for the first rejected
         # token is the last prompt token, not the last chosen one
-        last_prompt = start + p - 1
-        for column, values in zip(self.prompts, (range(start, last_prompt), prompt[1:], [i] * max(0, p - 1))):
+        for column, values in zip(self.prompts, (prompt_at[:-1], prompt[1:], [i] * max(0, p - 1))):
             column.extend(values)
-        for first, tokens, seq in ((last_prompt + 1, chosen, i), (last_prompt + 1 + c, rejected, self.num_pairs + i)):
+        first = start + len(own)  # the first chosen token's flat position
+        for first, tokens, seq in ((first, chosen, i), (first + c, rejected, self.num_pairs + i)):
             for j, token in enumerate(tokens):
                 if p == 0 and j == 0:
                     continue  # an empty prompt leaves the first token unpredicted, as when padded
-                for column, value in zip(self.completions, (last_prompt if j == 0 else first + j - 1, token, seq)):
+                for column, value in zip(self.completions, (prompt_at[-1] if j == 0 else first + j - 1, token, seq)):
                     column.append(value)
 
     def layout(self, rows: int, width: int) -> _Layout:
@@ -231,53 +243,21 @@ class _PackedRows:
             _positions(*self.completions),
             _positions(*self.prompts),
             torch.where(segment == PAD, -1, pair * 4 + segment),
+            positions=int((segment != PAD).sum()),
         )
-
-
-def pack_rows(lengths: list[int], pack_length: int, multiple: Optional[int] = None) -> list[list[int]]:
-    """Example indices per row: one example a row (``pack_length`` 0), or rows filled longest example first.
-
-    Padding costs as much as a real token in every matmul, so of the row counts whose rows stay within
-    ``pack_length`` tokens (or the longest example, if longer), the one that computes the fewest tokens, padding
-    included (rows x width, widths rounded up to ``multiple``); the fewest rows among equals. Filling
-    ``ceil(total / pack_length)`` rows instead put four examples of 336-420 tokens in three rows of 696: 2,088
-    tokens computed for 1,496, where four rows of 420 compute 1,680.
-    """
-    if pack_length <= 0:
-        return [[i] for i in range(len(lengths))]
-    limit, narrowest = max(pack_length, *lengths), _width([max(lengths)], multiple)
-    best: tuple[float, list[list[int]]] = (float("inf"), [])
-    for count in range(-(-sum(lengths) // limit), len(lengths) + 1):
-        if count * narrowest >= best[0]:
-            break  # more rows cannot compute fewer tokens: each is at least the longest example wide
-        rows, sizes = _filled(lengths, count)
-        computed = count * _width(sizes, multiple)
-        if max(sizes) <= limit and computed < best[0]:
-            best = (computed, rows)
-    return best[1]
-
-
-def _filled(lengths: list[int], count: int) -> tuple[list[list[int]], list[int]]:
-    """``count`` rows filled longest example first, each into the row with the fewest tokens so far."""
-    rows: list[list[int]] = [[] for _ in range(count)]
-    heap = [(0, r) for r in range(count)]  # (tokens so far, row)
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        size, r = heapq.heappop(heap)
-        rows[r].append(i)
-        heapq.heappush(heap, (size + lengths[i], r))
-    return [sorted(row) for row in rows], [size for size, _ in heap]
 
 
 def shared_prefix_mask(segment: Tensor, pair: Tensor) -> Tensor:
     """Boolean attention mask ``(rows, 1, T, T)`` (True = may attend) from segment and example ids ``(rows, T)``.
 
-    Causal within each example, except that second-completion queries never see first-completion keys; padding
-    sees only itself (a fully masked row would make the softmax NaN).
+    Causal within each example and from each example to its row's shared prompt start (example id ``SHARED``),
+    except that second-completion queries never see first-completion keys; padding sees only itself (a fully
+    masked row would make the softmax NaN).
     """
     width = segment.shape[1]
     causal = torch.ones(width, width, dtype=torch.bool).tril()  # (T, T)
     query, key = segment[:, :, None], segment[:, None, :]  # (rows, T, 1), (rows, 1, T)
-    same_pair = pair[:, :, None] == pair[:, None, :]
+    same_pair = (pair[:, :, None] == pair[:, None, :]) | (pair[:, None, :] == SHARED)
     mask = causal & same_pair & (key != PAD) & (query != PAD) & ~((query == REJECTED) & (key == CHOSEN))
     mask |= torch.eye(width, dtype=torch.bool) & (query == PAD)
     return mask[:, None]

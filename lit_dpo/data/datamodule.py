@@ -75,8 +75,10 @@ class PreferenceDataModule(L.LightningDataModule):
             2B padded rows. Needs an attention that takes a 4D mask (sdpa, eager), as transformers' models do.
         pack_length: With prefix sharing, pack pairs into rows of at most this many tokens (a longer pair: a
             row of its own) under a block-diagonal mask, as many rows as compute the fewest tokens, padding
-            included; 0 keeps one pair per row. On a CPU each pair's attention runs on its own; on a GPU sdpa and
-            eager attend over the whole row (quadratic in its length), flex_attention skips the empty blocks.
+            included; 0 keeps one pair per row. The tokens all prompts of a row start with (a chat template's
+            system prompt) are computed once for the row. On a CPU each pair's attention runs on its own; on a GPU
+            sdpa and eager attend over the whole row (quadratic in its length), flex_attention skips the empty
+            blocks.
         num_workers: DataLoader worker processes (tokenization happens once, up front).
         num_proc: Processes that tokenize a source the first time it is read (one process per node does it; the
             others, later runs and resumes read the cached result); default: the CPUs available, at most 8.

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal, Optional
 
-from lit_dpo.data.collate import pack_rows
+from lit_dpo.data.packing import pack_rows
 from lit_dpo.planning.shape import LayerActivations, ModelShape
 from lit_dpo.scoring.lm_head import worth_chunking
 

@@ -11,17 +11,19 @@ import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
-from lit_dpo.data.collate import CHOSEN, PAD, REJECTED
+from lit_dpo.data.collate import CHOSEN, PAD, REJECTED, SHARED
 
 
 def block_mask(segments: Tensor) -> BlockMask:
-    """The block mask of ``Batch.segments`` ``(rows, T)``: example * 4 + segment kind, -1 for padding."""
+    """The block mask of ``Batch.segments`` ``(rows, T)``: example * 4 + segment kind, -1 for padding, ``SHARED`` *
+    4 for a row's shared prompt start."""
     example = torch.div(segments, 4, rounding_mode="floor")  # (rows, T); padding: -1
     kind = segments.remainder(4)  # PROMPT, CHOSEN, REJECTED; padding: PAD
 
     def may_attend(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
         kind_q, kind_kv = kind[b, q], kind[b, kv]
-        causal = (kv <= q) & (example[b, q] == example[b, kv]) & (kind_q != PAD) & (kind_kv != PAD)
+        same = (example[b, q] == example[b, kv]) | (example[b, kv] == SHARED)
+        causal = (kv <= q) & same & (kind_q != PAD) & (kind_kv != PAD)
         allowed = causal & ~((kind_q == REJECTED) & (kind_kv == CHOSEN))
         return allowed | ((q == kv) & (kind_q == PAD))  # padding sees itself: no fully masked row
 

@@ -5,7 +5,7 @@ import random
 import torch
 
 from lit_dpo.data import PaddedCollator, Pair, SharedPrefixCollator, UnpairedExample
-from lit_dpo.data.collate import _width, pack_rows
+from lit_dpo.data.packing import pack_rows, row_width
 from lit_dpo.scoring import score_sequences
 
 EXAMPLES = [Pair([1, 2, 3], [4, 5], [6]), Pair([7, 8], [9], [10, 11])]
@@ -54,6 +54,34 @@ def test_shared_prefix_collator_by_hand():
     ]
 
 
+def test_a_packed_row_computes_its_prompts_common_start_once():
+    examples = [Pair([1, 2, 3], [4, 5], [6]), Pair([1, 2, 7], [8], [9]), Pair([1, 2], [10], [11])]
+    batch = SharedPrefixCollator(pad_token_id=0, pack_length=100)(examples)
+    assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]  # [1, 2] once, then each example
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 3, 2, 3, 3, 2, 2]]  # as in each example's own row
+    assert batch.segments.tolist() == [[-8, -8, 0, 1, 1, 2, 4, 5, 6, 9, 10]]  # the start: example SHARED (-2)
+    # 4 <- 3, 5 <- 4, 6 <- 3; 8 <- 7, 9 <- 7; 10 <- 2 and 11 <- 2: the third prompt is the shared start itself
+    assert batch.completions.index.tolist() == [2, 3, 2, 6, 6, 1, 1]
+    assert batch.completions.seq.tolist() == [0, 0, 3, 1, 4, 2, 5]
+    assert batch.prompts.index.tolist() == [0, 1, 0, 1, 0] and batch.prompts.target.tolist() == [2, 3, 2, 7, 2]
+    assert batch.positions == 11 and batch.tokens == 15
+    assert batch.attention_mask[0, 0].int().tolist() == [
+        [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0],  # example 0's own prompt token 3 sees the shared start
+        [1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0],  # rejected 6: the start and its prompt, not chosen 4, 5
+        [1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0],  # example 1 sees the start, not example 0
+        [1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 1, 0, 1, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0],  # example 2: only the start is its prompt
+        [1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+    ]
+    alone = SharedPrefixCollator(pad_token_id=0)(examples)  # one example a row: nothing shared
+    assert alone.input_ids.shape == (3, 6) and (alone.segments >= -1).all()
+
+
 def test_unpaired_examples_put_a_mismatched_completion_second():
     examples = [UnpairedExample([1, 2], [3], desirable=True), UnpairedExample([4], [5, 6], desirable=False)]
     batch = PaddedCollator(pad_token_id=0, max_length=3)(examples)
@@ -69,16 +97,20 @@ def test_unpaired_examples_put_a_mismatched_completion_second():
 def test_both_layouts_give_the_logps_of_the_plain_forward(random_llama, sequence_logps, padded_labels):
     model = random_llama(32, 0).eval()
     examples = EXAMPLES + [Pair([3, 1, 4, 1, 5], [9, 2, 6, 5, 3], [5])]
-    padded = PaddedCollator(pad_token_id=0)(examples)
-    with torch.no_grad():
-        logits = model(input_ids=padded.input_ids, attention_mask=padded.attention_mask).logits
-        reference = sequence_logps(logits, padded_labels(padded))
-        collators = [PaddedCollator(0), SharedPrefixCollator(0), SharedPrefixCollator(0, pad_to_multiple_of=8)]
-        collators += [SharedPrefixCollator(0, pack_length=n) for n in (1, 12, 30, 1000)]
-        for collator in collators:
-            scores = score_sequences(model, collator(examples))
-            torch.testing.assert_close(scores.logps, reference, rtol=1e-5, atol=1e-5)
-            assert scores.tokens.tolist() == [2, 1, 5, 1, 2, 1]
+    # prompts that start alike, one of them the start itself, and the same prompt twice
+    alike = [Pair([3, 1, 4, 2], [7, 8], [9]), Pair([3, 1], [6], [5, 4]), Pair([3, 1, 4, 2], [2, 2], [3]),
+             Pair([3, 1, 5], [1], [2, 9, 9])]  # fmt: skip
+    for batch, tokens in ((examples, [2, 1, 5, 1, 2, 1]), (alike, [2, 1, 2, 1, 1, 2, 1, 3])):
+        padded = PaddedCollator(pad_token_id=0)(batch)
+        with torch.no_grad():
+            logits = model(input_ids=padded.input_ids, attention_mask=padded.attention_mask).logits
+            reference = sequence_logps(logits, padded_labels(padded))
+            collators = [PaddedCollator(0), SharedPrefixCollator(0), SharedPrefixCollator(0, pad_to_multiple_of=8)]
+            collators += [SharedPrefixCollator(0, pack_length=n) for n in (1, 12, 30, 1000)]
+            for collator in collators:
+                scores = score_sequences(model, collator(batch))
+                torch.testing.assert_close(scores.logps, reference, rtol=1e-5, atol=1e-5)
+                assert scores.tokens.tolist() == tokens
 
 
 def test_packing_balances_rows_and_keeps_pairs_apart():
@@ -107,7 +139,7 @@ def test_packing_computes_the_fewest_tokens_within_the_row_length():
         sizes = [sum(lengths[i] for i in row) for row in rows]
         assert max(sizes) <= max(pack_length, *lengths)
         width = -(-max(sizes) // multiple) * multiple if multiple else max(sizes)
-        assert len(rows) * width <= len(lengths) * _width([max(lengths)], multiple)  # never worse than a pair a row
+        assert len(rows) * width <= len(lengths) * row_width([max(lengths)], multiple)  # never worse than a pair a row
 
 
 def test_a_batch_moves_as_one_object():

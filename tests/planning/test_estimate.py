@@ -24,7 +24,8 @@ def setup(**changes) -> Setup:
 @pytest.mark.parametrize("batch_size", [1, 3, 4])
 @pytest.mark.parametrize("pack_length", [0, 1, 12, 30, 1000])
 def test_layout_is_the_collators(batch_size, pack_length):
-    pairs = [Pair([1, 2, 3], [4, 5], [6, 7]) for _ in range(batch_size)]  # prompt 3, completions 2
+    # prompt 3, completions 2; prompts that start apart (the plan counts no shared start: an upper bound)
+    pairs = [Pair([10 + i, 2, 3], [4, 5], [6, 7]) for i in range(batch_size)]
     for shared, collator in ((False, PaddedCollator(0)), (True, SharedPrefixCollator(0, pack_length=pack_length))):
         rows = layout(batch_size, 3, 2, shared, pack_length)
         batch = collator(pairs)

@@ -3,14 +3,16 @@
 import torch
 
 from lit_dpo.scoring import blocked
-from lit_dpo.scoring.blocked import BLOCKED_SDPA, row_blocks, use_blocked_attention
+from lit_dpo.scoring.blocked import BLOCKED_SDPA, RowBlocks, row_blocks, use_blocked_attention
 from lit_dpo.scoring.forward import score_sequences
 
 
 def test_row_blocks_are_the_runs_of_one_example():
     segments = torch.tensor([[0, 0, 1, 2, 4, 5, 6, -1], [8, 9, 9, 10, -1, -1, -1, -1]])  # example * 4 + kind
-    assert row_blocks(segments) == [[4, 3, 1], [4, 4]]
+    assert row_blocks(segments) == [RowBlocks(0, [4, 3, 1]), RowBlocks(0, [4, 4])]
     assert row_blocks(torch.tensor([[0, 1, 2, 2]])) is None  # one example a row: nothing to split
+    shared = torch.tensor([[-8, -8, 0, 1, 2, 4, 5, -1]])  # a shared prompt start of 2 tokens, then 2 examples
+    assert row_blocks(shared) == [RowBlocks(2, [3, 2, 1])]
 
 
 def _scores_and_grads(policy, batch):
@@ -32,9 +34,13 @@ def test_packed_rows_score_as_sdpa_with_the_same_gradients(dpo_module, tiny_mode
                         or attention(q, k, *a, **kw))  # fmt: skip
     got, got_grads = _scores_and_grads(policy, batch)
     runs = row_blocks(batch.segments)
-    assert lengths == [n for _ in policy.model.layers for sizes in runs for n in sizes]  # example by example
-    examples = [set(row.div(4, rounding_mode="floor").tolist()) - {-1} for row in batch.segments]
+    # example by example, the shared prompt start on its own
+    assert lengths == [
+        n for _ in policy.model.layers for row in runs for n in [row.shared] * bool(row.shared) + row.sizes
+    ]
+    examples = [set(row.div(4, rounding_mode="floor").tolist()) - {-1, -2} for row in batch.segments]
     assert max(map(len, examples)) > 1 and (batch.segments == -1).any()  # several examples a row, and padding
+    assert all(row.shared > 0 for row in runs)  # "what is ...": every row's prompts start alike
 
     policy.set_attn_implementation("sdpa")
     want, want_grads = _scores_and_grads(policy, batch)
