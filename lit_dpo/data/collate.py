@@ -226,8 +226,8 @@ class _PackedRows:
         # token is the last prompt token, not the last chosen one
         for column, values in zip(self.prompts, (prompt_at[:-1], prompt[1:], [i] * max(0, p - 1))):
             column.extend(values)
-        first = start + len(own)  # the first chosen token's flat position
-        for first, tokens, seq in ((first, chosen, i), (first + c, rejected, self.num_pairs + i)):
+        chosen_at = start + len(own)  # the first chosen token's flat position
+        for first, tokens, seq in ((chosen_at, chosen, i), (chosen_at + c, rejected, self.num_pairs + i)):
             for j, token in enumerate(tokens):
                 if p == 0 and j == 0:
                     continue  # an empty prompt leaves the first token unpredicted, as when padded

@@ -107,10 +107,27 @@ def test_both_layouts_give_the_logps_of_the_plain_forward(random_llama, sequence
             reference = sequence_logps(logits, padded_labels(padded))
             collators = [PaddedCollator(0), SharedPrefixCollator(0), SharedPrefixCollator(0, pad_to_multiple_of=8)]
             collators += [SharedPrefixCollator(0, pack_length=n) for n in (1, 12, 30, 1000)]
+            collators += [SharedPrefixCollator(0, pad_to_multiple_of=8, pack_length=1000)]  # a GPU's rounded rows
             for collator in collators:
                 scores = score_sequences(model, collator(batch))
                 torch.testing.assert_close(scores.logps, reference, rtol=1e-5, atol=1e-5)
                 assert scores.tokens.tolist() == tokens
+
+
+def test_a_shared_prompt_start_gets_the_padded_layout_s_gradients(random_llama):
+    examples = [Pair([3, 1, 4, 2], [7, 8], [9]), Pair([3, 1, 4, 2], [2, 2], [3]), Pair([3, 1], [6], [5, 4])]
+    model = random_llama(32, 0)
+
+    def gradients(collator):
+        model.zero_grad()
+        score_sequences(model, collator(examples)).logps.sum().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    packed = SharedPrefixCollator(0, pack_length=1000)
+    assert packed(examples).segments[0, :2].tolist() == [-8, -8]  # the shared start: [3, 1]
+    want = gradients(PaddedCollator(0))
+    for name, grad in gradients(packed).items():
+        torch.testing.assert_close(grad, want[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_packing_balances_rows_and_keeps_pairs_apart():
