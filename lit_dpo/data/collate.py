@@ -101,9 +101,10 @@ class _Collator:
     def __call__(self, examples: Sequence[Example]) -> Batch:
         pairs = all(isinstance(ex, Pair) for ex in examples)
         triples = [_triple(examples, i, self.max_length) for i in range(len(examples))]
-        layout = self._lay_out(triples, share_prompts=not any(ex.images for ex in examples))
+        with_images = any(ex.images for ex in examples)
+        layout = self._lay_out(triples, share_prompts=not with_images)  # images go with each prompt: nothing shared
         vision = None
-        if any(ex.images for ex in examples):
+        if with_images:
             vision = vision_inputs(self.image_processor, [examples[i].images for i in layout.prompt_order])
         return Batch(
             *layout[:5],
